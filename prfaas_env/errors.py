@@ -1,0 +1,102 @@
+"""Error types and validation helpers shared by every configuration reader.
+
+Every message names where the bad value came from (file, key, line or argument) and what is
+allowed, so a user can fix the input without reading the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or mapping holds a missing, unknown or out-of-range value."""
+
+
+class UnknownNameError(KeyError):
+    """A GPU, model or config name is not in the catalog; the message lists the known names."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {', '.join(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message otherwise
+        return str(self.args[0])
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file whose top level must be a mapping.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML (with its line), or is not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def check_keys(
+    mapping: Mapping[str, Any], where: str, required: Iterable[str], optional: Iterable[str] = ()
+) -> None:
+    """Raise ConfigError naming ``where`` if a required key is missing or an unknown key is set."""
+    required = list(required)
+    allowed = set(required) | set(optional)
+    missing = [k for k in required if k not in mapping]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def number(
+    mapping: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    integer: bool = False,
+    default: Any = ...,
+) -> Any:
+    """Read a numeric value and check its range; the error names ``where.key`` and the range."""
+    if key not in mapping or mapping[key] is None:
+        if default is ...:
+            raise ConfigError(f"{where}.{key}: missing (a number is required)")
+        return default
+    value = mapping[key]
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}.{key}: expected {kind}, got {value!r}")
+    if integer and (not float(value).is_integer()):
+        raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+    if value != value:  # NaN
+        raise ConfigError(f"{where}.{key}: NaN is not allowed")
+    low_ok = True
+    if minimum is not None:
+        low_ok = value > minimum if exclusive_minimum else value >= minimum
+    high_ok = maximum is None or value <= maximum
+    if not (low_ok and high_ok):
+        lo = "" if minimum is None else (f"> {minimum}" if exclusive_minimum else f">= {minimum}")
+        hi = "" if maximum is None else f"<= {maximum}"
+        rng = " and ".join(s for s in (lo, hi) if s)
+        raise ConfigError(f"{where}.{key}: {value!r} is out of range; allowed: {rng}")
+    return int(value) if integer else float(value)
