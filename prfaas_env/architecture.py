@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from prfaas_env.errors import ConfigError, UnknownNameError, check_keys, load_yaml_mapping, number
+from prfaas_env.errors import (
+    ConfigError,
+    Registry,
+    check_keys,
+    number,
+)
 
 ATTENTION_TYPES = ("gqa", "swa", "mla", "linear")
 MLP_TYPES = ("dense", "moe")
@@ -499,30 +504,27 @@ def _parse_model(name: str, raw: Any, where: str) -> ModelSpec:
     )
 
 
+_REGISTRY: Registry[ModelSpec] = Registry("model", "models", _parse_model)
+
+
 def parse_model_file(path: str | Path) -> dict[str, ModelSpec]:
     """Parse a model catalog YAML file (top-level key ``models``) into specs keyed by name."""
-    data = load_yaml_mapping(path)
-    check_keys(data, str(path), ["models"])
-    models = data["models"]
-    if not isinstance(models, Mapping) or not models:
-        raise ConfigError(f"{path}: 'models' must be a non-empty mapping of name -> fields")
-    return {str(n): _parse_model(str(n), raw, f"{path}: models.{n}") for n, raw in models.items()}
+    return _REGISTRY.parse_file(path)
 
 
-_SHIPPED = resources.files("prfaas_env") / "catalog" / "models.yaml"
-_MODELS: dict[str, ModelSpec] = parse_model_file(Path(str(_SHIPPED)))
+_REGISTRY.add(
+    parse_model_file(Path(str(resources.files("prfaas_env") / "catalog" / "models.yaml")))
+)
 
 
 def register_models(path: str | Path) -> list[str]:
     """Add the models of a user YAML file (same format as the shipped catalog)."""
-    new = parse_model_file(path)
-    _MODELS.update(new)
-    return list(new)
+    return _REGISTRY.add(parse_model_file(path))
 
 
 def model_names() -> list[str]:
     """Names of all known models (shipped and registered)."""
-    return sorted(_MODELS)
+    return _REGISTRY.names()
 
 
 def get_model(name: str | ModelSpec) -> ModelSpec:
@@ -531,9 +533,4 @@ def get_model(name: str | ModelSpec) -> ModelSpec:
     Raises:
         UnknownNameError: the name is not known; the message lists the known names.
     """
-    if isinstance(name, ModelSpec):
-        return name
-    key = str(name).lower()
-    if key in _MODELS:
-        return _MODELS[key]
-    raise UnknownNameError("model", str(name), _MODELS)
+    return name if isinstance(name, ModelSpec) else _REGISTRY.get(name)

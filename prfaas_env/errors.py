@@ -6,11 +6,13 @@ allowed, so a user can fix the input without reading the code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -100,3 +102,70 @@ def number(
         rng = " and ".join(s for s in (lo, hi) if s)
         raise ConfigError(f"{where}.{key}: {value!r} is out of range; allowed: {rng}")
     return int(value) if integer else float(value)
+
+
+def parse_catalog_file(
+    path: str | Path, top_key: str, parse_entry: Callable[[str, Any, str], T]
+) -> dict[str, T]:
+    """Parse a catalog YAML file ``{top_key: {name: fields, ...}}`` entry by entry.
+
+    ``parse_entry(name, fields, where)`` builds one entry; ``where`` names the file and key for
+    its error messages.
+    """
+    data = load_yaml_mapping(path)
+    check_keys(data, str(path), [top_key])
+    entries = data[top_key]
+    if not isinstance(entries, Mapping) or not entries:
+        raise ConfigError(f"{path}: '{top_key}' must be a non-empty mapping of name -> fields")
+    return {
+        str(n): parse_entry(str(n), raw, f"{path}: {top_key}.{n}") for n, raw in entries.items()
+    }
+
+
+class Registry(Generic[T]):
+    """Named catalog entries (shipped plus user-registered), looked up case-insensitively.
+
+    Args:
+        kind: what an entry is, for error messages (``"GPU"``, ``"model"``).
+        top_key: the YAML file's top-level key.
+        parse_entry: builds one entry from ``(name, fields, where)``.
+        aliases: other names an entry answers to.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        top_key: str,
+        parse_entry: Callable[[str, Any, str], T],
+        aliases: Callable[[T], Iterable[str]] = lambda _: (),
+    ) -> None:
+        self.kind, self.top_key, self.parse_entry, self.aliases = (
+            kind,
+            top_key,
+            parse_entry,
+            aliases,
+        )
+        self.entries: dict[str, T] = {}
+
+    def parse_file(self, path: str | Path) -> dict[str, T]:
+        """Parse a catalog file without registering it."""
+        return parse_catalog_file(path, self.top_key, self.parse_entry)
+
+    def add(self, entries: Mapping[str, T]) -> list[str]:
+        """Register parsed entries (a name already known is replaced); returns their names."""
+        self.entries.update(entries)
+        return list(entries)
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self.entries)
+
+    def get(self, name: str) -> T:
+        """The entry called ``name`` (or with that alias); UnknownNameError lists the names."""
+        key = str(name).lower()
+        if key in self.entries:
+            return self.entries[key]
+        for entry in self.entries.values():
+            if key in self.aliases(entry):
+                return entry
+        raise UnknownNameError(self.kind, str(name), self.entries)

@@ -13,7 +13,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from prfaas_env.errors import ConfigError, UnknownNameError, check_keys, load_yaml_mapping, number
+from prfaas_env.errors import (
+    ConfigError,
+    Registry,
+    check_keys,
+    number,
+)
 
 _GPU_KEYS_REQUIRED = (
     "bf16_tflops",
@@ -116,18 +121,15 @@ def _parse_gpu(name: str, raw: Any, where: str) -> GPUSpec:
     )
 
 
+_REGISTRY: Registry[GPUSpec] = Registry("GPU", "gpus", _parse_gpu, lambda g: g.aliases)
+
+
 def parse_gpu_file(path: str | Path) -> dict[str, GPUSpec]:
     """Parse a GPU catalog YAML file (top-level key ``gpus``) into specs keyed by name."""
-    data = load_yaml_mapping(path)
-    check_keys(data, str(path), ["gpus"])
-    gpus = data["gpus"]
-    if not isinstance(gpus, Mapping) or not gpus:
-        raise ConfigError(f"{path}: 'gpus' must be a non-empty mapping of name -> fields")
-    return {str(n): _parse_gpu(str(n), raw, f"{path}: gpus.{n}") for n, raw in gpus.items()}
+    return _REGISTRY.parse_file(path)
 
 
-_SHIPPED = resources.files("prfaas_env") / "catalog" / "gpus.yaml"
-_GPUS: dict[str, GPUSpec] = parse_gpu_file(Path(str(_SHIPPED)))
+_REGISTRY.add(parse_gpu_file(Path(str(resources.files("prfaas_env") / "catalog" / "gpus.yaml"))))
 
 
 def register_gpus(path: str | Path) -> list[str]:
@@ -137,19 +139,19 @@ def register_gpus(path: str | Path) -> list[str]:
     GPU's measured kernel efficiencies; otherwise those of its ``architecture`` are used.
     """
     new = parse_gpu_file(path)
+    known = set(_REGISTRY.entries) | set(new)
     for name, spec in new.items():
-        if spec.derived_from is not None and spec.derived_from not in _GPUS | new:
+        if spec.derived_from is not None and spec.derived_from not in known:
             raise ConfigError(
                 f"{path}: gpus.{name}.derived_from: unknown GPU {spec.derived_from!r}; "
-                f"known: {', '.join(sorted(_GPUS))}"
+                f"known: {', '.join(sorted(known))}"
             )
-    _GPUS.update(new)
-    return list(new)
+    return _REGISTRY.add(new)
 
 
 def gpu_names() -> list[str]:
     """Names of all known GPUs (shipped and registered)."""
-    return sorted(_GPUS)
+    return _REGISTRY.names()
 
 
 def get_gpu(name: str | GPUSpec) -> GPUSpec:
@@ -158,12 +160,4 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
     Raises:
         UnknownNameError: the name is not known; the message lists the known names.
     """
-    if isinstance(name, GPUSpec):
-        return name
-    key = str(name).lower()
-    if key in _GPUS:
-        return _GPUS[key]
-    for spec in _GPUS.values():
-        if key in spec.aliases:
-            return spec
-    raise UnknownNameError("GPU", str(name), _GPUS)
+    return name if isinstance(name, GPUSpec) else _REGISTRY.get(name)

@@ -96,12 +96,8 @@ def fit_kernels(
     quality: list[KernelFitQuality] = []
     for gpu_name in sorted({r["gpu"] for r in gemm}):
         gpu = get_gpu(gpu_name)
-        g_rows = [r for r in gemm if r["gpu"] == gpu_name]
-        m = np.array([float(r["m"]) for r in g_rows])
-        n = np.array([float(r["n"]) for r in g_rows])
-        k = np.array([float(r["k"]) for r in g_rows])
-        lat = np.array([float(r["latency_ms"]) for r in g_rows]) * 1e-3
-        is_fp8 = np.array([r["dtype"] == "fp8" for r in g_rows])
+        m, n, k, lat = _columns(gemm, gpu_name, "m", "n", "k")
+        is_fp8 = np.array([r["dtype"] == "fp8" for r in gemm if r["gpu"] == gpu_name])
         wbytes = np.where(is_fp8, 1.0, 2.0)
         flops = 2 * m * n * k
         bytes_ = n * k * wbytes + 2 * (m * k + m * n)
@@ -122,48 +118,23 @@ def fit_kernels(
         )
         quality.append(_quality(gpu_name, "GEMM (bf16, fp8)", pred, lat))
 
-        c_rows = [r for r in ctx if r["gpu"] == gpu_name]
-        b = np.array([float(r["batch"]) for r in c_rows])
-        s = np.array([float(r["isl"]) for r in c_rows])
-        h = np.array([float(r["num_heads"]) for r in c_rows])
-        d = np.array([float(r["head_dim"]) for r in c_rows])
-        clat = np.array([float(r["latency_ms"]) for r in c_rows]) * 1e-3
+        b, s, h, d, clat = _columns(ctx, gpu_name, "batch", "isl", "num_heads", "head_dim")
         aflops = b * 4 * h * d * s * (s + 1) / 2
         big = aflops >= 1e12
         eff_attn = float(np.median(aflops[big] / (clat[big] - launch) / gpu.bf16_flops))
-        quality.append(
-            _quality(
-                gpu_name,
-                "prefill attention",
-                aflops / (gpu.bf16_flops * eff_attn) + launch,
-                clat,
-                big,
-            )
-        )
+        pred = aflops / (gpu.bf16_flops * eff_attn) + launch
+        quality.append(_quality(gpu_name, "prefill attention", pred, clat, big))
 
-        g2 = [r for r in gen if r["gpu"] == gpu_name]
-        b = np.array([float(r["batch"]) for r in g2])
-        ctxl = np.array([float(r["context"]) for r in g2])
-        kvh = np.array([float(r["num_kv_heads"]) for r in g2])
-        d = np.array([float(r["head_dim"]) for r in g2])
-        glat = np.array([float(r["latency_ms"]) for r in g2]) * 1e-3
+        b, ctxl, kvh, d, glat = _columns(
+            gen, gpu_name, "batch", "context", "num_kv_heads", "head_dim"
+        )
         kvb = b * ctxl * 2 * kvh * d * 2
         big = kvb >= 2**28
         eff_dec = float(np.median(kvb[big] / (glat[big] - launch) / gpu.hbm_bytes_per_s))
-        quality.append(
-            _quality(
-                gpu_name,
-                "decode attention",
-                kvb / (gpu.hbm_bytes_per_s * eff_dec) + launch,
-                glat,
-                big,
-            )
-        )
+        pred = kvb / (gpu.hbm_bytes_per_s * eff_dec) + launch
+        quality.append(_quality(gpu_name, "decode attention", pred, glat, big))
 
-        a_rows = [r for r in ar if r["gpu"] == gpu_name]
-        ng = np.array([float(r["num_gpus"]) for r in a_rows])
-        by = np.array([float(r["bytes"]) for r in a_rows])
-        alat = np.array([float(r["latency_ms"]) for r in a_rows]) * 1e-3
+        ng, by, alat = _columns(ar, gpu_name, "num_gpus", "bytes")
         ar_lat = float(np.median(alat[by <= 4096]))
         big = by >= 2**26
         bus = 2 * (ng - 1) / ng * by
@@ -184,6 +155,13 @@ def fit_kernels(
             source=src,
         )
     return out, quality
+
+
+def _columns(rows: list[dict[str, str]], gpu: str, *names: str) -> list[np.ndarray]:
+    """The named columns of one GPU's rows as float arrays, then its latency in seconds."""
+    mine = [r for r in rows if r["gpu"] == gpu]
+    cols = [np.array([float(r[n]) for r in mine]) for n in names]
+    return [*cols, np.array([float(r["latency_ms"]) for r in mine]) * 1e-3]
 
 
 def _quality(
@@ -214,23 +192,27 @@ class Point:
     excluded: str = ""
 
 
-def _prefill_design(pts: list[Point], model, gpu, eff, gpus: int, knee: float) -> np.ndarray:
-    times = prefill_pass(
-        model,
-        gpu,
-        eff,
-        gpus,
-        np.array([p.prompt for p in pts], float),
-        0.0,
-        np.array([p.batch for p in pts], float),
+def _prefill_times(pts: list[Point], model, gpu, eff, gpus: int):
+    """Roofline components of each point's prefill pass (its batch of equal prompts)."""
+    prompts = np.array([p.prompt for p in pts], float)
+    return prefill_pass(
+        model, gpu, eff, gpus, prompts, 0.0, np.array([p.batch for p in pts], float)
     )
-    return prefill_features(times, knee)
+
+
+def _decode_times(pts: list[Point], model, gpu, eff, gpus: int):
+    """Roofline components of each point's average decode step (context half-way through)."""
+    b = np.array([p.batch for p in pts], float)
+    ctx = b * np.array([p.prompt + p.output / 2 for p in pts], float)
+    return decode_pass(model, gpu, eff, gpus, b, ctx)
+
+
+def _prefill_design(pts: list[Point], model, gpu, eff, gpus: int, knee: float) -> np.ndarray:
+    return prefill_features(_prefill_times(pts, model, gpu, eff, gpus), knee)
 
 
 def _decode_design(pts: list[Point], model, gpu, eff, gpus: int) -> np.ndarray:
-    b = np.array([p.batch for p in pts], float)
-    ctx = b * np.array([p.prompt + p.output / 2 for p in pts], float)
-    return decode_features(decode_pass(model, gpu, eff, gpus, b, ctx))
+    return decode_features(_decode_times(pts, model, gpu, eff, gpus))
 
 
 def _subset_fit(x: np.ndarray, y: np.ndarray, cols: list[int]) -> np.ndarray | None:
@@ -328,19 +310,8 @@ def _fit_decode(pts, model, gpu, eff, gpus) -> StackCalibration:
 
 def _predict(cal: StackCalibration, pts, model, gpu, eff, gpus) -> np.ndarray:
     if cal.phase == "prefill":
-        times = prefill_pass(
-            model,
-            gpu,
-            eff,
-            gpus,
-            np.array([p.prompt for p in pts], float),
-            0.0,
-            np.array([p.batch for p in pts], float),
-        )
-        return prefill_time_s(times, cal)
-    b = np.array([p.batch for p in pts], float)
-    ctx = b * np.array([p.prompt + p.output / 2 for p in pts], float)
-    return decode_time_s(decode_pass(model, gpu, eff, gpus, b, ctx), cal)
+        return prefill_time_s(_prefill_times(pts, model, gpu, eff, gpus), cal)
+    return decode_time_s(_decode_times(pts, model, gpu, eff, gpus), cal)
 
 
 def _splitwise_points(data_dir: Path) -> dict[tuple[str, str, int], list[Point]]:
