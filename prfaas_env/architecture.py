@@ -361,8 +361,9 @@ class ModelSpec:
         total = 0.0
         for g in self.groups:
             attn = 4.0  # fused QKV projection, norm, attention, output projection
-            mlp = 3.0 if g.mlp.type == "dense" else 6.0  # gate-up, act, down (+ router, dispatch,
-            total += g.count * (attn + mlp)  # combine for MoE)
+            # dense: gate-up, activation, down; MoE adds router, dispatch and combine
+            mlp = 3.0 if g.mlp.type == "dense" else 6.0
+            total += g.count * (attn + mlp)
         return total / max(self.num_layers, 1)
 
 
