@@ -235,6 +235,18 @@ class ModelSpec:
         )
 
     @property
+    def dense_matmul_flops_per_token(self) -> float:
+        """Matmul FLOPs per token of the weights every token uses (plus linear-attention state
+        updates); excludes routed experts and the LM head."""
+        lin_state = sum(g.count * g.attention.linear_flops_per_token() for g in self.groups)
+        return 2.0 * self.dense_layer_params + lin_state
+
+    @property
+    def expert_matmul_flops_per_token(self) -> float:
+        """Matmul FLOPs per token in routed experts."""
+        return 2.0 * self.routed_active_params
+
+    @property
     def weight_bytes_total(self) -> float:
         """Bytes of all weights as served."""
         return (
@@ -292,9 +304,8 @@ class ModelSpec:
         """
         n = np.asarray(new_tokens, dtype=np.float64)
         c = np.asarray(cached_tokens, dtype=np.float64)
-        per_token = 2 * (self.active_params - self.embedding_params)
-        lin_state = sum(g.count * g.attention.linear_flops_per_token() for g in self.groups)
-        matmul = (per_token + lin_state) * n + 2 * self.lm_head_params * (n > 0)
+        per_token = self.dense_matmul_flops_per_token + self.expert_matmul_flops_per_token
+        matmul = per_token * n + 2 * self.lm_head_params * (n > 0)
         attn = np.zeros(np.broadcast(n, c).shape)
         for g in self.groups:
             a = g.attention
@@ -313,9 +324,8 @@ class ModelSpec:
         """
         b = np.asarray(batch, dtype=np.float64)
         ctx = np.asarray(context_tokens, dtype=np.float64)
-        per_token = 2 * (self.active_params - self.embedding_params + self.lm_head_params)
-        lin_state = sum(g.count * g.attention.linear_flops_per_token() for g in self.groups)
-        matmul = (per_token + lin_state) * b
+        per_token = self.dense_matmul_flops_per_token + self.expert_matmul_flops_per_token
+        matmul = (per_token + 2 * self.lm_head_params) * b
         attn = np.zeros(np.broadcast(b, ctx).shape)
         for g in self.groups:
             a = g.attention

@@ -80,13 +80,11 @@ def _matmul_time(
     gpu: GPUSpec,
     eff: KernelEfficiency,
     gpus: int,
-    tokens: NDArray[np.float64],
-    dense_flops_per_token: float,
+    dense_flops: NDArray[np.float64],
+    expert_flops: NDArray[np.float64],
     weight_bytes: NDArray[np.float64],
 ) -> NDArray[np.float64]:
     """Matmul time: the slower of compute (dense and expert weights at their dtypes) and weights."""
-    expert_flops = 2.0 * model.routed_active_params * tokens
-    dense_flops = dense_flops_per_token * tokens
 
     def rate(wbytes: float) -> float:
         fp8 = wbytes == 1 and gpu.fp8_tflops is not None
@@ -130,13 +128,9 @@ def prefill_pass(
     b = np.asarray(batch, dtype=np.float64)
     tokens = b * n
     _, attn_flops = model.prefill_flops(n, c)
-    dense_per_token = 2.0 * (
-        model.active_params - model.embedding_params - model.routed_active_params
-    )
-    lin_state = sum(g.count * g.attention.linear_flops_per_token() for g in model.groups)
-    matmul = _matmul_time(
-        model, gpu, eff, gpus, tokens, dense_per_token + lin_state, model.weight_bytes_read(tokens)
-    )
+    dense = model.dense_matmul_flops_per_token * tokens + 2.0 * model.lm_head_params * b
+    experts = model.expert_matmul_flops_per_token * tokens
+    matmul = _matmul_time(model, gpu, eff, gpus, dense, experts, model.weight_bytes_read(tokens))
     attention = b * attn_flops / (gpus * gpu.bf16_flops * eff.attention_prefill)
     kv_written = b * (model.kv_bytes_for(c + n) - model.kv_bytes_for(c))
     kv = kv_written / (gpus * gpu.hbm_bytes_per_s * eff.attention_decode)
@@ -157,14 +151,9 @@ def decode_pass(
     """Roofline components of one decode step: ``batch`` sequences, ``context_tokens`` in total."""
     b = np.asarray(batch, dtype=np.float64)
     ctx = np.asarray(context_tokens, dtype=np.float64)
-    dense_per_token = 2.0 * (
-        model.active_params - model.embedding_params - model.routed_active_params
-    )
-    dense_per_token += 2.0 * model.lm_head_params
-    lin_state = sum(g.count * g.attention.linear_flops_per_token() for g in model.groups)
-    matmul = _matmul_time(
-        model, gpu, eff, gpus, b, dense_per_token + lin_state, model.weight_bytes_read(b)
-    )
+    dense = (model.dense_matmul_flops_per_token + 2.0 * model.lm_head_params) * b
+    experts = model.expert_matmul_flops_per_token * b
+    matmul = _matmul_time(model, gpu, eff, gpus, dense, experts, model.weight_bytes_read(b))
     _, attn_flops = model.decode_flops(b, ctx)
     kv_read = model.decode_kv_bytes_read(b, ctx)
     kv = (
