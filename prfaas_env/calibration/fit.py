@@ -218,7 +218,7 @@ def _decode_design(pts: list[Point], model, gpu, eff, gpus: int) -> np.ndarray:
 def _subset_fit(x: np.ndarray, y: np.ndarray, cols: list[int]) -> np.ndarray | None:
     """Relative least squares on the given columns; None if a coefficient comes out negative."""
     coef, *_ = np.linalg.lstsq(x[:, cols] / y[:, None], np.ones_like(y), rcond=None)
-    if np.any(coef < 0):
+    if np.any(coef < 0) or not np.all(np.isfinite(coef)):
         return None
     full = np.zeros(x.shape[1])
     full[cols] = coef

@@ -29,7 +29,7 @@ def fit_relative_nnls(
         for subset in combinations(range(n_feat), size):
             cols = list(subset)
             coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
-            if np.any(coef < 0):
+            if np.any(coef < 0) or not np.all(np.isfinite(coef)):
                 continue
             full = np.zeros(n_feat)
             full[cols] = coef
