@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,7 @@ class ModelSpec:
         """Parameters of the output projection (used once per generated token)."""
         return float(self.vocab_size * self.hidden_size)
 
-    @property
+    @cached_property
     def dense_layer_params(self) -> float:
         """Parameters in the layers that every token uses (attention, dense MLP, shared experts)."""
         h = self.hidden_size
@@ -210,23 +211,23 @@ class ModelSpec:
             sum(g.count * (g.attention.params(h) + g.mlp.dense_params(h)) for g in self.groups)
         )
 
-    @property
+    @cached_property
     def expert_params_total(self) -> float:
         """Parameters of all routed experts of all layers."""
         h = self.hidden_size
         return float(sum(g.count * g.mlp.num_experts * g.mlp.expert_params(h) for g in self.groups))
 
-    @property
+    @cached_property
     def total_params(self) -> float:
         """All parameters."""
         return self.dense_layer_params + self.expert_params_total + self.embedding_params
 
-    @property
+    @cached_property
     def active_params(self) -> float:
         """Parameters used per token (routed experts counted ``experts_per_token`` times)."""
         return self.dense_layer_params + self.routed_active_params + self.embedding_params
 
-    @property
+    @cached_property
     def routed_active_params(self) -> float:
         """Routed-expert parameters used per token (``experts_per_token`` experts per layer)."""
         h = self.hidden_size
@@ -234,19 +235,19 @@ class ModelSpec:
             sum(g.count * g.mlp.experts_per_token * g.mlp.expert_params(h) for g in self.groups)
         )
 
-    @property
+    @cached_property
     def dense_matmul_flops_per_token(self) -> float:
         """Matmul FLOPs per token of the weights every token uses (plus linear-attention state
         updates); excludes routed experts and the LM head."""
         lin_state = sum(g.count * g.attention.linear_flops_per_token() for g in self.groups)
         return 2.0 * self.dense_layer_params + lin_state
 
-    @property
+    @cached_property
     def expert_matmul_flops_per_token(self) -> float:
         """Matmul FLOPs per token in routed experts."""
         return 2.0 * self.routed_active_params
 
-    @property
+    @cached_property
     def weight_bytes_total(self) -> float:
         """Bytes of all weights as served."""
         return (
@@ -254,7 +255,7 @@ class ModelSpec:
         ) * self.weight_bytes + self.expert_params_total * self.expert_weight_bytes
 
     # ---- KV cache ---------------------------------------------------------------------
-    @property
+    @cached_property
     def kv_bytes_per_token(self) -> float:
         """KV-cache bytes per token over all layers with a full-length cache (GQA, MLA)."""
         return float(
@@ -265,7 +266,7 @@ class ModelSpec:
             )
         )
 
-    @property
+    @cached_property
     def state_bytes_per_request(self) -> float:
         """Fixed per-request bytes: the recurrent state of all linear-attention layers."""
         return float(sum(g.count * g.attention.state_bytes_per_request() for g in self.groups))

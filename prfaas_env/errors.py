@@ -152,8 +152,11 @@ class Registry(Generic[T]):
         return parse_catalog_file(path, self.top_key, self.parse_entry)
 
     def add(self, entries: Mapping[str, T]) -> list[str]:
-        """Register parsed entries (a name already known is replaced); returns their names."""
-        self.entries.update(entries)
+        """Register parsed entries (a name already known is replaced); returns their names.
+
+        Names are kept lower-case, so that lookups are case-insensitive for user entries too.
+        """
+        self.entries.update({k.lower(): v for k, v in entries.items()})
         return list(entries)
 
     def names(self) -> list[str]:
@@ -166,6 +169,6 @@ class Registry(Generic[T]):
         if key in self.entries:
             return self.entries[key]
         for entry in self.entries.values():
-            if key in self.aliases(entry):
+            if key in (a.lower() for a in self.aliases(entry)):
                 return entry
         raise UnknownNameError(self.kind, str(name), self.entries)

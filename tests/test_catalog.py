@@ -200,3 +200,13 @@ def test_undefined_layer_block_is_an_error(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"layers\[0\]\.attention: 'b' not defined"):
         register_models(f)
+
+
+def test_user_names_are_case_insensitive(tmp_path):
+    f = tmp_path / "gpus.yaml"
+    f.write_text(
+        "gpus:\n  My-GPU: {bf16_tflops: 100, hbm_gb: 10, hbm_bandwidth_tbps: 1, "
+        "nvlink_gbps: 10, nic_gbps: 10, source: s, aliases: [MINE]}\n"
+    )
+    register_gpus(f)
+    assert get_gpu("My-GPU").name == "My-GPU" and get_gpu("mine").name == "My-GPU"
