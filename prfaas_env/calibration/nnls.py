@@ -24,10 +24,17 @@ def fit_relative_nnls(
     x = np.asarray(features, dtype=np.float64) / target[:, None]
     y = np.ones_like(target, dtype=np.float64)
     n_feat = x.shape[1]
+    # Solve on unit-norm columns so that features of very different scales (or tiny ones)
+    # do not make the least-squares solves ill-conditioned; all-zero columns stay out.
+    norms = np.linalg.norm(x, axis=0)
+    usable = norms > 0
+    x = np.where(usable, x / np.where(usable, norms, 1.0), 0.0)
     best, best_err = np.zeros(n_feat), float(np.sum(y**2))
     for size in range(1, n_feat + 1):
         for subset in combinations(range(n_feat), size):
             cols = list(subset)
+            if not usable[cols].all():
+                continue
             coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
             if np.any(coef < 0) or not np.all(np.isfinite(coef)):
                 continue
@@ -36,4 +43,4 @@ def fit_relative_nnls(
             err = float(np.sum((x @ full - y) ** 2))
             if err < best_err - 1e-15:
                 best, best_err = full, err
-    return best
+    return np.where(usable, best / np.where(usable, norms, 1.0), 0.0)

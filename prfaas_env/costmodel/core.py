@@ -207,8 +207,21 @@ class CostModel:
             cal.tokens_range[1],
             self.prefill_source,
         )
+        return self.prefill_time_continuous_s(n, c)
+
+    def prefill_time_continuous_s(
+        self, uncached_tokens: NDArray[np.float64], cached_tokens: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """:meth:`prefill_time_s` for real-valued token counts, without checks or warnings.
+
+        For tabulation on log-spaced grids (see :mod:`prfaas_env.sim.costs`); the formula is
+        the same one :meth:`prefill_time_s` evaluates.
+        """
+        n, c = np.broadcast_arrays(
+            np.asarray(uncached_tokens, float), np.asarray(cached_tokens, float)
+        )
         times = prefill_pass(self.model, self.gpu, self.kernel_efficiency, self.gpus, n, c)
-        return np.where(n > 0, prefill_time_s(times, cal), 0.0)
+        return np.where(n > 0, prefill_time_s(times, self.prefill_calibration), 0.0)
 
     def decode_step_time_s(
         self, batch_size: ArrayLike, context_tokens: ArrayLike
@@ -243,8 +256,17 @@ class CostModel:
             cal.context_range[1],
             self.decode_source,
         )
+        return self.decode_step_time_continuous_s(b, ctx)
+
+    def decode_step_time_continuous_s(
+        self, batch_size: NDArray[np.float64], context_tokens: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """:meth:`decode_step_time_s` for real-valued context, without checks or warnings."""
+        b, ctx = np.broadcast_arrays(
+            np.asarray(batch_size, float), np.asarray(context_tokens, float)
+        )
         times = decode_pass(self.model, self.gpu, self.kernel_efficiency, self.gpus, b, ctx)
-        return np.where(b > 0, decode_time_s(times, cal), 0.0)
+        return np.where(b > 0, decode_time_s(times, self.decode_calibration), 0.0)
 
     def kv_bytes(self, prompt_tokens: ArrayLike) -> NDArray[np.float64]:
         """KV-cache bytes of a request holding ``prompt_tokens`` tokens (what a transfer ships)."""

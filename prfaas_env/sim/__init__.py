@@ -1,0 +1,1 @@
+"""Vectorised cluster simulator: topology, workloads, engine and reference simulator."""

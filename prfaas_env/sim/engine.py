@@ -1,0 +1,318 @@
+"""VecSimulator: many independent copies of a scenario, advanced one routing decision at a time.
+
+Usage::
+
+    sim = VecSimulator(load_scenario("configs/paper.yaml"), num_envs=64)
+    sim.reset(seed=0)                 # env i is seeded with seed + i
+    while ...:
+        routes = policy(sim)          # one route index per env (see ``topology.routes``)
+        sim.step(routes)
+    print(sim.metrics())
+
+State is a struct of arrays (``sim.state``, ``sim.cache``, ``sim.workload_state``) whose leading
+dimension is the env; :meth:`step` is a single call into compiled code that routes every env's
+pending request and advances every env to its next arrival.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.sim import kernel
+from prfaas_env.sim import workload as wl
+from prfaas_env.sim.cache import CacheState, clear_env, new_cache
+from prfaas_env.sim.costs import CostTables, build_tables
+from prfaas_env.sim.scenario import Scenario
+from prfaas_env.sim.state import (
+    HIST_BINS,
+    HIST_LO_S,
+    HIST_PER_DECADE,
+    RECORD_FIELDS,
+    State,
+    Static,
+    grow_slots,
+    new_state,
+)
+
+DRAIN_LIMIT_S = 1e7
+
+
+def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
+    """Compile a scenario's topology and cost tables into the kernel's constants."""
+    topo = sc.topology
+    cl = topo.clusters
+    if tables is None:
+        tables = build_tables(topo.cost_models(), [c.max_batch for c in cl])
+    np_ = np.array([c.prefill_instances for c in cl], np.int64)
+    nd = np.array([c.decode_instances for c in cl], np.int64)
+    p0 = np.concatenate([[0], np.cumsum(np_)[:-1]]).astype(np.int64)
+    d0 = np.concatenate([[0], np.cumsum(nd)[:-1]]).astype(np.int64)
+    ch_links = [topo.links[li] for li, _, _ in topo.channels]
+    routes = topo.routes
+    return Static(
+        route_p=np.array([r.prefill for r in routes], np.int64),
+        route_d=np.array([r.decode for r in routes], np.int64),
+        route_ch=np.array([r.channel for r in routes], np.int64),
+        route_offload=np.array(
+            [cl[r.prefill].datacenter != cl[r.decode].datacenter for r in routes], np.bool_
+        ),
+        cl_p0=p0,
+        cl_np=np_,
+        cl_d0=d0,
+        cl_nd=nd,
+        cl_rdma_bps=np.array([c.rdma_gbps * 1e9 / 8 for c in cl]),
+        cl_max_batch=np.array([c.max_batch for c in cl], np.int64),
+        cl_kv_cap=topo.decode_kv_capacity_bytes(),
+        p_cluster=np.repeat(np.arange(len(cl)), np_).astype(np.int64),
+        d_cluster=np.repeat(np.arange(len(cl)), nd).astype(np.int64),
+        ch_latency_s=np.array([lk.rtt_ms / 2e3 for lk in ch_links], dtype=float),
+        ch_step_s=np.array(
+            [np.inf if lk.process.is_constant else lk.process.step_s for lk in ch_links],
+            dtype=float,
+        ),
+        ch_cells=np.array([_cells(sc, lk.process) for lk in ch_links], np.int64),
+        prefill_log_t=tables.prefill_log_t,
+        decode_log_t=tables.decode_log_t,
+        kv_fixed=tables.kv_fixed,
+        kv_per_token=tables.kv_per_token,
+        swa_per_token=tables.swa_per_token,
+        swa_window=tables.swa_window,
+        block_tokens=topo.block_tokens,
+        ttft_slo_s=sc.ttft_slo_s,
+        tpot_slo_s=sc.tpot_slo_s,
+    )
+
+
+def _cells(sc: Scenario, proc: object) -> int:
+    from prfaas_env.sim.bandwidth import BandwidthProcess
+
+    assert isinstance(proc, BandwidthProcess)
+    if proc.is_constant:
+        return 1
+    return max(1, int(np.ceil(sc.bandwidth_horizon_s / proc.step_s)))
+
+
+def env_seeds(seed: int | Sequence[int] | None, num_envs: int) -> list[int | None]:
+    """Per-env seeds: ``seed + i`` for an int, the list itself for a sequence."""
+    if seed is None:
+        return [None] * num_envs
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(num_envs)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != num_envs:
+        raise ValueError(f"seed: expected {num_envs} seeds (one per env), got {len(seeds)}")
+    return seeds
+
+
+class VecSimulator:
+    """``num_envs`` independent copies of a scenario (see the module docstring).
+
+    Args:
+        scenario: the parsed scenario.
+        num_envs: copies simulated side by side.
+        record: keep a full record of the first ``record`` requests of each env (see
+            :data:`~prfaas_env.sim.state.RECORD_FIELDS`); 0 keeps only aggregate metrics.
+        slots: initial request slots per env (doubled automatically when needed).
+        tables: precomputed cost tables (to share them between simulators).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        num_envs: int = 1,
+        *,
+        record: int = 0,
+        slots: int = 256,
+        tables: CostTables | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
+        self.scenario = scenario
+        self.num_envs = int(num_envs)
+        topo = scenario.topology
+        self.static = build_static(scenario, tables)
+        self.workload_params = wl.params(scenario.workload, topo.block_tokens)
+        self.num_routes = len(topo.routes)
+        cl = topo.clusters
+        dims = (
+            int(self.static.cl_np.sum()),
+            len(topo.channels),
+            int(self.static.ch_cells.max()) if topo.channels else 1,
+            int(self.static.cl_nd.sum()),
+            max(c.max_batch for c in cl),
+            len(cl),
+            record,
+        )
+        self.state: State = new_state(self.num_envs, slots, *dims)
+        self._fresh = new_state(1, 1, *dims)  # the values a reset env starts from
+        self.cache: CacheState = new_cache(self.num_envs, [c.prefix_cache_blocks for c in cl])
+        self.workload_state = wl.new_state(self.num_envs, scenario.workload.sessions)
+        self._started = False
+        self._step_entry: Callable[..., None] | None = None
+
+    # ---- episode control -----------------------------------------------------------------
+    def reset(
+        self, seed: int | Sequence[int] | None = None, mask: NDArray[np.bool_] | None = None
+    ) -> None:
+        """Reset the envs in ``mask`` (default all) and draw their first requests.
+
+        Env ``i`` draws all its randomness from ``numpy.random.default_rng(seeds[i])`` where
+        ``seeds = env_seeds(seed, num_envs)``; so env ``i`` of a batch seeded ``s`` equals a
+        single env seeded ``s + i``.
+        """
+        if mask is None:
+            mask = np.ones(self.num_envs, np.bool_)
+        mask = np.asarray(mask, np.bool_)
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"mask: expected shape ({self.num_envs},), got {mask.shape}")
+        seeds = env_seeds(seed, self.num_envs)
+        for e in np.flatnonzero(mask):  # resets are rare; per-env generators keep streams apart
+            self._reset_env(int(e), np.random.default_rng(seeds[e]))
+        kernel.start(
+            self.static, self.workload_params, self.workload_state, self.cache, self.state, mask
+        )
+        self._started = True
+
+    def _reset_env(self, e: int, rng: np.random.Generator) -> None:
+        st, fresh = self.state, self._fresh
+        r = st.r_seq.shape[1]
+        for name in State._fields:
+            a = getattr(st, name)
+            f = getattr(fresh, name)
+            if name == "free":
+                a[e] = np.arange(r - 1, -1, -1)
+            elif name == "nfree":
+                a[e] = r
+            elif name.startswith("r_"):
+                a[e] = f[0, 0]
+            else:
+                a[e] = f[0]
+        clear_env(self.cache, e)
+        wl.reset_env(self.scenario.workload, self.workload_state, e, rng)
+        topo = self.scenario.topology
+        for ch, (li, _, _) in enumerate(topo.channels):
+            link = topo.links[li]
+            series = link.process.series(
+                link.bandwidth_gbps, self.scenario.bandwidth_horizon_s, rng
+            )
+            st.l_series[e, ch, : series.size] = series
+            st.l_bw[e, ch] = series[0]
+
+    def step(self, routes: NDArray[np.integer] | Sequence[int]) -> None:
+        """Route each env's pending request on ``routes[e]`` and advance to the next arrival.
+
+        Raises:
+            RuntimeError: :meth:`reset` was not called.
+            ValueError: ``routes`` has the wrong shape or an index outside ``[0, num_routes)``.
+        """
+        if not self._started:
+            raise RuntimeError("VecSimulator.step called before reset()")
+        r = np.asarray(routes)
+        if r.shape != (self.num_envs,) or not np.issubdtype(r.dtype, np.integer):
+            raise ValueError(
+                f"routes: expected {self.num_envs} integer route indices, got shape {r.shape} "
+                f"of {r.dtype}"
+            )
+        if r.size and (r.min() < 0 or r.max() >= self.num_routes):
+            raise ValueError(f"routes: indices must be in [0, {self.num_routes}), got {r}")
+        if self.state.nfree.min() < 1:
+            self.state = grow_slots(self.state)
+        args = (
+            self.static,
+            self.workload_params,
+            self.workload_state,
+            self.cache,
+            self.state,
+            r.astype(np.int64, copy=False),
+        )
+        if self._step_entry is None:
+            kernel.step(*args)
+            self._step_entry = _entry_point(kernel.step, args)
+        else:
+            self._step_entry(*args)
+
+    def drain(self, limit_s: float = DRAIN_LIMIT_S) -> None:
+        """Finish every routed request (no further arrivals); for end-of-run metrics."""
+        kernel.drain(self.static, self.state, float(limit_s))
+
+    # ---- what a router sees about the pending request -------------------------------------------
+    @property
+    def now(self) -> NDArray[np.float64]:
+        """Arrival time of each env's pending request, s."""
+        return self.state.now
+
+    def pending(self) -> dict[str, NDArray]:
+        """The pending request of every env: input/output tokens and cached tokens per cluster."""
+        ws = self.workload_state
+        return {
+            "input_tokens": ws.req_in.copy(),
+            "output_tokens": ws.req_out.copy(),
+            "cached_tokens": self.state.obs_cached.copy(),
+        }
+
+    # ---- results --------------------------------------------------------------------------------
+    def records(self, e: int = 0) -> dict[str, NDArray[np.float64]]:
+        """Per-request records of env ``e`` (requests routed so far, up to ``record``)."""
+        st = self.state
+        n = min(int(st.seq[e]), st.records.shape[1])
+        return {f: st.records[e, :n, i].copy() for i, f in enumerate(RECORD_FIELDS)}
+
+    def metrics(self) -> dict[str, NDArray[np.float64]]:
+        """Aggregate metrics of every env since its reset (arrays over envs).
+
+        Throughputs divide by the simulated time from 0 to the current decision. Percentiles
+        come from a log-spaced histogram (20 bins per decade: within 12 % of the exact value).
+        """
+        st = self.state
+        t = np.maximum(st.now, 1e-9)
+        done = st.m_done.astype(float)
+        safe = np.maximum(done, 1)
+        cap = st.l_cap_int + np.maximum(st.now[:, None] - st.l_t, 0) * st.l_bw
+        out = {
+            "decisions": st.seq.astype(float),
+            "completed": done,
+            "throughput_rps": done / t,
+            "output_tps": st.m_out_tokens / t,
+            "ttft_mean_s": np.where(done > 0, st.m_ttft_sum / safe, np.nan),
+            "tpot_mean_s": np.where(done > 0, st.m_tpot_sum / safe, np.nan),
+            "slo_attainment": np.where(done > 0, st.m_slo_ok / safe, np.nan),
+            "offload_fraction": st.m_offload / np.maximum(st.seq, 1),
+            "cache_hit_fraction": st.m_cached_tokens / np.maximum(st.m_input_tokens, 1),
+            "link_utilisation": (
+                st.l_bytes_done.sum(1) / np.maximum(cap.sum(1), 1e-9)
+                if st.l_bw.shape[1]
+                else np.zeros(self.num_envs)
+            ),
+            "link_bytes": st.l_bytes_done.sum(1) if st.l_bw.shape[1] else np.zeros(self.num_envs),
+        }
+        for q in (50, 90, 99):
+            out[f"ttft_p{q}_s"] = hist_quantile(st.m_ttft_hist, q / 100)
+        npi = self.static.cl_np.sum()
+        busy = st.p_busy_s
+        out["prefill_utilisation"] = np.minimum(busy.sum(1) / (npi * t), 1.0) if npi else 0 * t
+        return out
+
+
+def _entry_point(dispatcher: Any, args: tuple) -> Callable[..., None]:
+    """The compiled overload of ``dispatcher`` for ``args``, callable without re-dispatch.
+
+    Calling a compiled function through its dispatcher types every argument on every call
+    (about 20 µs for the simulator's ~150 arrays); the argument types never change between
+    steps, so the overload is resolved once.
+    """
+    sig = tuple(dispatcher.typeof_pyval(a) for a in args)
+    return dispatcher.overloads[sig].entry_point
+
+
+def hist_quantile(hist: NDArray[np.int64], q: float) -> NDArray[np.float64]:
+    """Quantile ``q`` of each row of a TTFT histogram (geometric bin centres), s; NaN if empty."""
+    total = hist.sum(1)
+    cum = np.cumsum(hist, 1)
+    target = np.ceil(q * total)
+    b = (cum < target[:, None]).sum(1)
+    centre = HIST_LO_S * 10 ** ((np.minimum(b, HIST_BINS - 1) + 0.5) / HIST_PER_DECADE)
+    return np.where(total > 0, centre, np.nan)

@@ -1,0 +1,108 @@
+"""Scenario files: a topology, a workload and the latency objectives, in one YAML file.
+
+Top-level keys: ``topology`` (see :mod:`prfaas_env.sim.topology`), ``workload`` (see
+:mod:`prfaas_env.sim.workload`), ``slo`` (``ttft_s``, ``tpot_s``) and ``simulator``
+(``bandwidth_horizon_s``: period of the drawn bandwidth series). Relative paths inside the
+file (traces, bandwidth CSVs) are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prfaas_env.errors import ConfigError, check_keys, load_yaml_mapping, number
+from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
+from prfaas_env.sim.topology import Topology, parse_topology
+from prfaas_env.sim.workload import Workload, parse_workload
+
+TOP_KEYS = ("topology", "workload", "slo", "simulator")
+RESERVED_KEYS = ("env", "reward", "evaluation", "description")  # read by other layers
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A parsed scenario (see the module docstring)."""
+
+    topology: Topology
+    workload: Workload
+    ttft_slo_s: float = 10.0
+    tpot_slo_s: float = 0.025
+    bandwidth_horizon_s: float = 3600.0
+    source: str = ""
+    raw: dict[str, Any] | None = None
+
+
+def parse_scenario(data: dict[str, Any], where: str, base_dir: Path | None = None) -> Scenario:
+    """Build a Scenario from a mapping; every error names ``where`` and the key."""
+    check_keys(data, where, ["topology", "workload"], (*TOP_KEYS, *RESERVED_KEYS))
+    topo = parse_topology(data["topology"], f"{where}: topology", base_dir)
+    work = parse_workload(data["workload"], f"{where}: workload", base_dir)
+    slo = data.get("slo") or {}
+    if not isinstance(slo, dict):
+        raise ConfigError(f"{where}: slo: expected a mapping with ttft_s, tpot_s")
+    check_keys(slo, f"{where}: slo", [], ["ttft_s", "tpot_s"])
+    sim = data.get("simulator") or {}
+    if not isinstance(sim, dict):
+        raise ConfigError(f"{where}: simulator: expected a mapping")
+    check_keys(sim, f"{where}: simulator", [], ["bandwidth_horizon_s"])
+    tr = work.trace
+    if tr is not None and tr.has_prefix_info and tr.block_tokens != topo.block_tokens:
+        raise ConfigError(
+            f"{where}: workload.trace has {tr.block_tokens}-token blocks but "
+            f"topology.block_tokens is {topo.block_tokens}; they must agree"
+        )
+    _check_capacity(topo, work, where)
+    return Scenario(
+        topology=topo,
+        workload=work,
+        ttft_slo_s=number(
+            slo, "ttft_s", f"{where}: slo", minimum=0, exclusive_minimum=True, default=10.0
+        ),
+        tpot_slo_s=number(
+            slo, "tpot_s", f"{where}: slo", minimum=0, exclusive_minimum=True, default=0.025
+        ),
+        bandwidth_horizon_s=number(
+            sim,
+            "bandwidth_horizon_s",
+            f"{where}: simulator",
+            minimum=1,
+            maximum=1e7,
+            default=3600.0,
+        ),
+        source=where,
+        raw=data,
+    )
+
+
+def _check_capacity(topo: Topology, work: Workload, where: str) -> None:
+    """Every PD cluster must hold the weights and the longest request's KV on one instance."""
+    if work.trace is not None:
+        longest = int((work.trace.input_tokens + work.trace.output_tokens).max())
+    else:
+        longest = int(work.input.high if work.input.kind == "lognormal" else work.input.tokens)
+        longest += int(work.output.high if work.output.kind == "lognormal" else work.output.tokens)
+    longest = min(longest, 2 * MAX_PROMPT_TOKENS)
+    need = float(topo.model.kv_bytes_for(longest))
+    caps = topo.decode_kv_capacity_bytes()
+    for c, cap in zip(topo.clusters, caps, strict=True):
+        if c.role != "pd":
+            continue
+        if cap <= 0:
+            raise ConfigError(
+                f"{where}: topology.clusters.{c.name}: the weights of {topo.model.name} do not "
+                f"fit in {c.gpus_per_instance} x {c.gpu} at memory_fraction {c.memory_fraction}"
+            )
+        if cap < need:
+            raise ConfigError(
+                f"{where}: topology.clusters.{c.name}: one decode instance holds "
+                f"{cap / 1e9:.1f} GB of KV, less than the longest request needs "
+                f"({need / 1e9:.1f} GB for {longest} tokens)"
+            )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read a scenario YAML file (errors name the file and the key)."""
+    p = Path(path)
+    return parse_scenario(load_yaml_mapping(p), str(p), p.resolve().parent)

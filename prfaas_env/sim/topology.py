@@ -1,0 +1,272 @@
+"""Topology: datacenters, prefill-only and PD clusters, and the links between datacenters.
+
+A topology is read from the ``topology:`` section of a scenario YAML file (see
+``configs/*.yaml`` and docs/simulator.md). Clusters are either ``prefill`` (prefill-only, the
+PrfaaS role) or ``pd`` (a prefill pool and a decode pool joined by RDMA). Every configured
+link joins two datacenters and is full duplex: it becomes two directed *channels* of the same
+nominal bandwidth whose usable bandwidth follows its own realisation of the link's process.
+
+A *route* is a pair (prefill cluster, decode cluster) that the topology can serve: the decode
+cluster is a PD cluster and either both are in the same datacenter (KV moves over RDMA) or a
+link joins their datacenters (KV moves over that link's channel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prfaas_env.architecture import ModelSpec, get_model
+from prfaas_env.costmodel import CostModel
+from prfaas_env.errors import ConfigError, UnknownNameError, check_keys, number
+from prfaas_env.sim.bandwidth import BandwidthProcess, parse_bandwidth
+
+ROLES = ("pd", "prefill")
+GBPS = 1e9 / 8.0  # bytes per second in one Gbps
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One cluster: instances of ``gpus_per_instance`` x ``gpu`` in one datacenter.
+
+    Attributes:
+        prefix_cache_blocks: capacity of the cluster-wide prefix cache, in blocks of
+            ``block_tokens`` tokens (0 disables prefix caching in this cluster).
+        rdma_gbps: RDMA bandwidth per node, Gbps, used for KV moved inside the datacenter.
+        max_batch: decode slots per decode instance (sequences per batch).
+        memory_fraction: share of decode-instance HBM usable for weights plus KV cache.
+    """
+
+    name: str
+    datacenter: str
+    role: str
+    gpu: str
+    gpus_per_instance: int
+    prefill_instances: int
+    decode_instances: int
+    rdma_gbps: float
+    prefix_cache_blocks: int
+    max_batch: int
+    memory_fraction: float
+
+
+@dataclass(frozen=True)
+class Link:
+    """A full-duplex link between two datacenters."""
+
+    a: str
+    b: str
+    bandwidth_gbps: float
+    rtt_ms: float
+    process: BandwidthProcess
+
+
+@dataclass(frozen=True)
+class Route:
+    """Prefill on ``prefill`` (cluster index), decode on ``decode``; KV over ``channel``
+    (index of a directed channel, or -1 for RDMA inside the datacenter)."""
+
+    prefill: int
+    decode: int
+    channel: int
+
+    def label(self, topo: Topology) -> str:
+        """Human-readable name, e.g. ``prfaas->pd``."""
+        return f"{topo.clusters[self.prefill].name}->{topo.clusters[self.decode].name}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A parsed topology with its derived routes and channels."""
+
+    model: ModelSpec
+    block_tokens: int
+    datacenters: tuple[str, ...]
+    clusters: tuple[Cluster, ...]
+    links: tuple[Link, ...]
+    source: str = ""
+    routes: tuple[Route, ...] = field(init=False)
+    channels: tuple[tuple[int, str, str], ...] = field(init=False)  # (link, from dc, to dc)
+
+    def __post_init__(self) -> None:
+        chans: list[tuple[int, str, str]] = []
+        for li, link in enumerate(self.links):
+            chans += [(li, link.a, link.b), (li, link.b, link.a)]
+        object.__setattr__(self, "channels", tuple(chans))
+        routes = []
+        for p, pc in enumerate(self.clusters):
+            if pc.prefill_instances == 0:
+                continue
+            for d, dc in enumerate(self.clusters):
+                if dc.role != "pd":
+                    continue
+                if pc.datacenter == dc.datacenter:
+                    routes.append(Route(p, d, -1))
+                    continue
+                ch = self.channel_index(pc.datacenter, dc.datacenter)
+                if ch >= 0:
+                    routes.append(Route(p, d, ch))
+        if not routes:
+            raise ConfigError(f"{self.source}: topology has no route from a prefill pool to a PD")
+        object.__setattr__(self, "routes", tuple(routes))
+
+    def channel_index(self, src: str, dst: str) -> int:
+        """Index of the directed channel from datacenter ``src`` to ``dst``, or -1."""
+        for i, (_, a, b) in enumerate(self.channels):
+            if a == src and b == dst:
+                return i
+        return -1
+
+    def cluster_index(self, name: str) -> int:
+        """Index of the cluster called ``name`` (UnknownNameError lists the clusters)."""
+        for i, c in enumerate(self.clusters):
+            if c.name == name:
+                return i
+        raise UnknownNameError("cluster", name, [c.name for c in self.clusters])
+
+    def cost_models(self) -> list[CostModel]:
+        """One cost model per cluster (its GPU type and instance size)."""
+        return [CostModel(self.model, c.gpu, c.gpus_per_instance) for c in self.clusters]
+
+    def decode_kv_capacity_bytes(self) -> np.ndarray:
+        """KV-cache bytes one decode instance of each cluster can hold (0 for prefill-only)."""
+        out = np.zeros(len(self.clusters))
+        for i, (c, cm) in enumerate(zip(self.clusters, self.cost_models(), strict=True)):
+            if c.role == "pd":
+                hbm = c.gpus_per_instance * cm.gpu.hbm_bytes * c.memory_fraction
+                out[i] = hbm - self.model.weight_bytes_total
+        return out
+
+    def route_labels(self) -> list[str]:
+        """Labels of the routes, in action order."""
+        return [r.label(self) for r in self.routes]
+
+
+_CLUSTER_KEYS = (
+    "datacenter",
+    "role",
+    "gpu",
+    "gpus_per_instance",
+    "prefill_instances",
+    "decode_instances",
+    "rdma_gbps",
+    "prefix_cache_blocks",
+    "max_batch",
+    "memory_fraction",
+)
+
+
+def _parse_cluster(name: str, raw: Any, where: str, dcs: tuple[str, ...]) -> Cluster:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of cluster fields")
+    check_keys(raw, where, ["datacenter", "role", "gpu"], _CLUSTER_KEYS)
+    role = raw["role"]
+    if role not in ROLES:
+        raise ConfigError(f"{where}.role: {role!r} is not allowed; allowed: {', '.join(ROLES)}")
+    dc = raw["datacenter"]
+    if dc not in dcs:
+        raise ConfigError(f"{where}.datacenter: {dc!r} is not declared; declared: {', '.join(dcs)}")
+    from prfaas_env.hardware import get_gpu
+
+    try:
+        gpu = get_gpu(str(raw["gpu"])).name
+    except UnknownNameError as exc:
+        raise ConfigError(f"{where}.gpu: {exc}") from exc
+    prefill = number(raw, "prefill_instances", where, minimum=0, integer=True, default=0)
+    decode = number(raw, "decode_instances", where, minimum=0, integer=True, default=0)
+    if role == "prefill" and decode:
+        raise ConfigError(f"{where}.decode_instances: a prefill-only cluster has no decode pool")
+    if role == "pd" and decode < 1:
+        raise ConfigError(f"{where}.decode_instances: a pd cluster needs at least 1")
+    if role == "prefill" and prefill < 1:
+        raise ConfigError(f"{where}.prefill_instances: a prefill cluster needs at least 1")
+    return Cluster(
+        name=name,
+        datacenter=dc,
+        role=role,
+        gpu=gpu,
+        gpus_per_instance=number(
+            raw, "gpus_per_instance", where, minimum=1, integer=True, default=8
+        ),
+        prefill_instances=prefill,
+        decode_instances=decode,
+        rdma_gbps=number(raw, "rdma_gbps", where, minimum=0, exclusive_minimum=True, default=800.0),
+        prefix_cache_blocks=number(
+            raw, "prefix_cache_blocks", where, minimum=0, maximum=2**24, integer=True, default=0
+        ),
+        max_batch=number(
+            raw, "max_batch", where, minimum=1, maximum=4096, integer=True, default=128
+        ),
+        memory_fraction=number(
+            raw, "memory_fraction", where, minimum=0, maximum=1, exclusive_minimum=True, default=0.9
+        ),
+    )
+
+
+def parse_topology(raw: Any, where: str, base_dir: Path | None = None) -> Topology:
+    """Build a Topology from the ``topology:`` mapping; errors name ``where`` and the key.
+
+    ``base_dir`` resolves relative paths (bandwidth replay CSV files).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with model, datacenters, clusters, links")
+    check_keys(raw, where, ["model", "datacenters", "clusters"], ["links", "block_tokens"])
+    try:
+        model = get_model(str(raw["model"]))
+    except UnknownNameError as exc:
+        raise ConfigError(f"{where}.model: {exc}") from exc
+    dcs = raw["datacenters"]
+    if not isinstance(dcs, list) or not dcs or not all(isinstance(d, str) for d in dcs):
+        raise ConfigError(f"{where}.datacenters: expected a non-empty list of names")
+    if len(set(dcs)) != len(dcs):
+        raise ConfigError(f"{where}.datacenters: names must be unique, got {dcs}")
+    dcs_t = tuple(dcs)
+    clusters_raw = raw["clusters"]
+    if not isinstance(clusters_raw, dict) or not clusters_raw:
+        raise ConfigError(f"{where}.clusters: expected a non-empty mapping of name -> fields")
+    clusters = tuple(
+        _parse_cluster(str(n), c, f"{where}.clusters.{n}", dcs_t) for n, c in clusters_raw.items()
+    )
+    block_tokens = number(raw, "block_tokens", where, minimum=1, integer=True, default=512)
+    links_raw = raw.get("links") or []
+    if not isinstance(links_raw, list):
+        raise ConfigError(f"{where}.links: expected a list of links")
+    links = []
+    seen: set[frozenset[str]] = set()
+    for i, lr in enumerate(links_raw):
+        lw = f"{where}.links[{i}]"
+        if not isinstance(lr, dict):
+            raise ConfigError(f"{lw}: expected a mapping")
+        check_keys(lr, lw, ["between", "bandwidth_gbps"], ["rtt_ms", "bandwidth", "outages"])
+        pair = lr["between"]
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in dcs_t for p in pair)):
+            raise ConfigError(
+                f"{lw}.between: expected two declared datacenters out of {', '.join(dcs_t)}, "
+                f"got {pair!r}"
+            )
+        if pair[0] == pair[1] or frozenset(pair) in seen:
+            raise ConfigError(f"{lw}.between: {pair} repeats a datacenter or an earlier link")
+        seen.add(frozenset(pair))
+        links.append(
+            Link(
+                a=pair[0],
+                b=pair[1],
+                bandwidth_gbps=number(lr, "bandwidth_gbps", lw, minimum=0, exclusive_minimum=True),
+                rtt_ms=number(lr, "rtt_ms", lw, minimum=0, default=0.0),
+                process=parse_bandwidth(lr.get("bandwidth"), lr.get("outages"), lw, base_dir),
+            )
+        )
+    names = [c.name for c in clusters]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.clusters: names must be unique")
+    return Topology(
+        model=model,
+        block_tokens=block_tokens,
+        datacenters=dcs_t,
+        clusters=clusters,
+        links=tuple(links),
+        source=where,
+    )

@@ -1,0 +1,1 @@
+"""Shipped request traces (compressed copies of public traces; see PROVENANCE.md here)."""

@@ -1,0 +1,84 @@
+"""Small scenarios for the simulator tests (built from configs/paper_prfaas.yaml)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prfaas_env.sim.scenario import Scenario, parse_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "paper_prfaas.yaml").read_text())
+
+
+def base() -> dict[str, Any]:
+    """A deep copy of the paper scenario's mapping."""
+    return copy.deepcopy(BASE)
+
+
+def light() -> dict[str, Any]:
+    """Paper topology at half a request per second: queues rarely form."""
+    d = base()
+    d["workload"]["arrival"]["rate_rps"] = 0.5
+    return d
+
+
+def saturated() -> dict[str, Any]:
+    """Near saturation, with prefix reuse and small caches (evictions) and 4 decode slots per
+    instance (admission waits)."""
+    d = base()
+    d["workload"]["arrival"]["rate_rps"] = 2.5
+    cl = d["topology"]["clusters"]
+    cl["pd"]["max_batch"] = 4
+    cl["pd"]["prefix_cache_blocks"] = 300
+    cl["prfaas"]["prefix_cache_blocks"] = 200
+    d["workload"]["prefix"] = {
+        "system_prompts": 4,
+        "system_prompt_tokens": 4096,
+        "system_prompt_share": 0.7,
+        "session_reuse": 0.5,
+        "sessions": 16,
+    }
+    return d
+
+
+def starved() -> dict[str, Any]:
+    """A 5 Gbps fluctuating link with a 20 s outage, under bursty (MMPP) arrivals."""
+    d = base()
+    link = d["topology"]["links"][0]
+    link["bandwidth_gbps"] = 5
+    link["bandwidth"] = {
+        "kind": "fluctuating",
+        "mean_fraction": 0.6,
+        "volatility": 0.5,
+        "correlation_s": 10,
+    }
+    link["outages"] = [{"start_s": 50, "duration_s": 20}]
+    d["workload"]["arrival"] = {
+        "process": "mmpp",
+        "rate_rps": 1.5,
+        "burst_factor": 5,
+        "burst_fraction": 0.2,
+        "burst_mean_s": 10,
+    }
+    return d
+
+
+def mooncake() -> dict[str, Any]:
+    """Mooncake conversation replay with prefix caches in both clusters."""
+    d = base()
+    d["workload"] = {"kind": "trace", "trace": "mooncake-conversation"}
+    d["topology"]["clusters"]["pd"]["prefix_cache_blocks"] = 2000
+    d["topology"]["clusters"]["prfaas"]["prefix_cache_blocks"] = 1000
+    return d
+
+
+SCENARIOS = {"light": light, "saturated": saturated, "starved": starved, "mooncake": mooncake}
+
+
+def scenario(name: str) -> Scenario:
+    """The named test scenario, parsed."""
+    return parse_scenario(SCENARIOS[name](), f"test:{name}")
