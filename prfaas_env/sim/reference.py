@@ -24,6 +24,29 @@ from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import RECORD_FIELDS
 
 
+class LRUCache:
+    """Blocks with least-recently-used eviction: an OrderedDict, most recent last."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.blocks: OrderedDict[int, None] = OrderedDict()
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.blocks
+
+    def access(self, key: int) -> bool:
+        """Mark ``key`` most recently used, inserting it; returns whether it was cached."""
+        if self.capacity == 0:
+            return False
+        if key in self.blocks:
+            self.blocks.move_to_end(key)
+            return True
+        if len(self.blocks) >= self.capacity:
+            self.blocks.popitem(last=False)
+        self.blocks[key] = None
+        return False
+
+
 @dataclass
 class Req:
     """One routed request and its timeline (seconds)."""
@@ -101,8 +124,7 @@ class ReferenceSimulator:
         self.ws = self._vec.workload_state
         self.bt = S.block_tokens
         topo = scenario.topology
-        self.caches = [OrderedDict() for _ in topo.clusters]
-        self.cache_cap = [c.prefix_cache_blocks for c in topo.clusters]
+        self.caches = [LRUCache(c.prefix_cache_blocks) for c in topo.clusters]
         self.p_free = [0.0] * len(S.p_cluster)
         self.p_last_evt = [0.0] * len(S.p_cluster)
         self.p_queue: list[deque[Req]] = [deque() for _ in S.p_cluster]  # not yet completed
@@ -144,14 +166,8 @@ class ReferenceSimulator:
         pc = int(S.route_p[route])
         length, out = int(self.ws.req_in[0]), int(self.ws.req_out[0])
         cached = self.cached_tokens(pc)
-        cache, cap = self.caches[pc], self.cache_cap[pc]
-        for b in self.pending_blocks if cap else []:
-            if b in cache:
-                cache.move_to_end(b)
-            else:
-                if len(cache) >= cap:
-                    cache.popitem(last=False)
-                cache[b] = True
+        for b in self.pending_blocks:
+            self.caches[pc].access(b)
         unc = length - cached
         first = int(S.cl_p0[pc])
         insts = range(first, first + int(S.cl_np[pc]))
