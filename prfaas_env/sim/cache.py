@@ -9,28 +9,50 @@ same policy, and the differential tests check the two agree.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from prfaas_env.sim.packing import add_views
+
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(29)
 
 
+class META(IntEnum):
+    """Per (env, cluster): blocks held, most and least recently used node (-1 when empty)."""
+
+    SIZE = 0
+    HEAD = 1
+    TAIL = 2
+
+
+class CFG(IntEnum):
+    """Per cluster: capacity in blocks, hash-table slots - 1 (slots: a power of two >= 2x)."""
+
+    CAPACITY = 0
+    MASK = 1
+
+
+CACHE_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {"meta": (META, ""), "cfg": (CFG, "")}
+
+
 class CacheState(NamedTuple):
-    """Prefix caches of every (env, cluster); node and slot arrays are padded to the largest."""
+    """Prefix caches of every (env, cluster); node and slot arrays are padded to the largest.
+    Packed fields by name as views: ``size``, ``head``, ``tail``, ``capacity``, ``mask``."""
 
     key: NDArray[np.int64]  # [env, cluster, capacity] block id of each node
     prev: NDArray[np.int32]  # [env, cluster, capacity] towards the head (more recent)
     next: NDArray[np.int32]  # [env, cluster, capacity] towards the tail (less recent)
     table: NDArray[np.int32]  # [env, cluster, slots] node index or -1
-    size: NDArray[np.int64]  # [env, cluster]
-    head: NDArray[np.int64]  # [env, cluster] most recently used node, -1 when empty
-    tail: NDArray[np.int64]  # [env, cluster] least recently used node
-    capacity: NDArray[np.int64]  # [cluster]
-    mask: NDArray[np.int64]  # [cluster] slots - 1 (slots is a power of two >= 2 capacity)
+    meta: NDArray[np.int64]  # [env, cluster, 3]
+    cfg: NDArray[np.int64]  # [cluster, 2]
+
+
+add_views(CacheState, CACHE_LAYOUT)
 
 
 def new_cache(num_envs: int, capacities: list[int]) -> CacheState:
@@ -38,25 +60,24 @@ def new_cache(num_envs: int, capacities: list[int]) -> CacheState:
     cap = max(max(capacities), 1)
     slots = [1 << max(1, int(np.ceil(np.log2(max(2 * c, 2))))) for c in capacities]
     shape = (num_envs, len(capacities))
+    meta = np.full((*shape, len(META)), -1, np.int64)
+    meta[..., META.SIZE] = 0
     return CacheState(
         key=np.zeros((*shape, cap), np.int64),
         prev=np.full((*shape, cap), -1, np.int32),
         next=np.full((*shape, cap), -1, np.int32),
         table=np.full((*shape, max(slots)), -1, np.int32),
-        size=np.zeros(shape, np.int64),
-        head=np.full(shape, -1, np.int64),
-        tail=np.full(shape, -1, np.int64),
-        capacity=np.array(capacities, np.int64),
-        mask=np.array([s - 1 for s in slots], np.int64),
+        meta=meta,
+        cfg=np.array([(c, s - 1) for c, s in zip(capacities, slots, strict=True)], np.int64),
     )
 
 
 def clear_env(cs: CacheState, e: int) -> None:
     """Empty every cache of env ``e``."""
     cs.table[e] = -1
-    cs.size[e] = 0
-    cs.head[e] = -1
-    cs.tail[e] = -1
+    cs.meta[e, :, META.SIZE] = 0
+    cs.meta[e, :, META.HEAD] = -1
+    cs.meta[e, :, META.TAIL] = -1
 
 
 @njit(cache=True)
@@ -67,9 +88,9 @@ def _home(key: int, mask: int) -> int:
 @njit(cache=True)
 def find(cs: CacheState, e: int, c: int, key: int) -> int:
     """Node holding ``key`` in cache (e, c), or -1."""
-    if cs.capacity[c] == 0:
+    if cs.cfg[c, CFG.CAPACITY] == 0:
         return -1
-    m = cs.mask[c]
+    m = cs.cfg[c, CFG.MASK]
     i = _home(key, m)
     while True:
         n = cs.table[e, c, i]
@@ -86,28 +107,28 @@ def _unlink(cs: CacheState, e: int, c: int, n: int) -> None:
     if p >= 0:
         cs.next[e, c, p] = q
     else:
-        cs.head[e, c] = q
+        cs.meta[e, c, META.HEAD] = q
     if q >= 0:
         cs.prev[e, c, q] = p
     else:
-        cs.tail[e, c] = p
+        cs.meta[e, c, META.TAIL] = p
 
 
 @njit(cache=True)
 def _push_front(cs: CacheState, e: int, c: int, n: int) -> None:
-    h = cs.head[e, c]
+    h = cs.meta[e, c, META.HEAD]
     cs.prev[e, c, n] = -1
     cs.next[e, c, n] = h
     if h >= 0:
         cs.prev[e, c, h] = n
     else:
-        cs.tail[e, c] = n
-    cs.head[e, c] = n
+        cs.meta[e, c, META.TAIL] = n
+    cs.meta[e, c, META.HEAD] = n
 
 
 @njit(cache=True)
 def _table_remove(cs: CacheState, e: int, c: int, key: int) -> None:
-    m = cs.mask[c]
+    m = cs.cfg[c, CFG.MASK]
     i = _home(key, m)
     while cs.key[e, c, cs.table[e, c, i]] != key:
         i = (i + 1) & m
@@ -131,7 +152,7 @@ def touch_or_insert(cs: CacheState, e: int, c: int, key: int) -> bool:
 
     Returns True if the key was already cached.
     """
-    cap = cs.capacity[c]
+    cap = cs.cfg[c, CFG.CAPACITY]
     if cap == 0:
         return False
     n = find(cs, e, c, key)
@@ -139,16 +160,16 @@ def touch_or_insert(cs: CacheState, e: int, c: int, key: int) -> bool:
         _unlink(cs, e, c, n)
         _push_front(cs, e, c, n)
         return True
-    if cs.size[e, c] < cap:
-        n = cs.size[e, c]
-        cs.size[e, c] += 1
+    if cs.meta[e, c, META.SIZE] < cap:
+        n = cs.meta[e, c, META.SIZE]
+        cs.meta[e, c, META.SIZE] += 1
     else:
-        n = cs.tail[e, c]
+        n = cs.meta[e, c, META.TAIL]
         _table_remove(cs, e, c, cs.key[e, c, n])
         _unlink(cs, e, c, n)
     cs.key[e, c, n] = key
     _push_front(cs, e, c, n)
-    m = cs.mask[c]
+    m = cs.cfg[c, CFG.MASK]
     i = _home(key, m)
     while cs.table[e, c, i] >= 0:
         i = (i + 1) & m

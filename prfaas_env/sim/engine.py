@@ -28,10 +28,13 @@ from prfaas_env.sim.cache import CacheState, clear_env, new_cache
 from prfaas_env.sim.costs import CostTables, build_tables
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import (
+    CHF,
     HIST_BINS,
     HIST_LO_S,
     HIST_PER_DECADE,
     RECORD_FIELDS,
+    ROUTE,
+    SLOT_ARRAYS,
     State,
     Static,
     grow_slots,
@@ -53,34 +56,36 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
     d0 = np.concatenate([[0], np.cumsum(nd)[:-1]]).astype(np.int64)
     ch_links = [topo.links[li] for li, _, _ in topo.channels]
     routes = topo.routes
+    route = np.array(
+        [
+            (r.prefill, r.decode, r.channel, cl[r.prefill].datacenter != cl[r.decode].datacenter)
+            for r in routes
+        ],
+        np.int64,
+    ).reshape(-1, len(ROUTE))
+    cl_i = np.stack([p0, np_, d0, nd, [c.max_batch for c in cl]], axis=1).astype(np.int64)
+    cl_f = np.stack([[c.rdma_gbps * 1e9 / 8 for c in cl], topo.decode_kv_capacity_bytes()], axis=1)
+    ch_f = np.array(
+        [
+            (lk.rtt_ms / 2e3, np.inf if lk.process.is_constant else lk.process.step_s)
+            for lk in ch_links
+        ],
+        dtype=float,
+    ).reshape(-1, len(CHF))
     return Static(
-        route_p=np.array([r.prefill for r in routes], np.int64),
-        route_d=np.array([r.decode for r in routes], np.int64),
-        route_ch=np.array([r.channel for r in routes], np.int64),
-        route_offload=np.array(
-            [cl[r.prefill].datacenter != cl[r.decode].datacenter for r in routes], np.bool_
-        ),
-        cl_p0=p0,
-        cl_np=np_,
-        cl_d0=d0,
-        cl_nd=nd,
-        cl_rdma_bps=np.array([c.rdma_gbps * 1e9 / 8 for c in cl]),
-        cl_max_batch=np.array([c.max_batch for c in cl], np.int64),
-        cl_kv_cap=topo.decode_kv_capacity_bytes(),
+        route=route,
+        cl_i=cl_i,
+        cl_f=cl_f,
+        ch_f=ch_f,
+        ch_cells=np.array([_cells(sc, lk.process) for lk in ch_links], np.int64),
         p_cluster=np.repeat(np.arange(len(cl)), np_).astype(np.int64),
         d_cluster=np.repeat(np.arange(len(cl)), nd).astype(np.int64),
-        ch_latency_s=np.array([lk.rtt_ms / 2e3 for lk in ch_links], dtype=float),
-        ch_step_s=np.array(
-            [np.inf if lk.process.is_constant else lk.process.step_s for lk in ch_links],
-            dtype=float,
-        ),
-        ch_cells=np.array([_cells(sc, lk.process) for lk in ch_links], np.int64),
         prefill_log_t=tables.prefill_log_t,
         decode_log_t=tables.decode_log_t,
-        kv_fixed=tables.kv_fixed,
-        kv_per_token=tables.kv_per_token,
         swa_per_token=tables.swa_per_token,
         swa_window=tables.swa_window,
+        kv_fixed=tables.kv_fixed,
+        kv_per_token=tables.kv_per_token,
         block_tokens=topo.block_tokens,
         ttft_slo_s=sc.ttft_slo_s,
         tpot_slo_s=sc.tpot_slo_s,
@@ -179,18 +184,16 @@ class VecSimulator:
 
     def _reset_env(self, e: int, rng: np.random.Generator) -> None:
         st, fresh = self.state, self._fresh
-        r = st.r_seq.shape[1]
         for name in State._fields:
             a = getattr(st, name)
             f = getattr(fresh, name)
             if name == "free":
-                a[e] = np.arange(r - 1, -1, -1)
-            elif name == "nfree":
-                a[e] = r
-            elif name.startswith("r_"):
+                a[e] = np.arange(a.shape[1] - 1, -1, -1)
+            elif name in SLOT_ARRAYS:
                 a[e] = f[0, 0]
             else:
                 a[e] = f[0]
+        st.nfree[e] = st.free.shape[1]
         clear_env(self.cache, e)
         wl.reset_env(self.scenario.workload, self.workload_state, e, rng)
         topo = self.scenario.topology

@@ -15,37 +15,59 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from prfaas_env.sim.cache import CacheState, find, touch_or_insert
+from prfaas_env.sim.cache import CFG, CacheState, find, touch_or_insert
 from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
 from prfaas_env.sim.state import (
+    CHF,
+    CLF,
+    CLI,
+    DF,
+    DI,
+    EF,
+    EI,
     HIST_BINS,
     HIST_LO_S,
     HIST_PER_DECADE,
-    R_ARR,
-    R_CACHED,
-    R_DINST,
-    R_DSTART,
-    R_FINISH,
-    R_FIRST,
-    R_IN,
-    R_KV,
-    R_OUT,
-    R_PEND,
-    R_PINST,
-    R_PSTART,
-    R_ROUTE,
-    R_XFER,
+    LF,
+    LI,
+    PF,
+    PI,
+    QI,
+    REC_ARR,
+    REC_CACHED,
+    REC_DINST,
+    REC_DSTART,
+    REC_FINISH,
+    REC_FIRST,
+    REC_IN,
+    REC_KV,
+    REC_OUT,
+    REC_PEND,
+    REC_PINST,
+    REC_PSTART,
+    REC_ROUTE,
+    REC_XFER,
+    RF,
+    RI,
+    ROUTE,
     State,
     Static,
 )
-from prfaas_env.sim.workload import WorkloadParams, WorkloadState, block_id, next_request
+from prfaas_env.sim.workload import (
+    WF,
+    WI,
+    WorkloadParams,
+    WorkloadState,
+    block_id,
+    next_request,
+)
 
 INF = np.inf
 
 
 @njit(cache=True)
 def _record(st: State, e: int, k: int, field: int, value: float) -> None:
-    s = st.r_seq[e, k]
+    s = st.ri[e, k, RI.SEQ]
     if s < st.records.shape[1]:
         st.records[e, s, field] = value
 
@@ -54,12 +76,12 @@ def _record(st: State, e: int, k: int, field: int, value: float) -> None:
 @njit(cache=True)
 def _link_update(st: State, e: int, ch: int, t: float) -> None:
     """Advance channel ``ch``'s per-flow service to time ``t``."""
-    dt = t - st.l_t[e, ch]
+    dt = t - st.lf[e, ch, LF.T]
     if dt > 0.0:
-        if st.l_n[e, ch] > 0:
-            st.l_v[e, ch] += dt * st.l_bw[e, ch] / st.l_n[e, ch]
-        st.l_cap_int[e, ch] += dt * st.l_bw[e, ch]
-        st.l_t[e, ch] = t
+        if st.li[e, ch, LI.N] > 0:
+            st.lf[e, ch, LF.V] += dt * st.lf[e, ch, LF.BW] / st.li[e, ch, LI.N]
+        st.lf[e, ch, LF.CAP_INT] += dt * st.lf[e, ch, LF.BW]
+        st.lf[e, ch, LF.T] = t
 
 
 @njit(cache=True)
@@ -67,107 +89,111 @@ def _link_schedule(st: State, e: int, ch: int) -> None:
     """Recompute the next flow completion of channel ``ch`` (ties: lowest request number)."""
     best_k = -1
     best_tag = INF
-    k = st.l_flows[e, ch]
+    k = st.li[e, ch, LI.FLOWS]
     while k >= 0:
-        tag = st.r_tag[e, k]
-        if tag < best_tag or (tag == best_tag and st.r_seq[e, k] < st.r_seq[e, best_k]):
+        tag = st.rf[e, k, RF.TAG]
+        if tag < best_tag or (tag == best_tag and st.ri[e, k, RI.SEQ] < st.ri[e, best_k, RI.SEQ]):
             best_tag = tag
             best_k = k
-        k = st.r_nx_fl[e, k]
-    st.l_next_k[e, ch] = best_k
-    if best_k < 0 or st.l_bw[e, ch] <= 0.0:
-        st.l_next_t[e, ch] = INF
+        k = st.ri[e, k, RI.NX_FL]
+    st.li[e, ch, LI.NEXT_K] = best_k
+    if best_k < 0 or st.lf[e, ch, LF.BW] <= 0.0:
+        st.lf[e, ch, LF.NEXT_T] = INF
     else:
-        left = max(best_tag - st.l_v[e, ch], 0.0)
-        st.l_next_t[e, ch] = st.l_t[e, ch] + left * st.l_n[e, ch] / st.l_bw[e, ch]
+        left = max(best_tag - st.lf[e, ch, LF.V], 0.0)
+        st.lf[e, ch, LF.NEXT_T] = (
+            st.lf[e, ch, LF.T] + left * st.li[e, ch, LI.N] / st.lf[e, ch, LF.BW]
+        )
 
 
 @njit(cache=True)
 def _link_add(st: State, e: int, ch: int, k: int, t: float) -> None:
     _link_update(st, e, ch, t)
-    st.r_tag[e, k] = st.l_v[e, ch] + st.r_kv[e, k]
-    st.r_nx_fl[e, k] = st.l_flows[e, ch]
-    st.l_flows[e, ch] = k
-    st.l_n[e, ch] += 1
-    st.l_bytes_in[e, ch] += st.r_kv[e, k]
+    st.rf[e, k, RF.TAG] = st.lf[e, ch, LF.V] + st.rf[e, k, RF.KV]
+    st.ri[e, k, RI.NX_FL] = st.li[e, ch, LI.FLOWS]
+    st.li[e, ch, LI.FLOWS] = k
+    st.li[e, ch, LI.N] += 1
+    st.lf[e, ch, LF.BYTES_IN] += st.rf[e, k, RF.KV]
     _link_schedule(st, e, ch)
 
 
 @njit(cache=True)
 def _link_complete(S: Static, st: State, e: int, ch: int, t: float) -> None:
     """The flow with the smallest tag has been served: move it to the delay line."""
-    k = st.l_next_k[e, ch]
+    k = st.li[e, ch, LI.NEXT_K]
     _link_update(st, e, ch, t)
-    st.l_v[e, ch] = st.r_tag[e, k]
+    st.lf[e, ch, LF.V] = st.rf[e, k, RF.TAG]
     prev = -1
-    j = st.l_flows[e, ch]
+    j = st.li[e, ch, LI.FLOWS]
     while j != k:
         prev = j
-        j = st.r_nx_fl[e, j]
+        j = st.ri[e, j, RI.NX_FL]
     if prev < 0:
-        st.l_flows[e, ch] = st.r_nx_fl[e, k]
+        st.li[e, ch, LI.FLOWS] = st.ri[e, k, RI.NX_FL]
     else:
-        st.r_nx_fl[e, prev] = st.r_nx_fl[e, k]
-    st.r_nx_fl[e, k] = -1
-    st.l_n[e, ch] -= 1
-    st.l_bytes_done[e, ch] += st.r_kv[e, k]
-    if st.l_n[e, ch] == 0:
-        st.l_v[e, ch] = 0.0
-    st.r_kvarr[e, k] = t + S.ch_latency_s[ch]
-    st.r_nx_dl[e, k] = -1
-    if st.l_dl_tail[e, ch] < 0:
-        st.l_dl_head[e, ch] = k
+        st.ri[e, prev, RI.NX_FL] = st.ri[e, k, RI.NX_FL]
+    st.ri[e, k, RI.NX_FL] = -1
+    st.li[e, ch, LI.N] -= 1
+    st.lf[e, ch, LF.BYTES_DONE] += st.rf[e, k, RF.KV]
+    if st.li[e, ch, LI.N] == 0:
+        st.lf[e, ch, LF.V] = 0.0
+    st.rf[e, k, RF.KVARR] = t + S.ch_f[ch, CHF.LATENCY_S]
+    st.ri[e, k, RI.NX_DL] = -1
+    if st.li[e, ch, LI.DL_TAIL] < 0:
+        st.li[e, ch, LI.DL_HEAD] = k
     else:
-        st.r_nx_dl[e, st.l_dl_tail[e, ch]] = k
-    st.l_dl_tail[e, ch] = k
+        st.ri[e, st.li[e, ch, LI.DL_TAIL], RI.NX_DL] = k
+    st.li[e, ch, LI.DL_TAIL] = k
     _link_schedule(st, e, ch)
 
 
 @njit(cache=True)
 def _bandwidth_change(S: Static, st: State, e: int, ch: int, t: float) -> None:
     _link_update(st, e, ch, t)
-    st.l_cell[e, ch] += 1
-    st.l_bw[e, ch] = st.l_series[e, ch, st.l_cell[e, ch] % S.ch_cells[ch]]
+    st.li[e, ch, LI.CELL] += 1
+    st.lf[e, ch, LF.BW] = st.l_series[e, ch, st.li[e, ch, LI.CELL] % S.ch_cells[ch]]
     _link_schedule(st, e, ch)
 
 
 # ---- decode: continuous batching as a fluid, one token per step for every sequence -----------
 @njit(cache=True)
 def _decode_update(st: State, e: int, j: int, t: float) -> None:
-    dt = t - st.d_t[e, j]
+    dt = t - st.df[e, j, DF.T]
     if dt > 0.0:
-        if st.d_n[e, j] > 0:
-            st.d_v[e, j] += dt / st.d_step[e, j]
-            st.d_busy_int[e, j] += dt * st.d_n[e, j]
-        st.d_t[e, j] = t
+        if st.di[e, j, DI.N] > 0:
+            st.df[e, j, DF.V] += dt / st.df[e, j, DF.STEP]
+            st.df[e, j, DF.BUSY_INT] += dt * st.di[e, j, DI.N]
+        st.df[e, j, DF.T] = t
 
 
 @njit(cache=True)
 def _decode_schedule(S: Static, st: State, e: int, j: int) -> None:
     """Re-evaluate the step time at the current batch and context; find the next finisher."""
-    n = st.d_n[e, j]
+    n = st.di[e, j, DI.N]
     if n == 0:
-        st.d_step[e, j] = 0.0
-        st.d_next_t[e, j] = INF
-        st.d_next_s[e, j] = -1
+        st.df[e, j, DF.STEP] = 0.0
+        st.df[e, j, DF.NEXT_T] = INF
+        st.di[e, j, DI.NEXT_S] = -1
         return
     c = S.d_cluster[j]
-    ctx = st.d_ctx_in[e, j] + n * st.d_v[e, j] - st.d_sum_vadm[e, j]
-    st.d_step[e, j] = decode_step_time(S.decode_log_t[c], n, ctx)
+    ctx = st.df[e, j, DF.CTX_IN] + n * st.df[e, j, DF.V] - st.df[e, j, DF.SUM_VADM]
+    st.df[e, j, DF.STEP] = decode_step_time(S.decode_log_t[c], n, ctx)
     best_s = -1
     best_tag = INF
-    for s in range(S.cl_max_batch[c]):
+    for s in range(S.cl_i[c, CLI.MAX_BATCH]):
         k = st.d_slots[e, j, s]
         if k < 0:
             continue
         tag = st.d_tags[e, j, s]
         if tag < best_tag or (
-            tag == best_tag and st.r_seq[e, k] < st.r_seq[e, st.d_slots[e, j, best_s]]
+            tag == best_tag and st.ri[e, k, RI.SEQ] < st.ri[e, st.d_slots[e, j, best_s], RI.SEQ]
         ):
             best_tag = tag
             best_s = s
-    st.d_next_s[e, j] = best_s
-    st.d_next_t[e, j] = st.d_t[e, j] + max(best_tag - st.d_v[e, j], 0.0) * st.d_step[e, j]
+    st.di[e, j, DI.NEXT_S] = best_s
+    st.df[e, j, DF.NEXT_T] = (
+        st.df[e, j, DF.T] + max(best_tag - st.df[e, j, DF.V], 0.0) * st.df[e, j, DF.STEP]
+    )
 
 
 @njit(cache=True)
@@ -175,10 +201,13 @@ def _pick_decode(S: Static, st: State, e: int, c: int, need: float) -> int:
     """Decode instance of cluster ``c`` with a free slot and room for ``need`` bytes: the one
     with the fewest sequences (then the lowest index), or -1."""
     best = -1
-    for j in range(S.cl_d0[c], S.cl_d0[c] + S.cl_nd[c]):
-        if st.d_n[e, j] >= S.cl_max_batch[c] or st.d_mem[e, j] + need > S.cl_kv_cap[c]:
+    for j in range(S.cl_i[c, CLI.D0], S.cl_i[c, CLI.D0] + S.cl_i[c, CLI.ND]):
+        if (
+            st.di[e, j, DI.N] >= S.cl_i[c, CLI.MAX_BATCH]
+            or st.df[e, j, DF.MEM] + need > S.cl_f[c, CLF.KV_CAP]
+        ):
             continue
-        if best < 0 or st.d_n[e, j] < st.d_n[e, best]:
+        if best < 0 or st.di[e, j, DI.N] < st.di[e, best, DI.N]:
             best = j
     return best
 
@@ -191,39 +220,39 @@ def _admit_to(S: Static, st: State, e: int, j: int, k: int, t: float) -> None:
     while st.d_slots[e, j, s] >= 0:
         s += 1
     st.d_slots[e, j, s] = k
-    st.d_tags[e, j, s] = st.d_v[e, j] + st.r_out[e, k]
-    st.r_vadm[e, k] = st.d_v[e, j]
-    st.d_n[e, j] += 1
-    st.d_mem[e, j] += st.r_need[e, k]
-    st.d_ctx_in[e, j] += st.r_in[e, k]
-    st.d_sum_vadm[e, j] += st.d_v[e, j]
+    st.d_tags[e, j, s] = st.df[e, j, DF.V] + st.ri[e, k, RI.OUT]
+    st.rf[e, k, RF.VADM] = st.df[e, j, DF.V]
+    st.di[e, j, DI.N] += 1
+    st.df[e, j, DF.MEM] += st.rf[e, k, RF.NEED]
+    st.df[e, j, DF.CTX_IN] += st.ri[e, k, RI.IN]
+    st.df[e, j, DF.SUM_VADM] += st.df[e, j, DF.V]
     _decode_schedule(S, st, e, j)
-    st.r_dinst[e, k] = j
-    st.r_dstart[e, k] = t
-    st.r_first[e, k] = t + st.d_step[e, j]
-    _record(st, e, k, R_DINST, j - S.cl_d0[c])
-    _record(st, e, k, R_DSTART, t)
-    _record(st, e, k, R_FIRST, st.r_first[e, k])
+    st.ri[e, k, RI.DINST] = j
+    st.rf[e, k, RF.DSTART] = t
+    st.rf[e, k, RF.FIRST] = t + st.df[e, j, DF.STEP]
+    _record(st, e, k, REC_DINST, j - S.cl_i[c, CLI.D0])
+    _record(st, e, k, REC_DSTART, t)
+    _record(st, e, k, REC_FIRST, st.rf[e, k, RF.FIRST])
 
 
 @njit(cache=True)
 def _kv_ready(S: Static, st: State, e: int, k: int, t: float) -> None:
     """Request ``k``'s KV is complete at the decode side at ``t``: admit it or queue it."""
-    _record(st, e, k, R_XFER, t)
-    c = S.route_d[st.r_route[e, k]]
+    _record(st, e, k, REC_XFER, t)
+    c = S.route[st.ri[e, k, RI.ROUTE], ROUTE.D]
     j = -1
-    if st.q_len[e, c] == 0:
-        j = _pick_decode(S, st, e, c, st.r_need[e, k])
+    if st.qi[e, c, QI.LEN] == 0:
+        j = _pick_decode(S, st, e, c, st.rf[e, k, RF.NEED])
     if j >= 0:
         _admit_to(S, st, e, j, k, t)
         return
-    st.r_nx_dq[e, k] = -1
-    if st.q_tail[e, c] < 0:
-        st.q_head[e, c] = k
+    st.ri[e, k, RI.NX_DQ] = -1
+    if st.qi[e, c, QI.TAIL] < 0:
+        st.qi[e, c, QI.HEAD] = k
     else:
-        st.r_nx_dq[e, st.q_tail[e, c]] = k
-    st.q_tail[e, c] = k
-    st.q_len[e, c] += 1
+        st.ri[e, st.qi[e, c, QI.TAIL], RI.NX_DQ] = k
+    st.qi[e, c, QI.TAIL] = k
+    st.qi[e, c, QI.LEN] += 1
 
 
 @njit(cache=True)
@@ -236,88 +265,88 @@ def _hist_bin(ttft: float) -> int:
 
 @njit(cache=True)
 def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
-    s = st.d_next_s[e, j]
+    s = st.di[e, j, DI.NEXT_S]
     k = st.d_slots[e, j, s]
     _decode_update(st, e, j, t)
-    st.d_v[e, j] = st.d_tags[e, j, s]
+    st.df[e, j, DF.V] = st.d_tags[e, j, s]
     st.d_slots[e, j, s] = -1
-    st.d_n[e, j] -= 1
-    st.d_mem[e, j] -= st.r_need[e, k]
-    st.d_ctx_in[e, j] -= st.r_in[e, k]
-    st.d_sum_vadm[e, j] -= st.r_vadm[e, k]
-    if st.d_n[e, j] == 0:  # drop accumulated rounding while the instance is idle
-        st.d_v[e, j] = 0.0
-        st.d_mem[e, j] = 0.0
-        st.d_ctx_in[e, j] = 0.0
-        st.d_sum_vadm[e, j] = 0.0
+    st.di[e, j, DI.N] -= 1
+    st.df[e, j, DF.MEM] -= st.rf[e, k, RF.NEED]
+    st.df[e, j, DF.CTX_IN] -= st.ri[e, k, RI.IN]
+    st.df[e, j, DF.SUM_VADM] -= st.rf[e, k, RF.VADM]
+    if st.di[e, j, DI.N] == 0:  # drop accumulated rounding while the instance is idle
+        st.df[e, j, DF.V] = 0.0
+        st.df[e, j, DF.MEM] = 0.0
+        st.df[e, j, DF.CTX_IN] = 0.0
+        st.df[e, j, DF.SUM_VADM] = 0.0
     _decode_schedule(S, st, e, j)
     # metrics and the request's record
-    ttft = st.r_first[e, k] - st.r_arr[e, k]
-    tpot = (t - st.r_dstart[e, k]) / st.r_out[e, k]
-    st.m_done[e] += 1
-    st.m_ttft_sum[e] += ttft
-    st.m_tpot_sum[e] += tpot
-    st.m_out_tokens[e] += st.r_out[e, k]
-    st.m_last_ttft[e] = ttft
+    ttft = st.rf[e, k, RF.FIRST] - st.rf[e, k, RF.ARR]
+    tpot = (t - st.rf[e, k, RF.DSTART]) / st.ri[e, k, RI.OUT]
+    st.ei[e, EI.M_DONE] += 1
+    st.ef[e, EF.M_TTFT_SUM] += ttft
+    st.ef[e, EF.M_TPOT_SUM] += tpot
+    st.ef[e, EF.M_OUT_TOKENS] += st.ri[e, k, RI.OUT]
+    st.ef[e, EF.M_LAST_TTFT] = ttft
     st.m_ttft_hist[e, _hist_bin(ttft)] += 1
     if ttft <= S.ttft_slo_s and tpot <= S.tpot_slo_s:
-        st.m_slo_ok[e] += 1
-    _record(st, e, k, R_FINISH, t)
-    st.r_seq[e, k] = -1
-    st.free[e, st.nfree[e]] = k
-    st.nfree[e] += 1
+        st.ei[e, EI.M_SLO_OK] += 1
+    _record(st, e, k, REC_FINISH, t)
+    st.ri[e, k, RI.SEQ] = -1
+    st.free[e, st.ei[e, EI.NFREE]] = k
+    st.ei[e, EI.NFREE] += 1
     # admit waiting requests of this cluster, in arrival order at the decode side
     c = S.d_cluster[j]
-    while st.q_len[e, c] > 0:
-        h = st.q_head[e, c]
-        jj = _pick_decode(S, st, e, c, st.r_need[e, h])
+    while st.qi[e, c, QI.LEN] > 0:
+        h = st.qi[e, c, QI.HEAD]
+        jj = _pick_decode(S, st, e, c, st.rf[e, h, RF.NEED])
         if jj < 0:
             break
-        st.q_head[e, c] = st.r_nx_dq[e, h]
-        st.q_len[e, c] -= 1
-        if st.q_len[e, c] == 0:
-            st.q_tail[e, c] = -1
+        st.qi[e, c, QI.HEAD] = st.ri[e, h, RI.NX_DQ]
+        st.qi[e, c, QI.LEN] -= 1
+        if st.qi[e, c, QI.LEN] == 0:
+            st.qi[e, c, QI.TAIL] = -1
         _admit_to(S, st, e, jj, h, t)
 
 
 # ---- prefill -----------------------------------------------------------------------------------
 @njit(cache=True)
 def _prefill_start(S: Static, st: State, e: int, i: int) -> None:
-    k = st.p_next[e, i]
-    st.p_next[e, i] = st.r_nx_pq[e, k]
-    st.p_nq[e, i] -= 1
-    st.p_qtok[e, i] -= st.r_unc[e, k]
-    ch = S.route_ch[st.r_route[e, k]]
+    k = st.pi[e, i, PI.NEXT]
+    st.pi[e, i, PI.NEXT] = st.ri[e, k, RI.NX_PQ]
+    st.pi[e, i, PI.NQ] -= 1
+    st.pf[e, i, PF.QTOK] -= st.ri[e, k, RI.UNC]
+    ch = S.route[st.ri[e, k, RI.ROUTE], ROUTE.CH]
     if ch >= 0:
-        _link_add(st, e, ch, k, st.r_pstart[e, k])
+        _link_add(st, e, ch, k, st.rf[e, k, RF.PSTART])
 
 
 @njit(cache=True)
 def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
-    k = st.p_head[e, i]
-    t = st.r_evt[e, k]
-    st.p_head[e, i] = st.r_nx_pq[e, k]
-    if st.p_head[e, i] < 0:
-        st.p_tail[e, i] = -1
-    st.r_pdone[e, k] = True
-    ch = S.route_ch[st.r_route[e, k]]
+    k = st.pi[e, i, PI.HEAD]
+    t = st.rf[e, k, RF.EVT]
+    st.pi[e, i, PI.HEAD] = st.ri[e, k, RI.NX_PQ]
+    if st.pi[e, i, PI.HEAD] < 0:
+        st.pi[e, i, PI.TAIL] = -1
+    st.ri[e, k, RI.PDONE] = 1
+    ch = S.route[st.ri[e, k, RI.ROUTE], ROUTE.CH]
     if ch < 0:
-        st.r_kvarr[e, k] = t
+        st.rf[e, k, RF.KVARR] = t
         _kv_ready(S, st, e, k, t)
-    elif st.r_kvdone[e, k]:
+    elif st.ri[e, k, RI.KVDONE]:
         _kv_ready(S, st, e, k, t)
 
 
 @njit(cache=True)
 def _delivery(S: Static, st: State, e: int, ch: int) -> None:
-    k = st.l_dl_head[e, ch]
-    t = st.r_kvarr[e, k]
-    st.l_dl_head[e, ch] = st.r_nx_dl[e, k]
-    if st.l_dl_head[e, ch] < 0:
-        st.l_dl_tail[e, ch] = -1
-    st.r_kvdone[e, k] = True
-    if st.r_pdone[e, k]:
-        _kv_ready(S, st, e, k, max(t, st.r_evt[e, k]))
+    k = st.li[e, ch, LI.DL_HEAD]
+    t = st.rf[e, k, RF.KVARR]
+    st.li[e, ch, LI.DL_HEAD] = st.ri[e, k, RI.NX_DL]
+    if st.li[e, ch, LI.DL_HEAD] < 0:
+        st.li[e, ch, LI.DL_TAIL] = -1
+    st.ri[e, k, RI.KVDONE] = 1
+    if st.ri[e, k, RI.PDONE]:
+        _kv_ready(S, st, e, k, max(t, st.rf[e, k, RF.EVT]))
 
 
 @njit(cache=True)
@@ -326,38 +355,38 @@ def run_events(S: Static, st: State, e: int, t_end: float, until_idle: bool = Fa
 
     With ``until_idle``, stop as soon as no request is in flight (for draining).
     """
-    nch = S.ch_step_s.shape[0]
+    nch = S.ch_f.shape[0]
     npi = S.p_cluster.shape[0]
     ndi = S.d_cluster.shape[0]
     slots = st.free.shape[1]
     while True:
-        if until_idle and st.nfree[e] == slots:
+        if until_idle and st.ei[e, EI.NFREE] == slots:
             return
         best_t = INF
         kind = -1
         idx = -1
         for ch in range(nch):
-            tc = (st.l_cell[e, ch] + 1) * S.ch_step_s[ch]
+            tc = (st.li[e, ch, LI.CELL] + 1) * S.ch_f[ch, CHF.STEP_S]
             if tc < best_t:
                 best_t, kind, idx = tc, 0, ch
         for ch in range(nch):
-            if st.l_next_t[e, ch] < best_t:
-                best_t, kind, idx = st.l_next_t[e, ch], 1, ch
+            if st.lf[e, ch, LF.NEXT_T] < best_t:
+                best_t, kind, idx = st.lf[e, ch, LF.NEXT_T], 1, ch
         for ch in range(nch):
-            k = st.l_dl_head[e, ch]
-            if k >= 0 and st.r_kvarr[e, k] < best_t:
-                best_t, kind, idx = st.r_kvarr[e, k], 2, ch
+            k = st.li[e, ch, LI.DL_HEAD]
+            if k >= 0 and st.rf[e, k, RF.KVARR] < best_t:
+                best_t, kind, idx = st.rf[e, k, RF.KVARR], 2, ch
         for i in range(npi):
-            k = st.p_next[e, i]
-            if k >= 0 and st.r_pstart[e, k] < best_t:
-                best_t, kind, idx = st.r_pstart[e, k], 3, i
+            k = st.pi[e, i, PI.NEXT]
+            if k >= 0 and st.rf[e, k, RF.PSTART] < best_t:
+                best_t, kind, idx = st.rf[e, k, RF.PSTART], 3, i
         for i in range(npi):
-            k = st.p_head[e, i]
-            if k >= 0 and st.p_next[e, i] != k and st.r_evt[e, k] < best_t:
-                best_t, kind, idx = st.r_evt[e, k], 4, i
+            k = st.pi[e, i, PI.HEAD]
+            if k >= 0 and st.pi[e, i, PI.NEXT] != k and st.rf[e, k, RF.EVT] < best_t:
+                best_t, kind, idx = st.rf[e, k, RF.EVT], 4, i
         for j in range(ndi):
-            if st.d_next_t[e, j] < best_t:
-                best_t, kind, idx = st.d_next_t[e, j], 5, j
+            if st.df[e, j, DF.NEXT_T] < best_t:
+                best_t, kind, idx = st.df[e, j, DF.NEXT_T], 5, j
         if kind < 0 or best_t > t_end:
             return
         if kind == 0:
@@ -379,7 +408,7 @@ def run_events(S: Static, st: State, e: int, t_end: float, until_idle: bool = Fa
 def _prefix_hits(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, e: int, c: int) -> int:
     """Leading blocks of env ``e``'s pending request cached in cluster ``c`` (read only)."""
     hits = 0
-    for b in range(ws.req_nblocks[e]):
+    for b in range(ws.wi[e, WI.REQ_NBLOCKS]):
         if find(cs, e, c, block_id(wp, ws, e, b)) < 0:
             break
         hits += 1
@@ -390,9 +419,9 @@ def _prefix_hits(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, e: int, 
 def _cache_request(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, e: int, c: int) -> None:
     """Mark the pending request's blocks most recently used in cluster ``c``, first to last,
     inserting the missing ones (its KV will be there once it is prefilled)."""
-    if cs.capacity[c] == 0:
+    if cs.cfg[c, CFG.CAPACITY] == 0:
         return
-    for b in range(ws.req_nblocks[e]):
+    for b in range(ws.wi[e, WI.REQ_NBLOCKS]):
         touch_or_insert(cs, e, c, block_id(wp, ws, e, b))
 
 
@@ -400,8 +429,8 @@ def _cache_request(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, e: int
 def _observe(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int
 ) -> None:
-    length = ws.req_in[e]
-    for c in range(S.cl_np.shape[0]):
+    length = ws.wi[e, WI.REQ_IN]
+    for c in range(S.cl_i.shape[0]):
         hits = _prefix_hits(wp, ws, cs, e, c)
         st.obs_cached[e, c] = min(hits * S.block_tokens, length - 1)
 
@@ -410,76 +439,78 @@ def _observe(
 def _route(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int, r: int
 ) -> None:
-    """Route env ``e``'s pending request (arrived at ``st.now[e]``) on route ``r``."""
-    now = st.now[e]
-    pc = S.route_p[r]
-    length = ws.req_in[e]
+    """Route env ``e``'s pending request (arrived at ``st.ef[e, EF.NOW]``) on route ``r``."""
+    now = st.ef[e, EF.NOW]
+    pc = S.route[r, ROUTE.P]
+    length = ws.wi[e, WI.REQ_IN]
     hits = _prefix_hits(wp, ws, cs, e, pc)
     _cache_request(wp, ws, cs, e, pc)
     cached = min(hits * S.block_tokens, length - 1)
     unc = length - cached
     # least-loaded instance: the one that can start soonest (lowest index on ties)
-    i = S.cl_p0[pc]
-    for ii in range(S.cl_p0[pc] + 1, S.cl_p0[pc] + S.cl_np[pc]):
-        if st.p_free[e, ii] < st.p_free[e, i]:
+    i = S.cl_i[pc, CLI.P0]
+    for ii in range(S.cl_i[pc, CLI.P0] + 1, S.cl_i[pc, CLI.P0] + S.cl_i[pc, CLI.NP]):
+        if st.pf[e, ii, PF.FREE] < st.pf[e, i, PF.FREE]:
             i = ii
-    start = max(now, st.p_free[e, i])
+    start = max(now, st.pf[e, i, PF.FREE])
     dur = prefill_time(S.prefill_log_t[pc], float(unc), float(cached))
     end = start + dur
-    st.p_free[e, i] = end
-    st.p_busy_s[e, i] += dur
+    st.pf[e, i, PF.FREE] = end
+    st.pf[e, i, PF.BUSY_S] += dur
     kv = kv_bytes(S.kv_fixed, S.kv_per_token, S.swa_per_token, S.swa_window, float(length))
-    ch = S.route_ch[r]
+    ch = S.route[r, ROUTE.CH]
     if ch < 0:  # RDMA streams the KV layer by layer while the prefill runs
-        evt = max(end, start + kv / S.cl_rdma_bps[S.route_d[r]])
+        evt = max(end, start + kv / S.cl_f[S.route[r, ROUTE.D], CLF.RDMA_BPS])
     else:
         evt = end
-    evt = max(evt, st.p_last_evt[e, i])  # completions are delivered in order per instance
-    st.p_last_evt[e, i] = evt
+    evt = max(evt, st.pf[e, i, PF.LAST_EVT])  # completions are delivered in order per instance
+    st.pf[e, i, PF.LAST_EVT] = evt
     # a request slot
-    st.nfree[e] -= 1
-    k = st.free[e, st.nfree[e]]
-    s = st.seq[e]
-    st.seq[e] = s + 1
-    st.r_seq[e, k] = s
-    st.r_route[e, k] = r
-    st.r_arr[e, k] = now
-    st.r_in[e, k] = length
-    st.r_out[e, k] = ws.req_out[e]
-    st.r_unc[e, k] = unc
-    st.r_pinst[e, k] = i
-    st.r_pstart[e, k] = start
-    st.r_evt[e, k] = evt
-    st.r_kv[e, k] = kv
-    out_total = float(length + ws.req_out[e])
-    st.r_need[e, k] = kv_bytes(S.kv_fixed, S.kv_per_token, S.swa_per_token, S.swa_window, out_total)
-    st.r_pdone[e, k] = False
-    st.r_kvdone[e, k] = False
-    st.r_kvarr[e, k] = INF
-    st.r_dinst[e, k] = -1
-    st.r_nx_pq[e, k] = -1
-    if st.p_tail[e, i] < 0:
-        st.p_head[e, i] = k
+    st.ei[e, EI.NFREE] -= 1
+    k = st.free[e, st.ei[e, EI.NFREE]]
+    s = st.ei[e, EI.SEQ]
+    st.ei[e, EI.SEQ] = s + 1
+    st.ri[e, k, RI.SEQ] = s
+    st.ri[e, k, RI.ROUTE] = r
+    st.rf[e, k, RF.ARR] = now
+    st.ri[e, k, RI.IN] = length
+    st.ri[e, k, RI.OUT] = ws.wi[e, WI.REQ_OUT]
+    st.ri[e, k, RI.UNC] = unc
+    st.ri[e, k, RI.PINST] = i
+    st.rf[e, k, RF.PSTART] = start
+    st.rf[e, k, RF.EVT] = evt
+    st.rf[e, k, RF.KV] = kv
+    out_total = float(length + ws.wi[e, WI.REQ_OUT])
+    st.rf[e, k, RF.NEED] = kv_bytes(
+        S.kv_fixed, S.kv_per_token, S.swa_per_token, S.swa_window, out_total
+    )
+    st.ri[e, k, RI.PDONE] = 0
+    st.ri[e, k, RI.KVDONE] = 0
+    st.rf[e, k, RF.KVARR] = INF
+    st.ri[e, k, RI.DINST] = -1
+    st.ri[e, k, RI.NX_PQ] = -1
+    if st.pi[e, i, PI.TAIL] < 0:
+        st.pi[e, i, PI.HEAD] = k
     else:
-        st.r_nx_pq[e, st.p_tail[e, i]] = k
-    st.p_tail[e, i] = k
-    if st.p_next[e, i] < 0:
-        st.p_next[e, i] = k
-    st.p_nq[e, i] += 1
-    st.p_qtok[e, i] += unc
-    if S.route_offload[r]:
-        st.m_offload[e] += 1
-    st.m_cached_tokens[e] += cached
-    st.m_input_tokens[e] += length
-    _record(st, e, k, R_ARR, now)
-    _record(st, e, k, R_ROUTE, r)
-    _record(st, e, k, R_IN, length)
-    _record(st, e, k, R_OUT, ws.req_out[e])
-    _record(st, e, k, R_CACHED, cached)
-    _record(st, e, k, R_PINST, i - S.cl_p0[pc])
-    _record(st, e, k, R_PSTART, start)
-    _record(st, e, k, R_PEND, end)
-    _record(st, e, k, R_KV, kv)
+        st.ri[e, st.pi[e, i, PI.TAIL], RI.NX_PQ] = k
+    st.pi[e, i, PI.TAIL] = k
+    if st.pi[e, i, PI.NEXT] < 0:
+        st.pi[e, i, PI.NEXT] = k
+    st.pi[e, i, PI.NQ] += 1
+    st.pf[e, i, PF.QTOK] += unc
+    if S.route[r, ROUTE.OFFLOAD]:
+        st.ei[e, EI.M_OFFLOAD] += 1
+    st.ef[e, EF.M_CACHED_TOKENS] += cached
+    st.ef[e, EF.M_INPUT_TOKENS] += length
+    _record(st, e, k, REC_ARR, now)
+    _record(st, e, k, REC_ROUTE, r)
+    _record(st, e, k, REC_IN, length)
+    _record(st, e, k, REC_OUT, ws.wi[e, WI.REQ_OUT])
+    _record(st, e, k, REC_CACHED, cached)
+    _record(st, e, k, REC_PINST, i - S.cl_i[pc, CLI.P0])
+    _record(st, e, k, REC_PSTART, start)
+    _record(st, e, k, REC_PEND, end)
+    _record(st, e, k, REC_KV, kv)
 
 
 @njit(cache=True)
@@ -487,8 +518,8 @@ def _advance_one(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int
 ) -> None:
     next_request(wp, ws, e)
-    run_events(S, st, e, ws.req_t[e])
-    st.now[e] = ws.req_t[e]
+    run_events(S, st, e, ws.wf[e, WF.REQ_T])
+    st.ef[e, EF.NOW] = ws.wf[e, WF.REQ_T]
     _observe(S, wp, ws, cs, st, e)
 
 
@@ -497,7 +528,7 @@ def step(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, routes: np.ndarray
 ) -> None:
     """Route every env's pending request on ``routes[e]`` and advance to the next arrival."""
-    for e in range(st.now.shape[0]):
+    for e in range(st.ef.shape[0]):
         _route(S, wp, ws, cs, st, e, routes[e])
         _advance_one(S, wp, ws, cs, st, e)
 
@@ -507,7 +538,7 @@ def start(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, mask: np.ndarray
 ) -> None:
     """Draw the first request of every env in ``mask`` (freshly reset) and observe it."""
-    for e in range(st.now.shape[0]):
+    for e in range(st.ef.shape[0]):
         if mask[e]:
             _advance_one(S, wp, ws, cs, st, e)
 
@@ -516,5 +547,5 @@ def start(
 def drain(S: Static, st: State, limit_s: float) -> None:
     """Run every env until all its routed requests have finished (no new arrivals), for at
     most ``limit_s`` simulated seconds past its last decision."""
-    for e in range(st.now.shape[0]):
-        run_events(S, st, e, st.now[e] + limit_s, True)
+    for e in range(st.ef.shape[0]):
+        run_events(S, st, e, st.ef[e, EF.NOW] + limit_s, True)

@@ -3,14 +3,23 @@
 Requests in flight live in per-env *slots* (recycled through a free stack); every queue is a
 linked list threaded through the slots, so no queue has a capacity of its own: the slot arrays
 grow (doubling) when an env runs out, between two steps.
+
+Fields of one entity and dtype are packed into one array (see :mod:`prfaas_env.sim.packing`):
+``rf``/``ri`` per request slot, ``pf``/``pi`` per prefill instance, ``lf``/``li`` per link
+channel, ``df``/``di`` per decode instance, ``qi`` per decode cluster's admission queue,
+``ef``/``ei`` per env. The kernel addresses them with the ``F_*`` constants; Python code reads
+them by name (``state.r_arr``, ``state.p_free``, ...), as views.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
+
+from prfaas_env.sim.packing import add_views
 
 INF = np.inf
 
@@ -31,131 +40,286 @@ RECORD_FIELDS = (
     "first_token_s",
     "finish_s",
 )
-R_ARR, R_ROUTE, R_IN, R_OUT, R_CACHED, R_PINST, R_PSTART, R_PEND = range(8)
-R_KV, R_XFER, R_DINST, R_DSTART, R_FIRST, R_FINISH = range(8, 14)
+REC_ARR, REC_ROUTE, REC_IN, REC_OUT, REC_CACHED, REC_PINST, REC_PSTART, REC_PEND = range(8)
+REC_KV, REC_XFER, REC_DINST, REC_DSTART, REC_FIRST, REC_FINISH = range(8, 14)
 
 HIST_BINS = 240  # TTFT histogram: log-spaced bins, 20 per decade from 1 ms to 10^9 ms
 HIST_LO_S = 1e-3
 HIST_PER_DECADE = 20.0
 
 
-class Static(NamedTuple):
-    """Topology constants in the form compiled code reads (index = route/cluster/...)."""
+# Packed fields: one IntEnum per packed array; Python views are named prefix + member name.
+class ROUTE(IntEnum):
+    """Per route (int): prefill cluster, decode cluster, channel (-1 = RDMA), offload flag."""
 
-    route_p: NDArray[np.int64]  # prefill cluster of each route
-    route_d: NDArray[np.int64]  # decode cluster of each route
-    route_ch: NDArray[np.int64]  # channel of each route, -1 for RDMA
-    route_offload: NDArray[np.bool_]  # prefill and decode in different datacenters
-    cl_p0: NDArray[np.int64]  # first prefill instance of each cluster
-    cl_np: NDArray[np.int64]  # prefill instances of each cluster
-    cl_d0: NDArray[np.int64]  # first decode instance of each cluster
-    cl_nd: NDArray[np.int64]  # decode instances of each cluster
-    cl_rdma_bps: NDArray[np.float64]  # bytes/s of RDMA per node
-    cl_max_batch: NDArray[np.int64]
-    cl_kv_cap: NDArray[np.float64]  # KV bytes one decode instance holds
+    P = 0
+    D = 1
+    CH = 2
+    OFFLOAD = 3
+
+
+class CLI(IntEnum):
+    """Per cluster (int): first/count of prefill instances, first/count of decode instances,
+    decode slots per instance."""
+
+    P0 = 0
+    NP = 1
+    D0 = 2
+    ND = 3
+    MAX_BATCH = 4
+
+
+class CLF(IntEnum):
+    """Per cluster (float): RDMA bytes/s per node; KV bytes one decode instance holds."""
+
+    RDMA_BPS = 0
+    KV_CAP = 1
+
+
+class CHF(IntEnum):
+    """Per channel (float): one-way latency, s; bandwidth grid step, s (inf when constant)."""
+
+    LATENCY_S = 0
+    STEP_S = 1
+
+
+class EF(IntEnum):
+    """Per env (float): time of the pending decision, s; metric sums since reset."""
+
+    NOW = 0
+    M_TTFT_SUM = 1
+    M_TPOT_SUM = 2
+    M_OUT_TOKENS = 3
+    M_CACHED_TOKENS = 4
+    M_INPUT_TOKENS = 5
+    M_LAST_TTFT = 6
+
+
+class EI(IntEnum):
+    """Per env (int): requests routed, free slots, completed, within SLO, offloaded."""
+
+    SEQ = 0
+    NFREE = 1
+    M_DONE = 2
+    M_SLO_OK = 3
+    M_OFFLOAD = 4
+
+
+class RF(IntEnum):
+    """Per request slot (float): arrival, prefill start, prefill completion event, KV bytes,
+    decode KV reservation, KV complete at decode side, link finish tag (bytes), decode virtual
+    time at admission (tokens), decode start, first token (all times in s)."""
+
+    ARR = 0
+    PSTART = 1
+    EVT = 2
+    KV = 3
+    NEED = 4
+    KVARR = 5
+    TAG = 6
+    VADM = 7
+    DSTART = 8
+    FIRST = 9
+
+
+class RI(IntEnum):
+    """Per request slot (int): request number (-1 = free), route, input/output/uncached
+    tokens, prefill instance, prefill done, KV delivered, decode instance, and the next slot in
+    its prefill queue, channel flow list, channel delay line and decode admission queue."""
+
+    SEQ = 0
+    ROUTE = 1
+    IN = 2
+    OUT = 3
+    UNC = 4
+    PINST = 5
+    PDONE = 6
+    KVDONE = 7
+    DINST = 8
+    NX_PQ = 9
+    NX_FL = 10
+    NX_DL = 11
+    NX_DQ = 12
+
+
+class PF(IntEnum):
+    """Per prefill instance (float): time it has finished all queued work, last completion
+    event, uncached tokens waiting to start, prefill seconds assigned so far."""
+
+    FREE = 0
+    LAST_EVT = 1
+    QTOK = 2
+    BUSY_S = 3
+
+
+class PI(IntEnum):
+    """Per prefill instance (int): oldest job not yet completed, newest job, next job to start,
+    jobs waiting to start."""
+
+    HEAD = 0
+    TAIL = 1
+    NEXT = 2
+    NQ = 3
+
+
+class LF(IntEnum):
+    """Per channel (float): usable bandwidth now (bytes/s), time of last update, per-flow
+    service so far (bytes), next flow completion, bytes started, bytes completed, integral of
+    usable bandwidth up to the last update (bytes)."""
+
+    BW = 0
+    T = 1
+    V = 2
+    NEXT_T = 3
+    BYTES_IN = 4
+    BYTES_DONE = 5
+    CAP_INT = 6
+
+
+class LI(IntEnum):
+    """Per channel (int): bandwidth grid cell, active flows, flow list head, next finishing
+    flow, delay line head and tail."""
+
+    CELL = 0
+    N = 1
+    FLOWS = 2
+    NEXT_K = 3
+    DL_HEAD = 4
+    DL_TAIL = 5
+
+
+class DF(IntEnum):
+    """Per decode instance (float): tokens produced by each active sequence since V was 0,
+    time of last update, KV bytes reserved, input tokens of active sequences, sum of V at their
+    admissions, step time (s), next completion (s), integral of batch size (sequence-s)."""
+
+    V = 0
+    T = 1
+    MEM = 2
+    CTX_IN = 3
+    SUM_VADM = 4
+    STEP = 5
+    NEXT_T = 6
+    BUSY_INT = 7
+
+
+class DI(IntEnum):
+    """Per decode instance (int): active sequences, batch slot that completes next."""
+
+    N = 0
+    NEXT_S = 1
+
+
+class QI(IntEnum):
+    """Per decode cluster (int): admission queue head, tail and length."""
+
+    HEAD = 0
+    TAIL = 1
+    LEN = 2
+
+
+STATIC_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
+    "route": (ROUTE, "route_"),
+    "cl_i": (CLI, "cl_"),
+    "cl_f": (CLF, "cl_"),
+    "ch_f": (CHF, "ch_"),
+}
+STATE_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
+    "ef": (EF, ""),
+    "ei": (EI, ""),
+    "rf": (RF, "r_"),
+    "ri": (RI, "r_"),
+    "pf": (PF, "p_"),
+    "pi": (PI, "p_"),
+    "lf": (LF, "l_"),
+    "li": (LI, "l_"),
+    "df": (DF, "d_"),
+    "di": (DI, "d_"),
+    "qi": (QI, "q_"),
+}
+
+# Initial value of each packed field (0 unless listed), by view name.
+_INITIAL = {
+    "m_last_ttft": np.nan,
+    "r_seq": -1,
+    "r_dinst": -1,
+    "r_nx_pq": -1,
+    "r_nx_fl": -1,
+    "r_nx_dl": -1,
+    "r_nx_dq": -1,
+    "p_head": -1,
+    "p_tail": -1,
+    "p_next": -1,
+    "l_next_t": INF,
+    "l_flows": -1,
+    "l_next_k": -1,
+    "l_dl_head": -1,
+    "l_dl_tail": -1,
+    "d_next_t": INF,
+    "d_next_s": -1,
+    "q_head": -1,
+    "q_tail": -1,
+}
+
+
+class Static(NamedTuple):
+    """Topology constants in the form compiled code reads; packed fields by name:
+    ``route_p/d/ch/offload`` (per route), ``cl_p0/np/d0/nd/max_batch`` and
+    ``cl_rdma_bps/kv_cap`` (per cluster), ``ch_latency_s/step_s`` (per channel)."""
+
+    route: NDArray[np.int64]  # [routes, 4]
+    cl_i: NDArray[np.int64]  # [clusters, 5]
+    cl_f: NDArray[np.float64]  # [clusters, 2]: RDMA bytes/s per node; KV bytes per instance
+    ch_f: NDArray[np.float64]  # [channels, 2]: one-way latency s; bandwidth grid step s
+    ch_cells: NDArray[np.int64]  # cells of one period of each channel's bandwidth series
     p_cluster: NDArray[np.int64]  # cluster of each prefill instance
     d_cluster: NDArray[np.int64]  # cluster of each decode instance
-    ch_latency_s: NDArray[np.float64]  # one-way latency (half the RTT)
-    ch_step_s: NDArray[np.float64]  # bandwidth grid step, inf when constant
-    ch_cells: NDArray[np.int64]  # cells of one period of the bandwidth series
     prefill_log_t: NDArray[np.float64]  # [cluster, nu, nc]
     decode_log_t: NDArray[np.float64]  # [cluster, batch + 1, nx]
-    kv_fixed: float
-    kv_per_token: float
     swa_per_token: NDArray[np.float64]
     swa_window: NDArray[np.float64]
+    kv_fixed: float
+    kv_per_token: float
     block_tokens: int
     ttft_slo_s: float
     tpot_slo_s: float
 
 
 class State(NamedTuple):
-    """Per-env simulator state (see the module docstring)."""
+    """Per-env simulator state (see the module docstring for the packed arrays)."""
 
-    now: NDArray[np.float64]  # [E] time of the pending decision, s
-    seq: NDArray[np.int64]  # [E] requests routed so far
-    # request slots [E, R]
-    free: NDArray[np.int64]  # free-slot stack
-    nfree: NDArray[np.int64]  # [E]
-    r_seq: NDArray[np.int64]
-    r_route: NDArray[np.int64]
-    r_arr: NDArray[np.float64]
-    r_in: NDArray[np.int64]
-    r_out: NDArray[np.int64]
-    r_unc: NDArray[np.int64]
-    r_pinst: NDArray[np.int64]
-    r_pstart: NDArray[np.float64]
-    r_evt: NDArray[np.float64]  # completion event of the prefill (in-order per instance)
-    r_kv: NDArray[np.float64]  # bytes
-    r_need: NDArray[np.float64]  # decode KV reservation, bytes
-    r_pdone: NDArray[np.bool_]
-    r_kvdone: NDArray[np.bool_]
-    r_kvarr: NDArray[np.float64]  # KV fully at the decode side, s
-    r_tag: NDArray[np.float64]  # link finish tag (bytes of per-flow service)
-    r_vadm: NDArray[np.float64]  # decode virtual time at admission (tokens)
-    r_dinst: NDArray[np.int64]
-    r_dstart: NDArray[np.float64]
-    r_first: NDArray[np.float64]
-    r_nx_pq: NDArray[np.int64]  # next in its prefill instance's queue
-    r_nx_fl: NDArray[np.int64]  # next in its channel's flow list
-    r_nx_dl: NDArray[np.int64]  # next in its channel's delay line
-    r_nx_dq: NDArray[np.int64]  # next in its decode cluster's admission queue
-    # prefill instances [E, P]
-    p_free: NDArray[np.float64]  # time the instance has finished all work queued on it
-    p_head: NDArray[np.int64]  # oldest job whose completion event has not fired
-    p_tail: NDArray[np.int64]
-    p_next: NDArray[np.int64]  # next job to start
-    p_last_evt: NDArray[np.float64]
-    p_nq: NDArray[np.int64]  # jobs waiting to start
-    p_qtok: NDArray[np.float64]  # uncached tokens of jobs waiting to start
-    p_busy_s: NDArray[np.float64]  # prefill seconds assigned so far
-    # channels [E, L]
-    l_series: NDArray[np.float64]  # [E, L, cells] usable bandwidth per grid cell, bytes/s
-    l_cell: NDArray[np.int64]
-    l_bw: NDArray[np.float64]
-    l_t: NDArray[np.float64]
-    l_v: NDArray[np.float64]  # per-flow service so far, bytes (processor sharing)
-    l_n: NDArray[np.int64]
-    l_flows: NDArray[np.int64]  # head of the flow list
-    l_next_t: NDArray[np.float64]  # next flow completion
-    l_next_k: NDArray[np.int64]  # the flow that completes then
-    l_dl_head: NDArray[np.int64]
-    l_dl_tail: NDArray[np.int64]
-    l_bytes_in: NDArray[np.float64]  # bytes of flows started
-    l_bytes_done: NDArray[np.float64]  # bytes of flows completed
-    l_cap_int: NDArray[np.float64]  # integral of usable bandwidth up to l_t, bytes
-    # decode instances [E, D]
-    d_n: NDArray[np.int64]
-    d_v: NDArray[np.float64]  # tokens each active sequence has produced since d_v was 0
-    d_t: NDArray[np.float64]
-    d_mem: NDArray[np.float64]
-    d_ctx_in: NDArray[np.float64]
-    d_sum_vadm: NDArray[np.float64]
-    d_step: NDArray[np.float64]
-    d_next_t: NDArray[np.float64]
-    d_next_s: NDArray[np.int64]  # batch slot that completes then
-    d_slots: NDArray[np.int64]  # [E, D, max batch] request slot or -1
-    d_tags: NDArray[np.float64]  # [E, D, max batch] finish tag (tokens)
-    d_busy_int: NDArray[np.float64]  # integral of batch size over time (sequence-seconds)
-    # decode admission queues [E, C]
-    q_head: NDArray[np.int64]
-    q_tail: NDArray[np.int64]
-    q_len: NDArray[np.int64]
-    # pending request observation [E, C]
-    obs_cached: NDArray[np.int64]
-    # metrics [E]
-    m_done: NDArray[np.int64]
-    m_ttft_sum: NDArray[np.float64]
-    m_tpot_sum: NDArray[np.float64]
-    m_out_tokens: NDArray[np.float64]
-    m_slo_ok: NDArray[np.int64]
-    m_offload: NDArray[np.int64]
-    m_cached_tokens: NDArray[np.float64]
-    m_input_tokens: NDArray[np.float64]
+    ef: NDArray[np.float64]  # [E, 7]
+    ei: NDArray[np.int64]  # [E, 5]
+    rf: NDArray[np.float64]  # [E, slots, 10]
+    ri: NDArray[np.int64]  # [E, slots, 13]
+    free: NDArray[np.int64]  # [E, slots] free-slot stack (ei nfree entries)
+    pf: NDArray[np.float64]  # [E, prefill instances, 4]
+    pi: NDArray[np.int64]  # [E, prefill instances, 4]
+    lf: NDArray[np.float64]  # [E, channels, 7]
+    li: NDArray[np.int64]  # [E, channels, 6]
+    l_series: NDArray[np.float64]  # [E, channels, cells] usable bandwidth, bytes/s
+    df: NDArray[np.float64]  # [E, decode instances, 8]
+    di: NDArray[np.int64]  # [E, decode instances, 2]
+    d_slots: NDArray[np.int64]  # [E, decode instances, max batch] request slot or -1
+    d_tags: NDArray[np.float64]  # [E, decode instances, max batch] finish tag, tokens
+    qi: NDArray[np.int64]  # [E, clusters, 3]
+    obs_cached: NDArray[np.int64]  # [E, clusters] cached tokens of the pending request
     m_ttft_hist: NDArray[np.int64]  # [E, HIST_BINS]
-    m_last_ttft: NDArray[np.float64]  # [E] TTFT of the latest completion
-    # records [E, N, fields] (N = 0 when not recording)
-    records: NDArray[np.float64]
+    records: NDArray[np.float64]  # [E, N, fields] (N = 0 when not recording)
+
+
+add_views(Static, STATIC_LAYOUT)
+add_views(State, STATE_LAYOUT)
+
+_DTYPE = {"f": np.float64, "i": np.int64}
+
+
+def _packed(name: str, shape: tuple[int, ...]) -> NDArray:
+    enum, prefix = STATE_LAYOUT[name]
+    out = np.zeros((*shape, len(enum)), _DTYPE[name[-1]])
+    for member in enum:
+        out[..., member] = _INITIAL.get(prefix + member.name.lower(), 0)
+    return out
 
 
 def new_state(
@@ -169,116 +333,49 @@ def new_state(
     clusters: int,
     record_capacity: int,
 ) -> State:
-    """Zeroed state; every queue empty, every slot free."""
-    e, r = num_envs, slots
-    f = np.float64
-    i = np.int64
-
-    def z(*shape: int, dtype: type = f, fill: float = 0) -> NDArray:
-        return np.full(shape, fill, dtype)
-
-    free = np.tile(np.arange(r - 1, -1, -1, dtype=i), (e, 1))
-    return State(
-        now=z(e),
-        seq=z(e, dtype=i),
-        free=free,
-        nfree=z(e, dtype=i, fill=r),
-        r_seq=z(e, r, dtype=i, fill=-1),
-        r_route=z(e, r, dtype=i),
-        r_arr=z(e, r),
-        r_in=z(e, r, dtype=i),
-        r_out=z(e, r, dtype=i),
-        r_unc=z(e, r, dtype=i),
-        r_pinst=z(e, r, dtype=i),
-        r_pstart=z(e, r),
-        r_evt=z(e, r),
-        r_kv=z(e, r),
-        r_need=z(e, r),
-        r_pdone=z(e, r, dtype=np.bool_),
-        r_kvdone=z(e, r, dtype=np.bool_),
-        r_kvarr=z(e, r),
-        r_tag=z(e, r),
-        r_vadm=z(e, r),
-        r_dinst=z(e, r, dtype=i, fill=-1),
-        r_dstart=z(e, r),
-        r_first=z(e, r),
-        r_nx_pq=z(e, r, dtype=i, fill=-1),
-        r_nx_fl=z(e, r, dtype=i, fill=-1),
-        r_nx_dl=z(e, r, dtype=i, fill=-1),
-        r_nx_dq=z(e, r, dtype=i, fill=-1),
-        p_free=z(e, prefill_instances),
-        p_head=z(e, prefill_instances, dtype=i, fill=-1),
-        p_tail=z(e, prefill_instances, dtype=i, fill=-1),
-        p_next=z(e, prefill_instances, dtype=i, fill=-1),
-        p_last_evt=z(e, prefill_instances),
-        p_nq=z(e, prefill_instances, dtype=i),
-        p_qtok=z(e, prefill_instances),
-        p_busy_s=z(e, prefill_instances),
-        l_series=z(e, channels, cells),
-        l_cell=z(e, channels, dtype=i),
-        l_bw=z(e, channels),
-        l_t=z(e, channels),
-        l_v=z(e, channels),
-        l_n=z(e, channels, dtype=i),
-        l_flows=z(e, channels, dtype=i, fill=-1),
-        l_next_t=z(e, channels, fill=INF),
-        l_next_k=z(e, channels, dtype=i, fill=-1),
-        l_dl_head=z(e, channels, dtype=i, fill=-1),
-        l_dl_tail=z(e, channels, dtype=i, fill=-1),
-        l_bytes_in=z(e, channels),
-        l_bytes_done=z(e, channels),
-        l_cap_int=z(e, channels),
-        d_n=z(e, decode_instances, dtype=i),
-        d_v=z(e, decode_instances),
-        d_t=z(e, decode_instances),
-        d_mem=z(e, decode_instances),
-        d_ctx_in=z(e, decode_instances),
-        d_sum_vadm=z(e, decode_instances),
-        d_step=z(e, decode_instances),
-        d_next_t=z(e, decode_instances, fill=INF),
-        d_next_s=z(e, decode_instances, dtype=i, fill=-1),
-        d_slots=z(e, decode_instances, max_batch, dtype=i, fill=-1),
-        d_tags=z(e, decode_instances, max_batch),
-        d_busy_int=z(e, decode_instances),
-        q_head=z(e, clusters, dtype=i, fill=-1),
-        q_tail=z(e, clusters, dtype=i, fill=-1),
-        q_len=z(e, clusters, dtype=i),
-        obs_cached=z(e, clusters, dtype=i),
-        m_done=z(e, dtype=i),
-        m_ttft_sum=z(e),
-        m_tpot_sum=z(e),
-        m_out_tokens=z(e),
-        m_slo_ok=z(e, dtype=i),
-        m_offload=z(e, dtype=i),
-        m_cached_tokens=z(e),
-        m_input_tokens=z(e),
-        m_ttft_hist=z(e, HIST_BINS, dtype=i),
-        m_last_ttft=z(e, fill=np.nan),
-        records=z(e, record_capacity, len(RECORD_FIELDS), fill=np.nan),
+    """Initial state; every queue empty, every slot free."""
+    e = num_envs
+    st = State(
+        ef=_packed("ef", (e,)),
+        ei=_packed("ei", (e,)),
+        rf=_packed("rf", (e, slots)),
+        ri=_packed("ri", (e, slots)),
+        free=np.tile(np.arange(slots - 1, -1, -1, dtype=np.int64), (e, 1)),
+        pf=_packed("pf", (e, prefill_instances)),
+        pi=_packed("pi", (e, prefill_instances)),
+        lf=_packed("lf", (e, channels)),
+        li=_packed("li", (e, channels)),
+        l_series=np.zeros((e, channels, cells)),
+        df=_packed("df", (e, decode_instances)),
+        di=_packed("di", (e, decode_instances)),
+        d_slots=np.full((e, decode_instances, max_batch), -1, np.int64),
+        d_tags=np.zeros((e, decode_instances, max_batch)),
+        qi=_packed("qi", (e, clusters)),
+        obs_cached=np.zeros((e, clusters), np.int64),
+        m_ttft_hist=np.zeros((e, HIST_BINS), np.int64),
+        records=np.full((e, record_capacity, len(RECORD_FIELDS)), np.nan),
     )
+    st.nfree[:] = slots
+    return st
 
 
-SLOT_FIELDS = tuple(f for f in State._fields if f.startswith("r_"))
+SLOT_ARRAYS = ("rf", "ri")
 
 
 def grow_slots(st: State) -> State:
     """A copy of ``st`` with twice the request slots per env (new slots free)."""
-    e, r = st.r_seq.shape
-    out = {}
-    for name in State._fields:
-        a = getattr(st, name)
-        if name in SLOT_FIELDS:
-            fill = -1 if name in ("r_seq", "r_dinst") or name.startswith("r_nx") else 0
-            b = np.full((e, 2 * r), fill, a.dtype)
-            b[:, :r] = a
-            out[name] = b
-        else:
-            out[name] = a
+    e, r = st.free.shape
+    out = st._asdict()
+    for name in SLOT_ARRAYS:
+        grown = _packed(name, (e, 2 * r))
+        grown[:, :r] = getattr(st, name)
+        out[name] = grown
     free = np.zeros((e, 2 * r), np.int64)
-    nf = st.nfree
+    nf = st.nfree.copy()
     for i in range(e):  # rare (only when an env runs out); keeps each env's stack order
         free[i, : nf[i]] = st.free[i, : nf[i]]
         free[i, nf[i] : nf[i] + r] = np.arange(2 * r - 1, r - 1, -1)
     out["free"] = free
-    out["nfree"] = nf + r
-    return State(**out)
+    grown_state = State(**out)
+    grown_state.nfree[:] = nf + r
+    return grown_state

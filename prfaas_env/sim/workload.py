@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,6 +41,7 @@ from numpy.typing import NDArray
 
 from prfaas_env.errors import ConfigError, check_keys, number
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
+from prfaas_env.sim.packing import add_views
 from prfaas_env.sim.rng import (
     exponential,
     gamma,
@@ -153,56 +155,73 @@ class WorkloadParams(NamedTuple):
     tr_loop_gap: float
 
 
-class WorkloadState(NamedTuple):
-    """Per-env workload state (leading dimension: env) and the next request it produced."""
+class WF(IntEnum):
+    """Per env (float): last synthetic arrival, next MMPP switch, trace time base (s), and the
+    next request's arrival time (s)."""
 
-    rng: NDArray[np.uint64]
-    last_t: NDArray[np.float64]
-    burst: NDArray[np.int64]
-    switch_t: NDArray[np.float64]
-    sess_base: NDArray[np.int64]  # [env, sessions] block-id base of each session chain
-    sess_sys: NDArray[np.int64]  # [env, sessions] system prompt of each session, -1 none
-    sess_count: NDArray[np.int64]
-    cursor: NDArray[np.int64]
-    loop: NDArray[np.int64]
-    base_t: NDArray[np.float64]
-    # the next request
-    req_t: NDArray[np.float64]
-    req_in: NDArray[np.int64]
-    req_out: NDArray[np.int64]
-    req_nblocks: NDArray[np.int64]
-    req_sys: NDArray[np.int64]
-    req_nsys: NDArray[np.int64]
-    req_base: NDArray[np.int64]
-    req_toff: NDArray[np.int64]
-    req_shift: NDArray[np.int64]
+    LAST_T = 0
+    SWITCH_T = 1
+    BASE_T = 2
+    REQ_T = 3
+
+
+class WI(IntEnum):
+    """Per env (int): MMPP burst state, sessions opened, trace cursor and loop count; the next
+    request's input/output tokens, blocks, system prompt (-1 none) and its blocks, session
+    chain base id, trace block offset (-1 synthetic) and block-id shift."""
+
+    BURST = 0
+    SESS_COUNT = 1
+    CURSOR = 2
+    LOOP = 3
+    REQ_IN = 4
+    REQ_OUT = 5
+    REQ_NBLOCKS = 6
+    REQ_SYS = 7
+    REQ_NSYS = 8
+    REQ_BASE = 9
+    REQ_TOFF = 10
+    REQ_SHIFT = 11
+
+
+class SESS(IntEnum):
+    """Per env and session slot (int): block-id base of its chain (-1 none), system prompt."""
+
+    BASE = 0
+    SYS = 1
+
+
+WORKLOAD_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
+    "wf": (WF, ""),
+    "wi": (WI, ""),
+    "sess": (SESS, "sess_"),
+}
+
+
+class WorkloadState(NamedTuple):
+    """Per-env workload state (leading dimension: env) and the next request it produced;
+    fields by name as views (``ws.req_in``, ``ws.req_t``, ...)."""
+
+    rng: NDArray[np.uint64]  # [E] stream states
+    wf: NDArray[np.float64]  # [E, 4]
+    wi: NDArray[np.int64]  # [E, 12]
+    sess: NDArray[np.int64]  # [E, sessions, 2]
+
+
+add_views(WorkloadState, WORKLOAD_LAYOUT)
 
 
 def new_state(num_envs: int, sessions: int) -> WorkloadState:
-    """Zeroed workload state for ``num_envs`` envs."""
-    e = num_envs
-    z = np.zeros
-    return WorkloadState(
-        rng=z(e, np.uint64),
-        last_t=z(e),
-        burst=z(e, np.int64),
-        switch_t=z(e),
-        sess_base=np.full((e, max(sessions, 1)), -1, np.int64),
-        sess_sys=np.full((e, max(sessions, 1)), -1, np.int64),
-        sess_count=z(e, np.int64),
-        cursor=z(e, np.int64),
-        loop=z(e, np.int64),
-        base_t=z(e),
-        req_t=z(e),
-        req_in=z(e, np.int64),
-        req_out=z(e, np.int64),
-        req_nblocks=z(e, np.int64),
-        req_sys=np.full(e, -1, np.int64),
-        req_nsys=z(e, np.int64),
-        req_base=z(e, np.int64),
-        req_toff=np.full(e, -1, np.int64),
-        req_shift=z(e, np.int64),
+    """Initial workload state for ``num_envs`` envs."""
+    st = WorkloadState(
+        rng=np.zeros(num_envs, np.uint64),
+        wf=np.zeros((num_envs, len(WF))),
+        wi=np.zeros((num_envs, len(WI)), np.int64),
+        sess=np.full((num_envs, max(sessions, 1), len(SESS)), -1, np.int64),
     )
+    st.wi[:, WI.REQ_SYS] = -1
+    st.wi[:, WI.REQ_TOFF] = -1
+    return st
 
 
 def params(w: Workload, block_tokens: int) -> WorkloadParams:
@@ -267,20 +286,19 @@ def params(w: Workload, block_tokens: int) -> WorkloadParams:
 def reset_env(w: Workload, st: WorkloadState, e: int, rng: np.random.Generator) -> None:
     """Re-initialise env ``e``'s workload state from its generator ``rng``."""
     st.rng[e] = seed_states(rng, 1)[0]
-    st.last_t[e] = 0.0
-    st.burst[e] = 0
-    st.switch_t[e] = 0.0
-    st.sess_base[e] = -1
-    st.sess_sys[e] = -1
-    st.sess_count[e] = 0
-    st.loop[e] = 0
+    st.wf[e, WF.LAST_T] = 0.0
+    st.wi[e, WI.BURST] = 0
+    st.wf[e, WF.SWITCH_T] = 0.0
+    st.sess[e] = -1
+    st.wi[e, WI.SESS_COUNT] = 0
+    st.wi[e, WI.LOOP] = 0
     if w.trace is not None:
         start = int(rng.integers(len(w.trace))) if w.random_start else 0
-        st.cursor[e] = start
-        st.base_t[e] = float(w.trace.arrival_s[start])
+        st.wi[e, WI.CURSOR] = start
+        st.wf[e, WF.BASE_T] = float(w.trace.arrival_s[start])
     else:
-        st.cursor[e] = 0
-        st.base_t[e] = 0.0
+        st.wi[e, WI.CURSOR] = 0
+        st.wf[e, WF.BASE_T] = 0.0
 
 
 @njit(cache=True)
@@ -309,21 +327,23 @@ def _next_gap(p: WorkloadParams, st: WorkloadState, e: int) -> float:
         k = 1.0 / (p.cv * p.cv)
         return gamma(st.rng, e, k) / (k * p.rate)
     # Markov-modulated Poisson: sample within the current state, switching as needed.
-    t = st.last_t[e]
-    if st.switch_t[e] <= 0.0:  # first call: stationary initial state
-        st.burst[e] = 1 if uniform(st.rng, e) < p.mean_hi_s / (p.mean_hi_s + p.mean_lo_s) else 0
-        mean = p.mean_hi_s if st.burst[e] == 1 else p.mean_lo_s
-        st.switch_t[e] = t + exponential(st.rng, e) * mean
+    t = st.wf[e, WF.LAST_T]
+    if st.wf[e, WF.SWITCH_T] <= 0.0:  # first call: stationary initial state
+        st.wi[e, WI.BURST] = (
+            1 if uniform(st.rng, e) < p.mean_hi_s / (p.mean_hi_s + p.mean_lo_s) else 0
+        )
+        mean = p.mean_hi_s if st.wi[e, WI.BURST] == 1 else p.mean_lo_s
+        st.wf[e, WF.SWITCH_T] = t + exponential(st.rng, e) * mean
     now = t
     while True:
-        rate = p.rate_hi if st.burst[e] == 1 else p.rate_lo
+        rate = p.rate_hi if st.wi[e, WI.BURST] == 1 else p.rate_lo
         cand = now + exponential(st.rng, e) / rate
-        if cand < st.switch_t[e]:
+        if cand < st.wf[e, WF.SWITCH_T]:
             return cand - t
-        now = st.switch_t[e]
-        st.burst[e] = 1 - st.burst[e]
-        mean = p.mean_hi_s if st.burst[e] == 1 else p.mean_lo_s
-        st.switch_t[e] = now + exponential(st.rng, e) * mean
+        now = st.wf[e, WF.SWITCH_T]
+        st.wi[e, WI.BURST] = 1 - st.wi[e, WI.BURST]
+        mean = p.mean_hi_s if st.wi[e, WI.BURST] == 1 else p.mean_lo_s
+        st.wf[e, WF.SWITCH_T] = now + exponential(st.rng, e) * mean
 
 
 @njit(cache=True)
@@ -332,58 +352,62 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
     bt = p.block_tokens
     if p.is_trace:
         n = p.tr_arrival.shape[0]
-        j = st.cursor[e]
+        j = st.wi[e, WI.CURSOR]
         if j >= n:  # loop over the window
             j = 0
-            st.loop[e] += 1
-            st.base_t[e] -= p.tr_arrival[n - 1] - p.tr_arrival[0] + p.tr_loop_gap
-        st.cursor[e] = j + 1
-        st.req_t[e] = (p.tr_arrival[j] - st.base_t[e]) / p.multiplier
-        st.req_in[e] = p.tr_input[j]
-        st.req_out[e] = p.tr_output[j]
-        st.req_toff[e] = p.tr_offsets[j]
-        st.req_nblocks[e] = p.tr_offsets[j + 1] - p.tr_offsets[j]
-        st.req_shift[e] = st.loop[e] * p.tr_id_shift
-        st.req_sys[e] = -1
-        st.req_nsys[e] = 0
-        st.req_base[e] = 0
+            st.wi[e, WI.LOOP] += 1
+            st.wf[e, WF.BASE_T] -= p.tr_arrival[n - 1] - p.tr_arrival[0] + p.tr_loop_gap
+        st.wi[e, WI.CURSOR] = j + 1
+        st.wf[e, WF.REQ_T] = (p.tr_arrival[j] - st.wf[e, WF.BASE_T]) / p.multiplier
+        st.wi[e, WI.REQ_IN] = p.tr_input[j]
+        st.wi[e, WI.REQ_OUT] = p.tr_output[j]
+        st.wi[e, WI.REQ_TOFF] = p.tr_offsets[j]
+        st.wi[e, WI.REQ_NBLOCKS] = p.tr_offsets[j + 1] - p.tr_offsets[j]
+        st.wi[e, WI.REQ_SHIFT] = st.wi[e, WI.LOOP] * p.tr_id_shift
+        st.wi[e, WI.REQ_SYS] = -1
+        st.wi[e, WI.REQ_NSYS] = 0
+        st.wi[e, WI.REQ_BASE] = 0
         return
-    t = st.last_t[e] + _next_gap(p, st, e)
-    st.last_t[e] = t
-    st.req_t[e] = t
+    t = st.wf[e, WF.LAST_T] + _next_gap(p, st, e)
+    st.wf[e, WF.LAST_T] = t
+    st.wf[e, WF.REQ_T] = t
     length = _length(st, e, p.in_kind, p.in_tokens, p.in_mu, p.in_sigma, p.in_low, p.in_high)
-    st.req_out[e] = _length(
+    st.wi[e, WI.REQ_OUT] = _length(
         st, e, p.out_kind, p.out_tokens, p.out_mu, p.out_sigma, p.out_low, p.out_high
     )
     s = int(uniform(st.rng, e) * p.sessions)
-    if p.session_reuse > 0.0 and st.sess_base[e, s] >= 0 and uniform(st.rng, e) < p.session_reuse:
-        sys_id = st.sess_sys[e, s]
+    if (
+        p.session_reuse > 0.0
+        and st.sess[e, s, SESS.BASE] >= 0
+        and uniform(st.rng, e) < p.session_reuse
+    ):
+        sys_id = st.sess[e, s, SESS.SYS]
     else:
         sys_id = -1
         if p.system_prompts > 0 and uniform(st.rng, e) < p.system_share:
             sys_id = min(int(uniform(st.rng, e) * p.system_prompts), p.system_prompts - 1)
-        st.sess_count[e] += 1
-        st.sess_base[e, s] = (p.system_prompts + st.sess_count[e]) * ID_STRIDE
-        st.sess_sys[e, s] = sys_id
+        st.wi[e, WI.SESS_COUNT] += 1
+        st.sess[e, s, SESS.BASE] = (p.system_prompts + st.wi[e, WI.SESS_COUNT]) * ID_STRIDE
+        st.sess[e, s, SESS.SYS] = sys_id
     nsys = p.system_blocks if sys_id >= 0 else 0
     length = max(length, nsys * bt + 1)
-    st.req_in[e] = length
-    st.req_nblocks[e] = (length + bt - 1) // bt
-    st.req_sys[e] = sys_id
-    st.req_nsys[e] = nsys
-    st.req_base[e] = st.sess_base[e, s]
-    st.req_toff[e] = -1
-    st.req_shift[e] = 0
+    st.wi[e, WI.REQ_IN] = length
+    st.wi[e, WI.REQ_NBLOCKS] = (length + bt - 1) // bt
+    st.wi[e, WI.REQ_SYS] = sys_id
+    st.wi[e, WI.REQ_NSYS] = nsys
+    st.wi[e, WI.REQ_BASE] = st.sess[e, s, SESS.BASE]
+    st.wi[e, WI.REQ_TOFF] = -1
+    st.wi[e, WI.REQ_SHIFT] = 0
 
 
 @njit(cache=True)
 def block_id(p: WorkloadParams, st: WorkloadState, e: int, b: int) -> int:
     """Id of block ``b`` of env ``e``'s current request."""
-    if st.req_toff[e] >= 0:
-        return p.tr_blocks[st.req_toff[e] + b] + st.req_shift[e]
-    if b < st.req_nsys[e]:
-        return st.req_sys[e] * ID_STRIDE + b
-    return st.req_base[e] + (b - st.req_nsys[e])
+    if st.wi[e, WI.REQ_TOFF] >= 0:
+        return p.tr_blocks[st.wi[e, WI.REQ_TOFF] + b] + st.wi[e, WI.REQ_SHIFT]
+    if b < st.wi[e, WI.REQ_NSYS]:
+        return st.wi[e, WI.REQ_SYS] * ID_STRIDE + b
+    return st.wi[e, WI.REQ_BASE] + (b - st.wi[e, WI.REQ_NSYS])
 
 
 # ---- parsing ---------------------------------------------------------------------------------
