@@ -83,7 +83,7 @@ def test_same_seed_same_results_and_batch_equals_standalone() -> None:
         a, b = batch.records(i), alone.records(0)
         for f in RECORD_FIELDS:
             np.testing.assert_array_equal(a[f], b[f], err_msg=f)
-    again = VecSimulator(sc, 3, record=150)
+    again = VecSimulator(sc, 3, record=150, parallel=not batch.parallel)  # threads or not
     again.reset(seed=100)
     for r in routes:
         again.step(r)

@@ -13,9 +13,9 @@ from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 
+from prfaas_env.sim.jit import compiled
 from prfaas_env.sim.packing import add_views
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -80,12 +80,12 @@ def clear_env(cs: CacheState, e: int) -> None:
     cs.meta[e, :, META.TAIL] = -1
 
 
-@njit(cache=True)
+@compiled
 def _home(key: int, mask: int) -> int:
     return np.int64(((np.uint64(key) * _HASH_MUL) >> _SHIFT) & np.uint64(mask))
 
 
-@njit(cache=True)
+@compiled
 def find(cs: CacheState, e: int, c: int, key: int) -> int:
     """Node holding ``key`` in cache (e, c), or -1."""
     if cs.cfg[c, CFG.CAPACITY] == 0:
@@ -101,7 +101,7 @@ def find(cs: CacheState, e: int, c: int, key: int) -> int:
         i = (i + 1) & m
 
 
-@njit(cache=True)
+@compiled
 def _unlink(cs: CacheState, e: int, c: int, n: int) -> None:
     p, q = cs.prev[e, c, n], cs.next[e, c, n]
     if p >= 0:
@@ -114,7 +114,7 @@ def _unlink(cs: CacheState, e: int, c: int, n: int) -> None:
         cs.meta[e, c, META.TAIL] = p
 
 
-@njit(cache=True)
+@compiled
 def _push_front(cs: CacheState, e: int, c: int, n: int) -> None:
     h = cs.meta[e, c, META.HEAD]
     cs.prev[e, c, n] = -1
@@ -126,7 +126,7 @@ def _push_front(cs: CacheState, e: int, c: int, n: int) -> None:
     cs.meta[e, c, META.HEAD] = n
 
 
-@njit(cache=True)
+@compiled
 def _table_remove(cs: CacheState, e: int, c: int, key: int) -> None:
     m = cs.cfg[c, CFG.MASK]
     i = _home(key, m)
@@ -146,7 +146,7 @@ def _table_remove(cs: CacheState, e: int, c: int, key: int) -> None:
     cs.table[e, c, i] = -1
 
 
-@njit(cache=True)
+@compiled
 def touch_or_insert(cs: CacheState, e: int, c: int, key: int) -> bool:
     """Mark ``key`` most recently used, inserting it (evicting the LRU block if full).
 

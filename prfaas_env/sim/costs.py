@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 
 from prfaas_env.costmodel import CostModel
+from prfaas_env.sim.jit import compiled
 
 MAX_PROMPT_TOKENS = 262_144  # largest prompt the tables cover (2^18 tokens)
 _LOG2_MAX = 18.0
@@ -99,7 +99,7 @@ def build_tables(models: list[CostModel], max_batches: list[int]) -> CostTables:
     )
 
 
-@njit(cache=True)
+@compiled
 def _interp_index(x: float, step: float, n: int) -> tuple[int, float]:
     """Cell index and fraction of ``x`` on a grid ``0, step, 2 step, ...`` of ``n`` points."""
     pos = x / step
@@ -111,7 +111,7 @@ def _interp_index(x: float, step: float, n: int) -> tuple[int, float]:
     return i, pos - i
 
 
-@njit(cache=True)
+@compiled
 def prefill_time(log_t: NDArray[np.float64], uncached: float, cached: float) -> float:
     """Prefill seconds of one request (``log_t`` is one cluster's table); 0 for no tokens."""
     if uncached <= 0.0:
@@ -123,7 +123,7 @@ def prefill_time(log_t: NDArray[np.float64], uncached: float, cached: float) -> 
     return np.exp(a * (1.0 - fu) + b * fu)
 
 
-@njit(cache=True)
+@compiled
 def decode_step_time(log_t: NDArray[np.float64], batch: int, context_tokens: float) -> float:
     """Seconds of one decode step of ``batch`` sequences holding ``context_tokens`` in all."""
     if batch <= 0:
@@ -133,7 +133,7 @@ def decode_step_time(log_t: NDArray[np.float64], batch: int, context_tokens: flo
     return np.exp(log_t[batch, ix] * (1.0 - fx) + log_t[batch, ix + 1] * fx)
 
 
-@njit(cache=True)
+@compiled
 def kv_bytes(
     fixed: float,
     per_token: float,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
@@ -42,6 +43,7 @@ from prfaas_env.sim.state import (
 )
 
 DRAIN_LIMIT_S = 1e7
+PARALLEL_MIN_ENVS = 256  # below this, thread start-up costs more than it saves
 
 
 def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
@@ -123,6 +125,9 @@ class VecSimulator:
             :data:`~prfaas_env.sim.state.RECORD_FIELDS`); 0 keeps only aggregate metrics.
         slots: initial request slots per env (doubled automatically when needed).
         tables: precomputed cost tables (to share them between simulators).
+        parallel: split the envs across numba's threads (``numba.set_num_threads`` sets how
+            many); ``None`` (default) does so from ``PARALLEL_MIN_ENVS`` envs up when more than
+            one thread is available. Results do not depend on it.
     """
 
     def __init__(
@@ -131,8 +136,9 @@ class VecSimulator:
         num_envs: int = 1,
         *,
         record: int = 0,
-        slots: int = 256,
+        slots: int = 64,
         tables: CostTables | None = None,
+        parallel: bool | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs: expected a positive integer, got {num_envs!r}")
@@ -157,6 +163,10 @@ class VecSimulator:
         self.cache: CacheState = new_cache(self.num_envs, [c.prefix_cache_blocks for c in cl])
         self.workload_state = wl.new_state(self.num_envs, scenario.workload.sessions)
         self._started = False
+        if parallel is None:
+            parallel = self.num_envs >= PARALLEL_MIN_ENVS and numba.get_num_threads() > 1
+        self.parallel = bool(parallel)
+        self._step_fn = kernel.step_parallel if self.parallel else kernel.step
         self._step_entry: Callable[..., None] | None = None
 
     # ---- episode control -----------------------------------------------------------------
@@ -233,8 +243,8 @@ class VecSimulator:
             r.astype(np.int64, copy=False),
         )
         if self._step_entry is None:
-            kernel.step(*args)
-            self._step_entry = _entry_point(kernel.step, args)
+            self._step_fn(*args)
+            self._step_entry = _entry_point(self._step_fn, args)
         else:
             self._step_entry(*args)
 

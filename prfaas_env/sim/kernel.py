@@ -13,10 +13,11 @@ kind, by channel or instance index. Events at exactly the next arrival's time ru
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import prange
 
 from prfaas_env.sim.cache import CFG, CacheState, find, touch_or_insert
 from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
+from prfaas_env.sim.jit import compiled, compiled_parallel
 from prfaas_env.sim.state import (
     CHF,
     CLF,
@@ -63,65 +64,64 @@ from prfaas_env.sim.workload import (
 )
 
 INF = np.inf
+Arr = np.ndarray  # annotation shorthand for the packed arrays
 
 
-@njit(cache=True)
-def _record(st: State, e: int, k: int, field: int, value: float) -> None:
-    s = st.ri[e, k, RI.SEQ]
-    if s < st.records.shape[1]:
-        st.records[e, s, field] = value
+@compiled
+def _record(records: Arr, ri: Arr, e: int, k: int, field: int, value: float) -> None:
+    s = ri[e, k, RI.SEQ]
+    if s < records.shape[1]:
+        records[e, s, field] = value
 
 
 # ---- links: processor sharing among concurrent flows ------------------------------------------
-@njit(cache=True)
-def _link_update(st: State, e: int, ch: int, t: float) -> None:
+@compiled
+def _link_update(lf: Arr, li: Arr, e: int, ch: int, t: float) -> None:
     """Advance channel ``ch``'s per-flow service to time ``t``."""
-    dt = t - st.lf[e, ch, LF.T]
+    dt = t - lf[e, ch, LF.T]
     if dt > 0.0:
-        if st.li[e, ch, LI.N] > 0:
-            st.lf[e, ch, LF.V] += dt * st.lf[e, ch, LF.BW] / st.li[e, ch, LI.N]
-        st.lf[e, ch, LF.CAP_INT] += dt * st.lf[e, ch, LF.BW]
-        st.lf[e, ch, LF.T] = t
+        if li[e, ch, LI.N] > 0:
+            lf[e, ch, LF.V] += dt * lf[e, ch, LF.BW] / li[e, ch, LI.N]
+        lf[e, ch, LF.CAP_INT] += dt * lf[e, ch, LF.BW]
+        lf[e, ch, LF.T] = t
 
 
-@njit(cache=True)
-def _link_schedule(st: State, e: int, ch: int) -> None:
+@compiled
+def _link_schedule(lf: Arr, li: Arr, rf: Arr, ri: Arr, e: int, ch: int) -> None:
     """Recompute the next flow completion of channel ``ch`` (ties: lowest request number)."""
     best_k = -1
     best_tag = INF
-    k = st.li[e, ch, LI.FLOWS]
+    k = li[e, ch, LI.FLOWS]
     while k >= 0:
-        tag = st.rf[e, k, RF.TAG]
-        if tag < best_tag or (tag == best_tag and st.ri[e, k, RI.SEQ] < st.ri[e, best_k, RI.SEQ]):
+        tag = rf[e, k, RF.TAG]
+        if tag < best_tag or (tag == best_tag and ri[e, k, RI.SEQ] < ri[e, best_k, RI.SEQ]):
             best_tag = tag
             best_k = k
-        k = st.ri[e, k, RI.NX_FL]
-    st.li[e, ch, LI.NEXT_K] = best_k
-    if best_k < 0 or st.lf[e, ch, LF.BW] <= 0.0:
-        st.lf[e, ch, LF.NEXT_T] = INF
+        k = ri[e, k, RI.NX_FL]
+    li[e, ch, LI.NEXT_K] = best_k
+    if best_k < 0 or lf[e, ch, LF.BW] <= 0.0:
+        lf[e, ch, LF.NEXT_T] = INF
     else:
-        left = max(best_tag - st.lf[e, ch, LF.V], 0.0)
-        st.lf[e, ch, LF.NEXT_T] = (
-            st.lf[e, ch, LF.T] + left * st.li[e, ch, LI.N] / st.lf[e, ch, LF.BW]
-        )
+        left = max(best_tag - lf[e, ch, LF.V], 0.0)
+        lf[e, ch, LF.NEXT_T] = lf[e, ch, LF.T] + left * li[e, ch, LI.N] / lf[e, ch, LF.BW]
 
 
-@njit(cache=True)
+@compiled
 def _link_add(st: State, e: int, ch: int, k: int, t: float) -> None:
-    _link_update(st, e, ch, t)
+    _link_update(st.lf, st.li, e, ch, t)
     st.rf[e, k, RF.TAG] = st.lf[e, ch, LF.V] + st.rf[e, k, RF.KV]
     st.ri[e, k, RI.NX_FL] = st.li[e, ch, LI.FLOWS]
     st.li[e, ch, LI.FLOWS] = k
     st.li[e, ch, LI.N] += 1
     st.lf[e, ch, LF.BYTES_IN] += st.rf[e, k, RF.KV]
-    _link_schedule(st, e, ch)
+    _link_schedule(st.lf, st.li, st.rf, st.ri, e, ch)
 
 
-@njit(cache=True)
+@compiled
 def _link_complete(S: Static, st: State, e: int, ch: int, t: float) -> None:
     """The flow with the smallest tag has been served: move it to the delay line."""
     k = st.li[e, ch, LI.NEXT_K]
-    _link_update(st, e, ch, t)
+    _link_update(st.lf, st.li, e, ch, t)
     st.lf[e, ch, LF.V] = st.rf[e, k, RF.TAG]
     prev = -1
     j = st.li[e, ch, LI.FLOWS]
@@ -144,81 +144,92 @@ def _link_complete(S: Static, st: State, e: int, ch: int, t: float) -> None:
     else:
         st.ri[e, st.li[e, ch, LI.DL_TAIL], RI.NX_DL] = k
     st.li[e, ch, LI.DL_TAIL] = k
-    _link_schedule(st, e, ch)
+    _link_schedule(st.lf, st.li, st.rf, st.ri, e, ch)
 
 
-@njit(cache=True)
+@compiled
 def _bandwidth_change(S: Static, st: State, e: int, ch: int, t: float) -> None:
-    _link_update(st, e, ch, t)
+    _link_update(st.lf, st.li, e, ch, t)
     st.li[e, ch, LI.CELL] += 1
     st.lf[e, ch, LF.BW] = st.l_series[e, ch, st.li[e, ch, LI.CELL] % S.ch_cells[ch]]
-    _link_schedule(st, e, ch)
+    _link_schedule(st.lf, st.li, st.rf, st.ri, e, ch)
 
 
 # ---- decode: continuous batching as a fluid, one token per step for every sequence -----------
-@njit(cache=True)
-def _decode_update(st: State, e: int, j: int, t: float) -> None:
-    dt = t - st.df[e, j, DF.T]
+@compiled
+def _decode_update(df: Arr, di: Arr, e: int, j: int, t: float) -> None:
+    dt = t - df[e, j, DF.T]
     if dt > 0.0:
-        if st.di[e, j, DI.N] > 0:
-            st.df[e, j, DF.V] += dt / st.df[e, j, DF.STEP]
-            st.df[e, j, DF.BUSY_INT] += dt * st.di[e, j, DI.N]
-        st.df[e, j, DF.T] = t
+        if di[e, j, DI.N] > 0:
+            df[e, j, DF.V] += dt / df[e, j, DF.STEP]
+            df[e, j, DF.BUSY_INT] += dt * di[e, j, DI.N]
+        df[e, j, DF.T] = t
 
 
-@njit(cache=True)
+@compiled
 def _decode_schedule(S: Static, st: State, e: int, j: int) -> None:
     """Re-evaluate the step time at the current batch and context; find the next finisher."""
-    n = st.di[e, j, DI.N]
-    if n == 0:
-        st.df[e, j, DF.STEP] = 0.0
-        st.df[e, j, DF.NEXT_T] = INF
-        st.di[e, j, DI.NEXT_S] = -1
-        return
     c = S.d_cluster[j]
-    ctx = st.df[e, j, DF.CTX_IN] + n * st.df[e, j, DF.V] - st.df[e, j, DF.SUM_VADM]
-    st.df[e, j, DF.STEP] = decode_step_time(S.decode_log_t[c], n, ctx)
-    best_s = -1
-    best_tag = INF
-    for s in range(S.cl_i[c, CLI.MAX_BATCH]):
-        k = st.d_slots[e, j, s]
-        if k < 0:
-            continue
-        tag = st.d_tags[e, j, s]
-        if tag < best_tag or (
-            tag == best_tag and st.ri[e, k, RI.SEQ] < st.ri[e, st.d_slots[e, j, best_s], RI.SEQ]
-        ):
-            best_tag = tag
-            best_s = s
-    st.di[e, j, DI.NEXT_S] = best_s
-    st.df[e, j, DF.NEXT_T] = (
-        st.df[e, j, DF.T] + max(best_tag - st.df[e, j, DF.V], 0.0) * st.df[e, j, DF.STEP]
+    _decode_schedule_arrays(
+        S.decode_log_t[c],
+        st.df,
+        st.di,
+        st.d_slots,
+        st.d_tags,
+        st.ri,
+        e,
+        j,
     )
 
 
-@njit(cache=True)
-def _pick_decode(S: Static, st: State, e: int, c: int, need: float) -> int:
+@compiled
+def _decode_schedule_arrays(
+    log_t: Arr, df: Arr, di: Arr, d_slots: Arr, d_tags: Arr, ri: Arr, e: int, j: int
+) -> None:
+    # the active sequences occupy batch slots 0 .. n-1 (kept compact on completion)
+    n = di[e, j, DI.N]
+    if n == 0:
+        df[e, j, DF.STEP] = 0.0
+        df[e, j, DF.NEXT_T] = INF
+        di[e, j, DI.NEXT_S] = -1
+        return
+    ctx = df[e, j, DF.CTX_IN] + n * df[e, j, DF.V] - df[e, j, DF.SUM_VADM]
+    df[e, j, DF.STEP] = decode_step_time(log_t, n, ctx)
+    best_s = -1
+    best_tag = INF
+    for s in range(n):
+        k = d_slots[e, j, s]
+        tag = d_tags[e, j, s]
+        if tag < best_tag or (
+            tag == best_tag and ri[e, k, RI.SEQ] < ri[e, d_slots[e, j, best_s], RI.SEQ]
+        ):
+            best_tag = tag
+            best_s = s
+    di[e, j, DI.NEXT_S] = best_s
+    df[e, j, DF.NEXT_T] = df[e, j, DF.T] + max(best_tag - df[e, j, DF.V], 0.0) * df[e, j, DF.STEP]
+
+
+@compiled
+def _pick_decode(cl_i: Arr, cl_f: Arr, df: Arr, di: Arr, e: int, c: int, need: float) -> int:
     """Decode instance of cluster ``c`` with a free slot and room for ``need`` bytes: the one
     with the fewest sequences (then the lowest index), or -1."""
     best = -1
-    for j in range(S.cl_i[c, CLI.D0], S.cl_i[c, CLI.D0] + S.cl_i[c, CLI.ND]):
+    for j in range(cl_i[c, CLI.D0], cl_i[c, CLI.D0] + cl_i[c, CLI.ND]):
         if (
-            st.di[e, j, DI.N] >= S.cl_i[c, CLI.MAX_BATCH]
-            or st.df[e, j, DF.MEM] + need > S.cl_f[c, CLF.KV_CAP]
+            di[e, j, DI.N] >= cl_i[c, CLI.MAX_BATCH]
+            or df[e, j, DF.MEM] + need > cl_f[c, CLF.KV_CAP]
         ):
             continue
-        if best < 0 or st.di[e, j, DI.N] < st.di[e, best, DI.N]:
+        if best < 0 or di[e, j, DI.N] < di[e, best, DI.N]:
             best = j
     return best
 
 
-@njit(cache=True)
+@compiled
 def _admit_to(S: Static, st: State, e: int, j: int, k: int, t: float) -> None:
-    _decode_update(st, e, j, t)
+    _decode_update(st.df, st.di, e, j, t)
     c = S.d_cluster[j]
-    s = 0
-    while st.d_slots[e, j, s] >= 0:
-        s += 1
+    s = st.di[e, j, DI.N]  # the first free batch slot: active ones are kept at 0 .. n-1
     st.d_slots[e, j, s] = k
     st.d_tags[e, j, s] = st.df[e, j, DF.V] + st.ri[e, k, RI.OUT]
     st.rf[e, k, RF.VADM] = st.df[e, j, DF.V]
@@ -230,19 +241,19 @@ def _admit_to(S: Static, st: State, e: int, j: int, k: int, t: float) -> None:
     st.ri[e, k, RI.DINST] = j
     st.rf[e, k, RF.DSTART] = t
     st.rf[e, k, RF.FIRST] = t + st.df[e, j, DF.STEP]
-    _record(st, e, k, REC_DINST, j - S.cl_i[c, CLI.D0])
-    _record(st, e, k, REC_DSTART, t)
-    _record(st, e, k, REC_FIRST, st.rf[e, k, RF.FIRST])
+    _record(st.records, st.ri, e, k, REC_DINST, j - S.cl_i[c, CLI.D0])
+    _record(st.records, st.ri, e, k, REC_DSTART, t)
+    _record(st.records, st.ri, e, k, REC_FIRST, st.rf[e, k, RF.FIRST])
 
 
-@njit(cache=True)
+@compiled
 def _kv_ready(S: Static, st: State, e: int, k: int, t: float) -> None:
     """Request ``k``'s KV is complete at the decode side at ``t``: admit it or queue it."""
-    _record(st, e, k, REC_XFER, t)
+    _record(st.records, st.ri, e, k, REC_XFER, t)
     c = S.route[st.ri[e, k, RI.ROUTE], ROUTE.D]
     j = -1
     if st.qi[e, c, QI.LEN] == 0:
-        j = _pick_decode(S, st, e, c, st.rf[e, k, RF.NEED])
+        j = _pick_decode(S.cl_i, S.cl_f, st.df, st.di, e, c, st.rf[e, k, RF.NEED])
     if j >= 0:
         _admit_to(S, st, e, j, k, t)
         return
@@ -255,7 +266,7 @@ def _kv_ready(S: Static, st: State, e: int, k: int, t: float) -> None:
     st.qi[e, c, QI.LEN] += 1
 
 
-@njit(cache=True)
+@compiled
 def _hist_bin(ttft: float) -> int:
     if ttft <= HIST_LO_S:
         return 0
@@ -263,13 +274,16 @@ def _hist_bin(ttft: float) -> int:
     return min(b, HIST_BINS - 1)
 
 
-@njit(cache=True)
+@compiled
 def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
     s = st.di[e, j, DI.NEXT_S]
     k = st.d_slots[e, j, s]
-    _decode_update(st, e, j, t)
+    _decode_update(st.df, st.di, e, j, t)
     st.df[e, j, DF.V] = st.d_tags[e, j, s]
-    st.d_slots[e, j, s] = -1
+    last = st.di[e, j, DI.N] - 1  # keep the batch compact: the last slot fills the hole
+    st.d_slots[e, j, s] = st.d_slots[e, j, last]
+    st.d_tags[e, j, s] = st.d_tags[e, j, last]
+    st.d_slots[e, j, last] = -1
     st.di[e, j, DI.N] -= 1
     st.df[e, j, DF.MEM] -= st.rf[e, k, RF.NEED]
     st.df[e, j, DF.CTX_IN] -= st.ri[e, k, RI.IN]
@@ -291,7 +305,7 @@ def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
     st.m_ttft_hist[e, _hist_bin(ttft)] += 1
     if ttft <= S.ttft_slo_s and tpot <= S.tpot_slo_s:
         st.ei[e, EI.M_SLO_OK] += 1
-    _record(st, e, k, REC_FINISH, t)
+    _record(st.records, st.ri, e, k, REC_FINISH, t)
     st.ri[e, k, RI.SEQ] = -1
     st.free[e, st.ei[e, EI.NFREE]] = k
     st.ei[e, EI.NFREE] += 1
@@ -299,7 +313,7 @@ def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
     c = S.d_cluster[j]
     while st.qi[e, c, QI.LEN] > 0:
         h = st.qi[e, c, QI.HEAD]
-        jj = _pick_decode(S, st, e, c, st.rf[e, h, RF.NEED])
+        jj = _pick_decode(S.cl_i, S.cl_f, st.df, st.di, e, c, st.rf[e, h, RF.NEED])
         if jj < 0:
             break
         st.qi[e, c, QI.HEAD] = st.ri[e, h, RI.NX_DQ]
@@ -310,7 +324,7 @@ def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
 
 
 # ---- prefill -----------------------------------------------------------------------------------
-@njit(cache=True)
+@compiled
 def _prefill_start(S: Static, st: State, e: int, i: int) -> None:
     k = st.pi[e, i, PI.NEXT]
     st.pi[e, i, PI.NEXT] = st.ri[e, k, RI.NX_PQ]
@@ -321,7 +335,7 @@ def _prefill_start(S: Static, st: State, e: int, i: int) -> None:
         _link_add(st, e, ch, k, st.rf[e, k, RF.PSTART])
 
 
-@njit(cache=True)
+@compiled
 def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
     k = st.pi[e, i, PI.HEAD]
     t = st.rf[e, k, RF.EVT]
@@ -337,7 +351,7 @@ def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
         _kv_ready(S, st, e, k, t)
 
 
-@njit(cache=True)
+@compiled
 def _delivery(S: Static, st: State, e: int, ch: int) -> None:
     k = st.li[e, ch, LI.DL_HEAD]
     t = st.rf[e, k, RF.KVARR]
@@ -349,7 +363,7 @@ def _delivery(S: Static, st: State, e: int, ch: int) -> None:
         _kv_ready(S, st, e, k, max(t, st.rf[e, k, RF.EVT]))
 
 
-@njit(cache=True)
+@compiled
 def run_events(S: Static, st: State, e: int, t_end: float, until_idle: bool = False) -> None:
     """Process env ``e``'s events at times <= ``t_end``, in time order (ties: see module).
 
@@ -404,38 +418,40 @@ def run_events(S: Static, st: State, e: int, t_end: float, until_idle: bool = Fa
 
 
 # ---- decisions ---------------------------------------------------------------------------------
-@njit(cache=True)
-def _prefix_hits(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, e: int, c: int) -> int:
+@compiled
+def _prefix_hits(tr_blocks: Arr, wi: Arr, cs: CacheState, e: int, c: int) -> int:
     """Leading blocks of env ``e``'s pending request cached in cluster ``c`` (read only)."""
+    if cs.cfg[c, CFG.CAPACITY] == 0:
+        return 0
     hits = 0
-    for b in range(ws.wi[e, WI.REQ_NBLOCKS]):
-        if find(cs, e, c, block_id(wp, ws, e, b)) < 0:
+    for b in range(wi[e, WI.REQ_NBLOCKS]):
+        if find(cs, e, c, block_id(tr_blocks, wi, e, b)) < 0:
             break
         hits += 1
     return hits
 
 
-@njit(cache=True)
-def _cache_request(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, e: int, c: int) -> None:
+@compiled
+def _cache_request(tr_blocks: Arr, wi: Arr, cs: CacheState, e: int, c: int) -> None:
     """Mark the pending request's blocks most recently used in cluster ``c``, first to last,
     inserting the missing ones (its KV will be there once it is prefilled)."""
     if cs.cfg[c, CFG.CAPACITY] == 0:
         return
-    for b in range(ws.wi[e, WI.REQ_NBLOCKS]):
-        touch_or_insert(cs, e, c, block_id(wp, ws, e, b))
+    for b in range(wi[e, WI.REQ_NBLOCKS]):
+        touch_or_insert(cs, e, c, block_id(tr_blocks, wi, e, b))
 
 
-@njit(cache=True)
+@compiled
 def _observe(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int
 ) -> None:
     length = ws.wi[e, WI.REQ_IN]
     for c in range(S.cl_i.shape[0]):
-        hits = _prefix_hits(wp, ws, cs, e, c)
+        hits = _prefix_hits(wp.tr_blocks, ws.wi, cs, e, c)
         st.obs_cached[e, c] = min(hits * S.block_tokens, length - 1)
 
 
-@njit(cache=True)
+@compiled
 def _route(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int, r: int
 ) -> None:
@@ -443,9 +459,8 @@ def _route(
     now = st.ef[e, EF.NOW]
     pc = S.route[r, ROUTE.P]
     length = ws.wi[e, WI.REQ_IN]
-    hits = _prefix_hits(wp, ws, cs, e, pc)
-    _cache_request(wp, ws, cs, e, pc)
-    cached = min(hits * S.block_tokens, length - 1)
+    cached = st.obs_cached[e, pc]  # observed at arrival; no cache changed since
+    _cache_request(wp.tr_blocks, ws.wi, cs, e, pc)
     unc = length - cached
     # least-loaded instance: the one that can start soonest (lowest index on ties)
     i = S.cl_i[pc, CLI.P0]
@@ -502,18 +517,18 @@ def _route(
         st.ei[e, EI.M_OFFLOAD] += 1
     st.ef[e, EF.M_CACHED_TOKENS] += cached
     st.ef[e, EF.M_INPUT_TOKENS] += length
-    _record(st, e, k, REC_ARR, now)
-    _record(st, e, k, REC_ROUTE, r)
-    _record(st, e, k, REC_IN, length)
-    _record(st, e, k, REC_OUT, ws.wi[e, WI.REQ_OUT])
-    _record(st, e, k, REC_CACHED, cached)
-    _record(st, e, k, REC_PINST, i - S.cl_i[pc, CLI.P0])
-    _record(st, e, k, REC_PSTART, start)
-    _record(st, e, k, REC_PEND, end)
-    _record(st, e, k, REC_KV, kv)
+    _record(st.records, st.ri, e, k, REC_ARR, now)
+    _record(st.records, st.ri, e, k, REC_ROUTE, r)
+    _record(st.records, st.ri, e, k, REC_IN, length)
+    _record(st.records, st.ri, e, k, REC_OUT, ws.wi[e, WI.REQ_OUT])
+    _record(st.records, st.ri, e, k, REC_CACHED, cached)
+    _record(st.records, st.ri, e, k, REC_PINST, i - S.cl_i[pc, CLI.P0])
+    _record(st.records, st.ri, e, k, REC_PSTART, start)
+    _record(st.records, st.ri, e, k, REC_PEND, end)
+    _record(st.records, st.ri, e, k, REC_KV, kv)
 
 
-@njit(cache=True)
+@compiled
 def _advance_one(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int
 ) -> None:
@@ -523,7 +538,7 @@ def _advance_one(
     _observe(S, wp, ws, cs, st, e)
 
 
-@njit(cache=True)
+@compiled
 def step(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, routes: np.ndarray
 ) -> None:
@@ -533,7 +548,18 @@ def step(
         _advance_one(S, wp, ws, cs, st, e)
 
 
-@njit(cache=True)
+@compiled_parallel
+def step_parallel(
+    S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, routes: np.ndarray
+) -> None:
+    """:func:`step` with the envs split across numba's threads (envs share no state, so the
+    result is the same as :func:`step`'s)."""
+    for e in prange(st.ef.shape[0]):
+        _route(S, wp, ws, cs, st, e, routes[e])
+        _advance_one(S, wp, ws, cs, st, e)
+
+
+@compiled
 def start(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, mask: np.ndarray
 ) -> None:
@@ -543,7 +569,7 @@ def start(
             _advance_one(S, wp, ws, cs, st, e)
 
 
-@njit(cache=True)
+@compiled
 def drain(S: Static, st: State, limit_s: float) -> None:
     """Run every env until all its routed requests have finished (no new arrivals), for at
     most ``limit_s`` simulated seconds past its last decision."""

@@ -146,7 +146,8 @@ class ReferenceSimulator:
     def _draw(self) -> None:
         wl.next_request(self.wp, self.ws, 0)
         self.pending_blocks = [
-            int(wl.block_id(self.wp, self.ws, 0, b)) for b in range(int(self.ws.req_nblocks[0]))
+            int(wl.block_id(self.wp.tr_blocks, self.ws.wi, 0, b))
+            for b in range(int(self.ws.req_nblocks[0]))
         ]
         self._run(float(self.ws.req_t[0]))
         self.now = float(self.ws.req_t[0])

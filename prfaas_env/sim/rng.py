@@ -10,8 +10,9 @@ the seed the user passed.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
+
+from prfaas_env.sim.jit import compiled
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -28,7 +29,7 @@ def seed_states(rng: np.random.Generator, count: int) -> NDArray[np.uint64]:
     return rng.integers(0, np.iinfo(np.uint64).max, size=count, dtype=np.uint64, endpoint=True)
 
 
-@njit(cache=True)
+@compiled
 def next_u64(state: NDArray[np.uint64], i: int) -> np.uint64:
     """Advance stream ``i`` of ``state`` and return 64 random bits."""
     s = state[i] + _GOLDEN
@@ -38,19 +39,19 @@ def next_u64(state: NDArray[np.uint64], i: int) -> np.uint64:
     return z ^ (z >> _S31)
 
 
-@njit(cache=True)
+@compiled
 def uniform(state: NDArray[np.uint64], i: int) -> float:
     """Uniform on the open interval (0, 1)."""
     return (float(next_u64(state, i) >> _S11) + 0.5) * _INV53
 
 
-@njit(cache=True)
+@compiled
 def exponential(state: NDArray[np.uint64], i: int) -> float:
     """Exponential with mean 1."""
     return -np.log(uniform(state, i))
 
 
-@njit(cache=True)
+@compiled
 def normal(state: NDArray[np.uint64], i: int) -> float:
     """Standard normal (Box-Muller; one draw per call, the pair's second value is not kept)."""
     u1 = uniform(state, i)
@@ -58,7 +59,7 @@ def normal(state: NDArray[np.uint64], i: int) -> float:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-@njit(cache=True)
+@compiled
 def gamma(state: NDArray[np.uint64], i: int, shape: float) -> float:
     """Gamma with the given shape and scale 1 (Marsaglia and Tsang 2000; boosted below 1)."""
     boost = 1.0
@@ -79,7 +80,7 @@ def gamma(state: NDArray[np.uint64], i: int, shape: float) -> float:
             return d * v * boost
 
 
-@njit(cache=True)
+@compiled
 def truncated_lognormal(
     state: NDArray[np.uint64], i: int, mu: float, sigma: float, low: float, high: float
 ) -> float:

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import njit
 from numpy.typing import NDArray
 
 from prfaas_env.errors import ConfigError, check_keys, number
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
+from prfaas_env.sim.jit import compiled
 from prfaas_env.sim.packing import add_views
 from prfaas_env.sim.rng import (
     exponential,
@@ -301,7 +301,7 @@ def reset_env(w: Workload, st: WorkloadState, e: int, rng: np.random.Generator) 
         st.wf[e, WF.BASE_T] = 0.0
 
 
-@njit(cache=True)
+@compiled
 def _length(
     st: WorkloadState,
     e: int,
@@ -318,7 +318,7 @@ def _length(
     return max(int(x + 0.5), 1)
 
 
-@njit(cache=True)
+@compiled
 def _next_gap(p: WorkloadParams, st: WorkloadState, e: int) -> float:
     """Seconds from the last arrival of env ``e`` to its next one."""
     if p.arrival == 0:
@@ -346,7 +346,7 @@ def _next_gap(p: WorkloadParams, st: WorkloadState, e: int) -> float:
         st.wf[e, WF.SWITCH_T] = now + exponential(st.rng, e) * mean
 
 
-@njit(cache=True)
+@compiled
 def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
     """Draw env ``e``'s next request into the ``req_*`` fields of ``st``."""
     bt = p.block_tokens
@@ -400,14 +400,15 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
     st.wi[e, WI.REQ_SHIFT] = 0
 
 
-@njit(cache=True)
-def block_id(p: WorkloadParams, st: WorkloadState, e: int, b: int) -> int:
-    """Id of block ``b`` of env ``e``'s current request."""
-    if st.wi[e, WI.REQ_TOFF] >= 0:
-        return p.tr_blocks[st.wi[e, WI.REQ_TOFF] + b] + st.wi[e, WI.REQ_SHIFT]
-    if b < st.wi[e, WI.REQ_NSYS]:
-        return st.wi[e, WI.REQ_SYS] * ID_STRIDE + b
-    return st.wi[e, WI.REQ_BASE] + (b - st.wi[e, WI.REQ_NSYS])
+@compiled
+def block_id(tr_blocks: NDArray[np.int64], wi: NDArray[np.int64], e: int, b: int) -> int:
+    """Id of block ``b`` of env ``e``'s current request (``tr_blocks``: the trace's block ids,
+    ``wi``: the workload state's int fields)."""
+    if wi[e, WI.REQ_TOFF] >= 0:
+        return tr_blocks[wi[e, WI.REQ_TOFF] + b] + wi[e, WI.REQ_SHIFT]
+    if b < wi[e, WI.REQ_NSYS]:
+        return wi[e, WI.REQ_SYS] * ID_STRIDE + b
+    return wi[e, WI.REQ_BASE] + (b - wi[e, WI.REQ_NSYS])
 
 
 # ---- parsing ---------------------------------------------------------------------------------
