@@ -166,6 +166,8 @@ def test_invariants(rate: float, gbps: float, max_batch: int, cache: int, seed: 
     for k in ("throughput_rps", "ttft_mean_s", "ttft_p99_s", "link_utilisation"):
         assert np.isfinite(m[k]).all(), k
     assert (m["link_utilisation"] <= 1 + 1e-9).all()
+    for key in ("prefill_utilisation_by_cluster", "decode_slot_utilisation_by_cluster"):
+        assert np.nanmax(m[key]) <= 1 + 1e-9 and np.nanmin(m[key]) >= -1e-9, key
 
 
 def test_overload_for_a_million_decisions_stays_finite() -> None:

@@ -208,3 +208,27 @@ def test_shipped_config_loads() -> None:
     sc = load_scenario(ROOT / "configs" / "paper_prfaas.yaml")
     assert [r.label(sc.topology) for r in sc.topology.routes] == ["prfaas->pd", "pd->pd"]
     assert math.isclose(sc.workload.mean_rate_rps(), 1.0)
+
+
+def test_azure_trace_replay_and_utilisation(tmp_path: Path) -> None:
+    """An Azure CSV replays (no prefix information: nothing is cached), and the per-cluster
+    utilisations stay within [0, 1]."""
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for i in range(200):
+        rows.append(f"2023-11-16 18:{i // 60:02d}:{i % 60:02d}.5000000,{1000 + 37 * i},{50 + i}")
+    path = tmp_path / "azure.csv"
+    path.write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
+    d = base()
+    d["workload"] = {"kind": "trace", "trace": str(path), "format": "azure", "start": "first"}
+    d["topology"]["clusters"]["pd"]["prefix_cache_blocks"] = 1000
+    sim = _first_requests(d, 200)
+    rec = sim.records(0)
+    np.testing.assert_allclose(rec["arrival_s"], np.arange(200.0))
+    np.testing.assert_array_equal(rec["input_tokens"], 1000 + 37 * np.arange(200))
+    assert (rec["cached_tokens"] == 0).all()
+    m = sim.metrics()
+    for key in ("prefill_utilisation_by_cluster", "decode_slot_utilisation_by_cluster"):
+        v = m[key][0]
+        assert np.nanmin(v) >= 0 and np.nanmax(v) <= 1 + 1e-9, key
+    assert np.isnan(m["decode_slot_utilisation_by_cluster"][0, 0])  # prefill-only cluster
+    assert m["prefill_utilisation_by_cluster"][0, 1] > 0  # everything went to pd

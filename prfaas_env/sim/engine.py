@@ -274,17 +274,32 @@ class VecSimulator:
         n = min(int(st.seq[e]), st.records.shape[1])
         return {f: st.records[e, :n, i].copy() for i, f in enumerate(RECORD_FIELDS)}
 
+    def clock(self) -> NDArray[np.float64]:
+        """Simulated time each env has reached, s: its pending decision, or later after
+        :meth:`drain` (the last event processed)."""
+        st = self.state
+        out = st.now.copy()
+        if st.d_t.shape[1]:
+            out = np.maximum(out, st.d_t.max(1))
+        if st.l_t.shape[1]:
+            out = np.maximum(out, st.l_t.max(1))
+        return out
+
     def metrics(self) -> dict[str, NDArray[np.float64]]:
         """Aggregate metrics of every env since its reset (arrays over envs).
 
-        Throughputs divide by the simulated time from 0 to the current decision. Percentiles
+        Throughputs divide by the simulated time from 0 to :meth:`clock`. Percentiles
         come from a log-spaced histogram (20 bins per decade: within 12 % of the exact value).
+        Per-cluster arrays are ``[env, cluster]`` (NaN where a cluster has no such pool):
+        prefill utilisation is prefill-busy time over instance time; decode slot utilisation
+        is the mean batch size over ``max_batch``.
         """
         st = self.state
-        t = np.maximum(st.now, 1e-9)
+        clock = self.clock()
+        t = np.maximum(clock, 1e-9)
         done = st.m_done.astype(float)
         safe = np.maximum(done, 1)
-        cap = st.l_cap_int + np.maximum(st.now[:, None] - st.l_t, 0) * st.l_bw
+        cap = st.l_cap_int + np.maximum(clock[:, None] - st.l_t, 0) * st.l_bw
         out = {
             "decisions": st.seq.astype(float),
             "completed": done,
@@ -304,9 +319,22 @@ class VecSimulator:
         }
         for q in (50, 90, 99):
             out[f"ttft_p{q}_s"] = hist_quantile(st.m_ttft_hist, q / 100)
-        npi = self.static.cl_np.sum()
-        busy = st.p_busy_s
-        out["prefill_utilisation"] = np.minimum(busy.sum(1) / (npi * t), 1.0) if npi else 0 * t
+        S = self.static
+        # prefill seconds done so far: assigned minus what is still queued or running
+        done_s = st.p_busy_s - np.maximum(st.p_free - clock[:, None], 0.0)
+        seq_s = st.d_busy_int + st.d_n * np.maximum(clock[:, None] - st.d_t, 0.0)
+        clusters = len(self.scenario.topology.clusters)
+        pre = np.full((self.num_envs, clusters), np.nan)
+        dec = np.full((self.num_envs, clusters), np.nan)
+        for c in range(clusters):
+            p0, n_p, d0, n_d = S.cl_p0[c], S.cl_np[c], S.cl_d0[c], S.cl_nd[c]
+            if n_p:
+                pre[:, c] = done_s[:, p0 : p0 + n_p].sum(1) / (n_p * t)
+            if n_d:
+                dec[:, c] = seq_s[:, d0 : d0 + n_d].sum(1) / (n_d * S.cl_max_batch[c] * t)
+        out["prefill_utilisation"] = done_s.sum(1) / (S.cl_np.sum() * t)
+        out["prefill_utilisation_by_cluster"] = pre
+        out["decode_slot_utilisation_by_cluster"] = dec
         return out
 
 
