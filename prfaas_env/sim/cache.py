@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.sim.jit import compiled
+from prfaas_env.sim.jit import compiled, compiled_inline
 from prfaas_env.sim.packing import add_views
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -80,7 +80,7 @@ def clear_env(cs: CacheState, e: int) -> None:
     cs.meta[e, :, META.TAIL] = -1
 
 
-@compiled
+@compiled_inline
 def _home(key: int, mask: int) -> int:
     return np.int64(((np.uint64(key) * _HASH_MUL) >> _SHIFT) & np.uint64(mask))
 
@@ -101,7 +101,7 @@ def find(cs: CacheState, e: int, c: int, key: int) -> int:
         i = (i + 1) & m
 
 
-@compiled
+@compiled_inline
 def _unlink(cs: CacheState, e: int, c: int, n: int) -> None:
     p, q = cs.prev[e, c, n], cs.next[e, c, n]
     if p >= 0:
@@ -114,7 +114,7 @@ def _unlink(cs: CacheState, e: int, c: int, n: int) -> None:
         cs.meta[e, c, META.TAIL] = p
 
 
-@compiled
+@compiled_inline
 def _push_front(cs: CacheState, e: int, c: int, n: int) -> None:
     h = cs.meta[e, c, META.HEAD]
     cs.prev[e, c, n] = -1

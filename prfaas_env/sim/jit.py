@@ -10,7 +10,9 @@ accepting the flag, the functions compile with the runtime instead: slower, same
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from numba import njit
@@ -30,9 +32,41 @@ def _probe() -> dict[str, Any]:
 OPTIONS = _probe()
 
 
+def _drop_stale_cache() -> None:
+    """Delete compiled functions cached from other versions of this package's sources.
+
+    numba checks a cached function against its own file only, so a change to a function it
+    calls in another file (say, cache.py under kernel.py) would otherwise leave a stale
+    compiled copy in use. A digest of every source file of the package keys the cache.
+    """
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for f in sorted(here.glob("*.py")):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    cache = here / "__pycache__"
+    stamp = cache / "numba-sources.sha256"
+    try:
+        if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+            return
+        for f in cache.glob("*.nb[ic]"):
+            f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:  # a read-only install: numba then caches in the user's cache folder
+        pass
+
+
+_drop_stale_cache()
+
+
 def compiled(fn: F) -> F:
     """Compile ``fn`` with the simulator's settings (see the module docstring)."""
     return njit(**OPTIONS)(fn)  # type: ignore[return-value]
+
+
+def compiled_inline(fn: F) -> F:
+    """:func:`compiled`, inlined into its callers (for small helpers on hot paths)."""
+    return njit(inline="always", **OPTIONS)(fn)  # type: ignore[return-value]
 
 
 def compiled_parallel(fn: F) -> F:
