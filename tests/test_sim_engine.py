@@ -32,6 +32,9 @@ def test_fast_engine_matches_reference(name: str) -> None:
         assert list(vec.state.obs_cached[0]) == [ref.cached_tokens(c) for c in range(clusters)]
         vec.step(np.array([r]))
         ref.step(r)
+        left = vec.state.l_sum_tag[0] - vec.state.l_n[0] * vec.state.l_v[0]  # bytes in flight
+        ref_left = [sum(f.remaining for f in c.flows) for c in ref.channels]
+        np.testing.assert_allclose(left, ref_left, rtol=1e-9, atol=1e-3)
     vec.drain()
     ref.drain()
     fast, slow = vec.records(0), ref.records()

@@ -51,6 +51,7 @@ from prfaas_env.sim.state import (
     RF,
     RI,
     ROUTE,
+    TTFT_EWMA_ALPHA,
     State,
     Static,
 )
@@ -113,6 +114,7 @@ def _link_add(st: State, e: int, ch: int, k: int, t: float) -> None:
     st.ri[e, k, RI.NX_FL] = st.li[e, ch, LI.FLOWS]
     st.li[e, ch, LI.FLOWS] = k
     st.li[e, ch, LI.N] += 1
+    st.lf[e, ch, LF.SUM_TAG] += st.rf[e, k, RF.TAG]
     st.lf[e, ch, LF.BYTES_IN] += st.rf[e, k, RF.KV]
     _link_schedule(st.lf, st.li, st.rf, st.ri, e, ch)
 
@@ -134,9 +136,11 @@ def _link_complete(S: Static, st: State, e: int, ch: int, t: float) -> None:
         st.ri[e, prev, RI.NX_FL] = st.ri[e, k, RI.NX_FL]
     st.ri[e, k, RI.NX_FL] = -1
     st.li[e, ch, LI.N] -= 1
+    st.lf[e, ch, LF.SUM_TAG] -= st.rf[e, k, RF.TAG]
     st.lf[e, ch, LF.BYTES_DONE] += st.rf[e, k, RF.KV]
     if st.li[e, ch, LI.N] == 0:
         st.lf[e, ch, LF.V] = 0.0
+        st.lf[e, ch, LF.SUM_TAG] = 0.0
     st.rf[e, k, RF.KVARR] = t + S.ch_f[ch, CHF.LATENCY_S]
     st.ri[e, k, RI.NX_DL] = -1
     if st.li[e, ch, LI.DL_TAIL] < 0:
@@ -302,6 +306,8 @@ def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
     st.ef[e, EF.M_TPOT_SUM] += tpot
     st.ef[e, EF.M_OUT_TOKENS] += st.ri[e, k, RI.OUT]
     st.ef[e, EF.M_LAST_TTFT] = ttft
+    ewma = st.ef[e, EF.M_TTFT_EWMA]
+    st.ef[e, EF.M_TTFT_EWMA] = ttft if np.isnan(ewma) else ewma + TTFT_EWMA_ALPHA * (ttft - ewma)
     st.m_ttft_hist[e, _hist_bin(ttft)] += 1
     if ttft <= S.ttft_slo_s and tpot <= S.tpot_slo_s:
         st.ei[e, EI.M_SLO_OK] += 1

@@ -46,6 +46,7 @@ REC_KV, REC_XFER, REC_DINST, REC_DSTART, REC_FIRST, REC_FINISH = range(8, 14)
 HIST_BINS = 240  # TTFT histogram: log-spaced bins, 20 per decade from 1 ms to 10^9 ms
 HIST_LO_S = 1e-3
 HIST_PER_DECADE = 20.0
+TTFT_EWMA_ALPHA = 0.05  # weight of the newest completion in the TTFT moving average
 
 
 # Packed fields: one IntEnum per packed array; Python views are named prefix + member name.
@@ -93,6 +94,7 @@ class EF(IntEnum):
     M_CACHED_TOKENS = 4
     M_INPUT_TOKENS = 5
     M_LAST_TTFT = 6
+    M_TTFT_EWMA = 7  # exponentially weighted mean TTFT of completions (weight TTFT_EWMA_ALPHA)
 
 
 class EI(IntEnum):
@@ -174,6 +176,7 @@ class LF(IntEnum):
     BYTES_IN = 4
     BYTES_DONE = 5
     CAP_INT = 6
+    SUM_TAG = 7  # sum of the active flows' finish tags (bytes left = SUM_TAG - N * V)
 
 
 class LI(IntEnum):
@@ -241,6 +244,7 @@ STATE_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
 # Initial value of each packed field (0 unless listed), by view name.
 _INITIAL = {
     "m_last_ttft": np.nan,
+    "m_ttft_ewma": np.nan,
     "r_seq": -1,
     "r_dinst": -1,
     "r_nx_pq": -1,
@@ -288,14 +292,14 @@ class Static(NamedTuple):
 class State(NamedTuple):
     """Per-env simulator state (see the module docstring for the packed arrays)."""
 
-    ef: NDArray[np.float64]  # [E, 7]
+    ef: NDArray[np.float64]  # [E, 8]
     ei: NDArray[np.int64]  # [E, 5]
     rf: NDArray[np.float64]  # [E, slots, 10]
     ri: NDArray[np.int64]  # [E, slots, 13]
     free: NDArray[np.int64]  # [E, slots] free-slot stack (ei nfree entries)
     pf: NDArray[np.float64]  # [E, prefill instances, 4]
     pi: NDArray[np.int64]  # [E, prefill instances, 4]
-    lf: NDArray[np.float64]  # [E, channels, 7]
+    lf: NDArray[np.float64]  # [E, channels, 8]
     li: NDArray[np.int64]  # [E, channels, 6]
     l_series: NDArray[np.float64]  # [E, channels, cells] usable bandwidth, bytes/s
     df: NDArray[np.float64]  # [E, decode instances, 8]
