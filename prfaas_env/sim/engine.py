@@ -27,6 +27,7 @@ from prfaas_env.sim import kernel
 from prfaas_env.sim import workload as wl
 from prfaas_env.sim.cache import CacheState, clear_env, new_cache
 from prfaas_env.sim.costs import CostTables, build_tables
+from prfaas_env.sim.kernel import REJECT, SKIP
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import (
     CHF,
@@ -215,12 +216,21 @@ class VecSimulator:
             st.l_series[e, ch, : series.size] = series
             st.l_bw[e, ch] = series[0]
 
-    def step(self, routes: NDArray[np.integer] | Sequence[int]) -> None:
-        """Route each env's pending request on ``routes[e]`` and advance to the next arrival.
+    def step(
+        self,
+        routes: NDArray[np.integer] | Sequence[int],
+        active: NDArray[np.bool_] | None = None,
+    ) -> None:
+        """Apply each env's decision and advance it to its next arrival.
+
+        Args:
+            routes: per env, a route index in ``[0, num_routes)``, or ``REJECT`` (-1) to turn
+                the pending request away.
+            active: envs to step (default all); the others are left exactly as they are.
 
         Raises:
             RuntimeError: :meth:`reset` was not called.
-            ValueError: ``routes`` has the wrong shape or an index outside ``[0, num_routes)``.
+            ValueError: ``routes`` has the wrong shape or a value outside ``[-1, num_routes)``.
         """
         if not self._started:
             raise RuntimeError("VecSimulator.step called before reset()")
@@ -230,8 +240,14 @@ class VecSimulator:
                 f"routes: expected {self.num_envs} integer route indices, got shape {r.shape} "
                 f"of {r.dtype}"
             )
-        if r.size and (r.min() < 0 or r.max() >= self.num_routes):
-            raise ValueError(f"routes: indices must be in [0, {self.num_routes}), got {r}")
+        if r.size and (r.min() < REJECT or r.max() >= self.num_routes):
+            raise ValueError(
+                f"routes: values must be route indices in [0, {self.num_routes}) or "
+                f"{REJECT} (reject), got {r}"
+            )
+        r = r.astype(np.int64)
+        if active is not None:
+            r = np.where(np.asarray(active, np.bool_), r, SKIP)
         if self.state.nfree.min() < 1:
             self.state = grow_slots(self.state)
         args = (
@@ -240,7 +256,7 @@ class VecSimulator:
             self.workload_state,
             self.cache,
             self.state,
-            r.astype(np.int64, copy=False),
+            r,
         )
         if self._step_entry is None:
             self._step_fn(*args)
@@ -309,6 +325,7 @@ class VecSimulator:
             "tpot_mean_s": np.where(done > 0, st.m_tpot_sum / safe, np.nan),
             "slo_attainment": np.where(done > 0, st.m_slo_ok / safe, np.nan),
             "offload_fraction": st.m_offload / np.maximum(st.seq, 1),
+            "rejected": st.m_rejected.astype(float),
             "cache_hit_fraction": st.m_cached_tokens / np.maximum(st.m_input_tokens, 1),
             "link_utilisation": (
                 st.l_bytes_done.sum(1) / np.maximum(cap.sum(1), 1e-9)

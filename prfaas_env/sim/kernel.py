@@ -65,6 +65,8 @@ from prfaas_env.sim.workload import (
 )
 
 INF = np.inf
+REJECT = -1  # decision: turn the request away (admission control)
+SKIP = -2  # decision: leave this env untouched in this step
 Arr = np.ndarray  # annotation shorthand for the packed arrays
 
 
@@ -545,13 +547,26 @@ def _advance_one(
 
 
 @compiled
+def _decide(
+    S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int, r: int
+) -> None:
+    """Apply decision ``r`` to env ``e``: a route index, REJECT or SKIP (leave the env as is)."""
+    if r == SKIP:
+        return
+    if r == REJECT:
+        st.ei[e, EI.M_REJECTED] += 1
+    else:
+        _route(S, wp, ws, cs, st, e, r)
+    _advance_one(S, wp, ws, cs, st, e)
+
+
+@compiled
 def step(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, routes: np.ndarray
 ) -> None:
-    """Route every env's pending request on ``routes[e]`` and advance to the next arrival."""
+    """Apply ``routes[e]`` to every env (see :func:`_decide`) and advance to the next arrival."""
     for e in range(st.ef.shape[0]):
-        _route(S, wp, ws, cs, st, e, routes[e])
-        _advance_one(S, wp, ws, cs, st, e)
+        _decide(S, wp, ws, cs, st, e, routes[e])
 
 
 @compiled_parallel
@@ -561,8 +576,7 @@ def step_parallel(
     """:func:`step` with the envs split across numba's threads (envs share no state, so the
     result is the same as :func:`step`'s)."""
     for e in prange(st.ef.shape[0]):
-        _route(S, wp, ws, cs, st, e, routes[e])
-        _advance_one(S, wp, ws, cs, st, e)
+        _decide(S, wp, ws, cs, st, e, routes[e])
 
 
 @compiled

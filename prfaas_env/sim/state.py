@@ -98,13 +98,15 @@ class EF(IntEnum):
 
 
 class EI(IntEnum):
-    """Per env (int): requests routed, free slots, completed, within SLO, offloaded."""
+    """Per env (int): requests routed, free slots, completed, within SLO, offloaded,
+    rejected."""
 
     SEQ = 0
     NFREE = 1
     M_DONE = 2
     M_SLO_OK = 3
     M_OFFLOAD = 4
+    M_REJECTED = 5
 
 
 class RF(IntEnum):
@@ -293,7 +295,7 @@ class State(NamedTuple):
     """Per-env simulator state (see the module docstring for the packed arrays)."""
 
     ef: NDArray[np.float64]  # [E, 8]
-    ei: NDArray[np.int64]  # [E, 5]
+    ei: NDArray[np.int64]  # [E, 6]
     rf: NDArray[np.float64]  # [E, slots, 10]
     ri: NDArray[np.int64]  # [E, slots, 13]
     free: NDArray[np.int64]  # [E, slots] free-slot stack (ei nfree entries)

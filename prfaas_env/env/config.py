@@ -1,0 +1,121 @@
+"""The ``env:`` section of a scenario file: episodes, rewards, observation options.
+
+```yaml
+env:
+  max_decisions: 1024        # episode length in routing decisions (truncation)
+  max_seconds: null          # or a limit in simulated seconds (whichever comes first)
+  admission_control: false   # add a "reject" action
+  observation:
+    bandwidth_staleness_s: 0 # link bandwidth as last measured this many seconds ago (0 = live)
+    dict: false              # Dict observation {"observation", "action_mask"} instead of a Box
+  reward:                    # weights of the per-step reward terms (see docs/environment.md)
+    slo: 1.0
+    ttft: 0.0
+    throughput: 0.0
+    reject: 1.0
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prfaas_env.errors import ConfigError, check_keys, number
+from prfaas_env.sim.scenario import Scenario, load_scenario, parse_scenario
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = "paper_prfaas"
+REWARD_TERMS = ("slo", "ttft", "throughput", "reject")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Episode, reward and observation settings (see the module docstring)."""
+
+    max_decisions: int | None = 1024
+    max_seconds: float | None = None
+    admission_control: bool = False
+    bandwidth_staleness_s: float = 0.0
+    dict_observation: bool = False
+    reward: dict[str, float] = field(
+        default_factory=lambda: {"slo": 1.0, "ttft": 0.0, "throughput": 0.0, "reject": 1.0}
+    )
+
+
+def _flag(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+def parse_env_config(raw: Any, where: str) -> EnvConfig:
+    """Build an EnvConfig from the ``env:`` mapping (``None``: defaults)."""
+    if raw is None:
+        return EnvConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    check_keys(
+        raw,
+        where,
+        [],
+        ["max_decisions", "max_seconds", "admission_control", "observation", "reward"],
+    )
+    obs = raw.get("observation") or {}
+    if not isinstance(obs, dict):
+        raise ConfigError(f"{where}.observation: expected a mapping")
+    check_keys(obs, f"{where}.observation", [], ["bandwidth_staleness_s", "dict"])
+    rew = raw.get("reward") or {}
+    if not isinstance(rew, dict):
+        raise ConfigError(f"{where}.reward: expected a mapping of {', '.join(REWARD_TERMS)}")
+    check_keys(rew, f"{where}.reward", [], REWARD_TERMS)
+    weights = dict(EnvConfig().reward)
+    for k in rew:
+        weights[k] = number(rew, k, f"{where}.reward", minimum=-1e6, maximum=1e6)
+    cfg = EnvConfig(
+        max_decisions=number(raw, "max_decisions", where, minimum=1, integer=True, default=None),
+        max_seconds=number(
+            raw, "max_seconds", where, minimum=0, exclusive_minimum=True, default=None
+        ),
+        admission_control=_flag(raw, "admission_control", where, False),
+        bandwidth_staleness_s=number(
+            obs, "bandwidth_staleness_s", f"{where}.observation", minimum=0, default=0.0
+        ),
+        dict_observation=_flag(obs, "dict", f"{where}.observation", False),
+        reward=weights,
+    )
+    if "max_decisions" not in raw and cfg.max_seconds is None:
+        cfg = EnvConfig(**{**cfg.__dict__, "max_decisions": 1024})
+    if cfg.max_decisions is None and cfg.max_seconds is None:
+        raise ConfigError(f"{where}: set max_decisions or max_seconds (episodes must end)")
+    return cfg
+
+
+def shipped_configs() -> list[str]:
+    """Names of the scenario files shipped in ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config(config: str | Path | dict[str, Any] | None) -> tuple[Scenario, EnvConfig]:
+    """A scenario and its env settings from a path, a shipped name or a mapping.
+
+    ``None`` is the default scenario (``paper_prfaas``).
+    """
+    if isinstance(config, dict):
+        sc = parse_scenario(config, "config")
+    else:
+        name = DEFAULT_CONFIG if config is None else str(config)
+        path = Path(name)
+        if not path.is_file():
+            shipped = CONFIG_DIR / f"{name}.yaml"
+            if not shipped.is_file():
+                raise ConfigError(
+                    f"config {name!r}: no such file and not a shipped config; shipped configs: "
+                    f"{', '.join(shipped_configs())}"
+                )
+            path = shipped
+        sc = load_scenario(path)
+    raw = sc.raw or {}
+    return sc, parse_env_config(raw.get("env"), f"{sc.source}: env")

@@ -1,0 +1,256 @@
+"""The observation: what a router knows when a request arrives, and its encoding.
+
+One code path serves the environment and a deployed router: a *view* (plain arrays in physical
+units, leading dimension = env) is built either from the simulator (:func:`view_from_sim`) or
+from live cluster state, and :class:`ObservationEncoder` turns it into the float32 vector a
+policy reads. Every entry is listed by :meth:`ObservationEncoder.features` with its meaning,
+unit and normalisation (docs/environment.md prints the table for the default scenario).
+
+Normalisations map each quantity to a stable range: token counts ``log1p(x) / log1p(2^18)``
+(0..1), request counts ``log1p(x) / log1p(1024)``, seconds ``log1p(x) / log1p(600)``, bytes
+``log1p(x / 1 GB) / log1p(100)``, bandwidth as a fraction of the link's nominal bandwidth,
+fractions as they are; every entry is then clipped to [0, 10]. Nothing in a view comes from
+the future: the pending request's output length is not known to a router, so the view
+carries the workload's mean instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
+from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.topology import Topology
+
+OBS_HIGH = 10.0  # every entry is clipped to [0, OBS_HIGH] (normalised values sit near 0..1)
+_TOKENS = math.log1p(MAX_PROMPT_TOKENS)
+_COUNT = math.log1p(1024)
+_SECONDS = math.log1p(600)
+_BYTES = math.log1p(100)
+
+
+def _tokens(x: NDArray) -> NDArray:
+    return np.log1p(np.maximum(x, 0)) / _TOKENS
+
+
+def _count(x: NDArray) -> NDArray:
+    return np.log1p(np.maximum(x, 0)) / _COUNT
+
+
+def _seconds(x: NDArray) -> NDArray:
+    return np.log1p(np.maximum(x, 0)) / _SECONDS
+
+
+def _bytes(x: NDArray) -> NDArray:
+    return np.log1p(np.maximum(x, 0) / 1e9) / _BYTES
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One entry of the observation vector."""
+
+    name: str
+    meaning: str
+    unit: str
+    normalisation: str
+
+
+# (view key, meaning, unit, normaliser name) per group; the group decides the entity axis.
+_REQUEST = (
+    ("input_tokens", "prompt length of the arriving request", "tokens", "tokens"),
+    ("expected_output_tokens", "mean output length of the workload", "tokens", "tokens"),
+)
+_PREFILL = (
+    ("cached_tokens", "prompt tokens already in this cluster's prefix cache", "tokens", "tokens"),
+    ("uncached_tokens", "prompt tokens this cluster would compute", "tokens", "tokens"),
+    ("queued_requests", "requests waiting to start prefill", "requests", "count"),
+    ("queued_tokens", "uncached tokens waiting to start prefill", "tokens", "tokens"),
+    ("wait_s", "time until the least-loaded instance is free", "s", "seconds"),
+    ("busy_fraction", "share of prefill instances busy now", "fraction", "identity"),
+)
+_CHANNEL = (
+    ("bandwidth", "usable bandwidth as last measured", "fraction of nominal", "identity"),
+    ("bytes_in_flight", "KV bytes still to send", "bytes", "bytes"),
+    ("flows", "concurrent KV transfers", "transfers", "count"),
+    (
+        "transfer_s",
+        "this request's KV alone at a fair share of the measured bandwidth, plus half the RTT",
+        "s",
+        "seconds",
+    ),
+)
+_DECODE = (
+    ("free_slots", "free decode slots over all slots", "fraction", "identity"),
+    ("kv_used", "KV memory reserved over capacity", "fraction", "identity"),
+    ("admission_queue", "requests with KV ready waiting for a slot", "requests", "count"),
+    ("admission_wait_s", "time until a slot frees up (0 when one is free)", "s", "seconds"),
+)
+_RECENT = (("ttft_ewma_s", "moving average of recent TTFT (weight 0.05)", "s", "seconds"),)
+_NORMALISERS = {
+    "tokens": (_tokens, "log1p(x) / log1p(262144)"),
+    "count": (_count, "log1p(x) / log1p(1024)"),
+    "seconds": (_seconds, "log1p(x) / log1p(600)"),
+    "bytes": (_bytes, "log1p(x / 1e9) / log1p(100)"),
+    "identity": (lambda x: x, "none"),
+}
+
+
+class ObservationEncoder:
+    """Encodes views of a topology's state into float32 vectors (see the module docstring).
+
+    Entity order: prefill clusters (clusters with a prefill pool) in topology order, directed
+    channels in topology order, PD clusters in topology order.
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        cl = topology.clusters
+        self.prefill_clusters = [c.name for c in cl if c.prefill_instances > 0]
+        self.decode_clusters = [c.name for c in cl if c.role == "pd"]
+        # only channels some route uses carry information for the decision
+        self.channel_index = sorted({r.channel for r in topology.routes if r.channel >= 0})
+        self.channels = [
+            f"{topology.channels[i][1]}->{topology.channels[i][2]}" for i in self.channel_index
+        ]
+        self._groups = (
+            ("request", _REQUEST, [""]),
+            ("prefill", _PREFILL, self.prefill_clusters),
+            ("channel", _CHANNEL, self.channels),
+            ("decode", _DECODE, self.decode_clusters),
+            ("recent", _RECENT, [""]),
+        )
+
+    def features(self) -> list[Feature]:
+        """Every entry of the vector, in order."""
+        out = []
+        for group, spec, entities in self._groups:
+            for entity in entities:
+                for key, meaning, unit, norm in spec:
+                    name = f"{group}.{key}" if not entity else f"{group}[{entity}].{key}"
+                    out.append(Feature(name, meaning, unit, _NORMALISERS[norm][1]))
+        return out
+
+    @property
+    def size(self) -> int:
+        """Length of the observation vector."""
+        return len(self.features())
+
+    def encode(self, view: dict[str, NDArray]) -> NDArray[np.float32]:
+        """``[env, size]`` float32 observations from a view (arrays keyed as in
+        :func:`view_from_sim`; request and recent entries ``[env]``, the others
+        ``[env, entities]``)."""
+        cols = []
+        for _, spec, entities in self._groups:
+            for key, *_, norm in spec:
+                a = np.asarray(view[key], dtype=np.float64)
+                a = a[:, None] if a.ndim == 1 else a
+                if a.shape[1] != max(len(entities), 1):
+                    raise ValueError(
+                        f"view[{key!r}]: expected {len(entities)} entities, got {a.shape[1]}"
+                    )
+                cols.append(_NORMALISERS[norm][0](a))
+        # entity-major within each group, as features() lists them
+        out = []
+        i = 0
+        for _, spec, _entities in self._groups:
+            block = cols[i : i + len(spec)]
+            i += len(spec)
+            out.append(np.stack(block, axis=2).reshape(block[0].shape[0], -1))
+        obs = np.nan_to_num(np.concatenate(out, axis=1), nan=0.0, posinf=OBS_HIGH)
+        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+
+
+def view_from_sim(
+    sim: VecSimulator, staleness_s: float = 0.0, expected_output: float | None = None
+) -> dict[str, NDArray]:
+    """The router's view of every env of ``sim`` at its pending decision (physical units).
+
+    ``staleness_s``: link bandwidth is reported as measured at the last multiple of this many
+    seconds (0: live), as a router polling a monitoring system would see it.
+    """
+    st, S, topo = sim.state, sim.static, sim.scenario.topology
+    now = st.now
+    e_count = sim.num_envs
+    ws = sim.workload_state
+    length = ws.req_in.astype(float)
+    if expected_output is None:
+        expected_output = _mean_output(sim)
+    view: dict[str, NDArray] = {
+        "input_tokens": length,
+        "expected_output_tokens": np.full(e_count, expected_output),
+    }
+    # prefill clusters
+    pcl = [i for i, c in enumerate(topo.clusters) if c.prefill_instances > 0]
+    cached = st.obs_cached[:, pcl].astype(float)
+    wait = np.maximum(st.p_free - now[:, None], 0.0)
+    cols: dict[str, list[NDArray]] = {k: [] for k, *_ in _PREFILL}
+    for c in pcl:
+        sl = slice(S.cl_p0[c], S.cl_p0[c] + S.cl_np[c])
+        cols["queued_requests"].append(st.p_nq[:, sl].sum(1).astype(float))
+        cols["queued_tokens"].append(st.p_qtok[:, sl].sum(1))
+        cols["wait_s"].append(wait[:, sl].min(1))
+        cols["busy_fraction"].append((wait[:, sl] > 0).mean(1))
+    view["cached_tokens"] = cached
+    view["uncached_tokens"] = length[:, None] - cached
+    for k in ("queued_requests", "queued_tokens", "wait_s", "busy_fraction"):
+        view[k] = np.stack(cols[k], axis=1)
+    # channels that some route uses
+    used = sorted({r.channel for r in topo.routes if r.channel >= 0})
+    nominal = np.array([topo.links[topo.channels[i][0]].bandwidth_gbps * 1e9 / 8 for i in used])
+    if used:
+        measured = _measured_bandwidth(sim, staleness_s)
+        n = st.l_n.astype(float)
+        v_now = st.l_v + np.where(n > 0, (now[:, None] - st.l_t) * st.l_bw / np.maximum(n, 1), 0)
+        left = np.maximum(st.l_sum_tag - n * v_now, 0.0)
+        kv = topo.model.kv_bytes_for(length)
+        share = measured / (n + 1.0)
+        transfer = np.where(share > 0, kv[:, None] / np.maximum(share, 1e-9), 1e6)
+        view["bandwidth"] = measured[:, used] / nominal
+        view["bytes_in_flight"] = left[:, used]
+        view["flows"] = n[:, used]
+        view["transfer_s"] = (transfer + S.ch_latency_s[None, :])[:, used]
+    else:
+        for k, *_ in _CHANNEL:
+            view[k] = np.zeros((e_count, 0))
+    # decode clusters
+    dcl = [i for i, c in enumerate(topo.clusters) if c.role == "pd"]
+    dcols: dict[str, list[NDArray]] = {k: [] for k, *_ in _DECODE}
+    for c in dcl:
+        sl = slice(S.cl_d0[c], S.cl_d0[c] + S.cl_nd[c])
+        mb = S.cl_max_batch[c]
+        n = st.d_n[:, sl]
+        dcols["free_slots"].append((mb - n).sum(1) / (mb * n.shape[1]))
+        dcols["kv_used"].append(st.d_mem[:, sl].sum(1) / (S.cl_kv_cap[c] * n.shape[1]))
+        dcols["admission_queue"].append(st.q_len[:, c].astype(float))
+        has_slot = (n < mb).any(1) & (st.q_len[:, c] == 0)
+        soonest = np.maximum(st.d_next_t[:, sl].min(1) - now, 0.0)
+        dcols["admission_wait_s"].append(np.where(has_slot, 0.0, np.minimum(soonest, 1e6)))
+    for k in dcols:
+        view[k] = np.stack(dcols[k], axis=1)
+    view["ttft_ewma_s"] = np.nan_to_num(st.m_ttft_ewma, nan=0.0)
+    return view
+
+
+def _mean_output(sim: VecSimulator) -> float:
+    w = sim.scenario.workload
+    if w.trace is not None:
+        return float(w.trace.output_tokens.mean())
+    return w.output.mean()
+
+
+def _measured_bandwidth(sim: VecSimulator, staleness_s: float) -> NDArray[np.float64]:
+    """``[env, channel]`` usable bandwidth (bytes/s) at the last measurement instant."""
+    st, S = sim.state, sim.static
+    if staleness_s <= 0:
+        return st.l_bw.copy()
+    t = np.floor(st.now / staleness_s) * staleness_s
+    step = S.ch_step_s[None, :]
+    cells = np.where(
+        np.isfinite(step), np.floor(t[:, None] / np.where(np.isfinite(step), step, 1.0)), 0
+    ).astype(np.int64)
+    idx = cells % S.ch_cells[None, :]
+    return np.take_along_axis(st.l_series, idx[:, :, None], axis=2)[:, :, 0]
