@@ -26,7 +26,8 @@ class UnknownNameError(KeyError):
         self.kind = kind
         self.name = name
         self.known = sorted(known)
-        super().__init__(f"unknown {kind} {name!r}; known {kind}s: {', '.join(self.known)}")
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+        super().__init__(f"unknown {kind} {name!r}; known {plural}: {', '.join(self.known)}")
 
     def __str__(self) -> str:  # KeyError would quote the whole message otherwise
         return str(self.args[0])

@@ -1,0 +1,204 @@
+"""Heuristic routers: the rules real systems use (sources in docs and DOMAIN brief).
+
+Each reads only the view (what a router can observe) and the action mask. Where a rule picks
+a prefill cluster but the topology offers several decode clusters for it, the decode cluster
+with the most free slots is taken (the decode side's own load balancing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.errors import ConfigError
+from prfaas_env.policies.base import Policy, RouteTable, View, masked_argmin
+
+_EPS = 1e-9  # tie-break weight: prefer decode clusters with more free slots
+
+
+def _decode_tiebreak(routes: RouteTable, view: View) -> NDArray[np.float64]:
+    return -_EPS * routes.per_route(view, "free_slots")
+
+
+class RandomPolicy(Policy):
+    """Uniform over the allowed routes."""
+
+    name = "random"
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        allowed = mask[:, : self.routes.num_routes]
+        u = self.rng.random(allowed.shape)
+        return masked_argmin(-u, allowed)
+
+
+class RoundRobinPolicy(Policy):
+    """Cycles through the routes per env, skipping masked ones."""
+
+    name = "round_robin"
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        super().reset(num_envs, seed)
+        self.next = np.zeros(num_envs, np.int64)
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        n = self.routes.num_routes
+        order = (self.next[:, None] + np.arange(n)[None, :]) % n
+        allowed = np.take_along_axis(mask[:, :n], order, axis=1)
+        pick = np.take_along_axis(order, np.argmax(allowed, axis=1)[:, None], axis=1)[:, 0]
+        self.next = (pick + 1) % n
+        return pick.astype(np.int64)
+
+
+class LeastLoadedPolicy(Policy):
+    """The route whose prefill cluster can start soonest (then the fewest queued tokens)."""
+
+    name = "least_loaded"
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        return (
+            r.per_route(view, "wait_s")
+            + 1e-12 * r.per_route(view, "queued_tokens")
+            + _decode_tiebreak(r, view)
+        )
+
+
+class AlwaysLocalPolicy(Policy):
+    """Homogeneous PD: prefill in the decode cluster's own datacenter."""
+
+    name = "always_local"
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        return np.where(r.offload, 1.0, 0.0)[None, :] + _decode_tiebreak(r, view)
+
+
+class AlwaysRemotePolicy(Policy):
+    """Naive heterogeneous: every prefill on a prefill cluster in another datacenter."""
+
+    name = "always_remote"
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        return np.where(r.offload, 0.0, 1.0)[None, :] + _decode_tiebreak(r, view)
+
+
+class PrfaaSThresholdPolicy(Policy):
+    """PrfaaS (arXiv 2604.15039): offload iff the incremental prefill length exceeds ``t``.
+
+    Parameters:
+        threshold_tokens: ``t``.
+        cache_rule: ``scarce`` judges each cluster by its own cache (local iff
+            ``L - cached_local <= t``); ``plentiful`` uses the best cache anywhere (local iff
+            ``L - max(cached_local, cached_remote) <= t``, the cache being copied across);
+            ``auto`` applies ``scarce`` while the measured bandwidth of the offload link is
+            below ``scarce_below`` of nominal, ``plentiful`` otherwise.
+    """
+
+    name = "prfaas_threshold"
+    RULES = ("scarce", "plentiful", "auto")
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        threshold_tokens: float = 16384,
+        cache_rule: str = "auto",
+        scarce_below: float = 0.5,
+        **params: Any,
+    ) -> None:
+        super().__init__(routes, **params)
+        if cache_rule not in self.RULES:
+            raise ConfigError(
+                f"{self.name}.cache_rule: {cache_rule!r} is not allowed; allowed: "
+                f"{', '.join(self.RULES)}"
+            )
+        self.threshold = float(threshold_tokens)
+        self.cache_rule = cache_rule
+        self.scarce_below = float(scarce_below)
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        length = np.asarray(view["input_tokens"], float)[:, None]
+        cached = r.per_route(view, "cached_tokens")
+        local = ~r.offload[None, :]
+        own_local = np.where(local, cached, -np.inf).max(1, keepdims=True)
+        best_any = cached.max(1, keepdims=True)
+        bw = r.per_route(view, "bandwidth")
+        link_bw = np.where(r.offload[None, :], bw, np.inf).min(1, keepdims=True)
+        if self.cache_rule == "scarce":
+            scarce = np.ones_like(length, np.bool_)
+        elif self.cache_rule == "plentiful":
+            scarce = np.zeros_like(length, np.bool_)
+        else:
+            scarce = link_bw < self.scarce_below
+        incremental = length - np.where(scarce, own_local, best_any)
+        go_local = incremental <= self.threshold
+        prefer = np.where(go_local, ~r.offload[None, :], r.offload[None, :])
+        return np.where(prefer, 0.0, 1.0) + _decode_tiebreak(r, view)
+
+
+class LMetricPolicy(Policy):
+    """LMetric: the minimum of ``uncached_tokens x (load + 1)``, load = queued requests."""
+
+    name = "lmetric"
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        unc = r.per_route(view, "uncached_tokens")
+        load = r.per_route(view, "queued_requests")
+        return unc * (load + 1.0) + _decode_tiebreak(r, view)
+
+
+class SGLangCacheAwarePolicy(Policy):
+    """SGLang's cache-aware router: least loaded when load is imbalanced (max - min >
+    ``balance_abs`` and max > ``balance_rel`` x min); otherwise the best prefix match if its
+    match rate exceeds ``cache_threshold``, else the least loaded. Load = queued requests."""
+
+    name = "sglang_cache_aware"
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        balance_abs: float = 64,
+        balance_rel: float = 1.5,
+        cache_threshold: float = 0.3,
+        **params: Any,
+    ) -> None:
+        super().__init__(routes, **params)
+        self.balance_abs = float(balance_abs)
+        self.balance_rel = float(balance_rel)
+        self.cache_threshold = float(cache_threshold)
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        r = self.routes
+        allowed = mask[:, : r.num_routes]
+        load = r.per_route(view, "queued_requests")
+        tie = _decode_tiebreak(r, view)
+        least = masked_argmin(load + tie, allowed)
+        lo = np.where(allowed, load, np.inf).min(1)
+        hi = np.where(allowed, load, -np.inf).max(1)
+        imbalanced = (hi - lo > self.balance_abs) & (hi > self.balance_rel * lo)
+        rate = r.per_route(view, "cached_tokens") / np.asarray(view["input_tokens"], float)[
+            :, None
+        ].clip(1)
+        best = masked_argmin(-rate + tie, allowed)
+        best_rate = np.take_along_axis(rate, best[:, None], axis=1)[:, 0]
+        use_cache = ~imbalanced & (best_rate > self.cache_threshold)
+        return np.where(use_cache, best, least).astype(np.int64)
+
+
+HEURISTICS: dict[str, type[Policy]] = {
+    p.name: p
+    for p in (
+        RandomPolicy,
+        RoundRobinPolicy,
+        LeastLoadedPolicy,
+        AlwaysLocalPolicy,
+        AlwaysRemotePolicy,
+        PrfaaSThresholdPolicy,
+        LMetricPolicy,
+        SGLangCacheAwarePolicy,
+    )
+}

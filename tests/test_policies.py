@@ -1,0 +1,88 @@
+"""Heuristic routers: masks respected, rules applied as specified, runs reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prfaas_env.env import PrfaaSVectorEnv
+from prfaas_env.env.features import view_from_sim
+from prfaas_env.errors import UnknownNameError
+from prfaas_env.policies import RouteTable, make_policy, policy_names
+from tests.sim_scenarios import base, mooncake, starved
+
+
+def _run(cfg: dict, name: str, steps: int, seed: int = 0, **params: object) -> PrfaaSVectorEnv:
+    env = PrfaaSVectorEnv(2, cfg)
+    routes = RouteTable.from_topology(env.scenario.topology, env.config.admission_control)
+    policy = make_policy(name, routes, **params)
+    policy.reset(2, seed)
+    env.reset(seed=seed)
+    for _ in range(steps):
+        mask = env.action_masks()
+        a = policy.act(view_from_sim(env.sim), mask)
+        assert mask[np.arange(2), a].all()
+        env.step(a)
+    return env
+
+
+@pytest.mark.parametrize("name", policy_names())
+def test_every_policy_respects_masks_and_repeats(name: str) -> None:
+    d = starved()  # the link goes down for 20 s: masks close the remote route
+    d["env"] = {"max_decisions": 10_000}
+    a = _run(d, name, 150)
+    b = _run(d, name, 150)
+    np.testing.assert_array_equal(a.sim.state.rf, b.sim.state.rf)
+
+
+def test_always_local_and_always_remote() -> None:
+    d = base()
+    d["env"] = {"max_decisions": 10_000}
+    assert _run(d, "always_local", 60).sim.metrics()["offload_fraction"].max() == 0
+    assert _run(d, "always_remote", 60).sim.metrics()["offload_fraction"].min() == 1
+
+
+def test_prfaas_threshold_offloads_exactly_the_long_prompts() -> None:
+    d = base()
+    d["env"] = {"max_decisions": 10_000}
+    env = PrfaaSVectorEnv(1, d)
+    routes = RouteTable.from_topology(env.scenario.topology)
+    pol = make_policy("prfaas_threshold", routes, threshold_tokens=20_000)
+    pol.reset(1, 0)
+    env.reset(seed=0)
+    for _ in range(100):
+        view = view_from_sim(env.sim)
+        a = pol.act(view, env.action_masks())
+        assert routes.offload[a[0]] == (view["input_tokens"][0] > 20_000)
+        env.step(a)
+    with pytest.raises(Exception, match="cache_rule: 'sometimes'"):
+        make_policy("prfaas_threshold", routes, cache_rule="sometimes")
+
+
+def test_cache_rules_differ_when_the_remote_cache_is_warmer() -> None:
+    """A prompt fully cached remotely but not locally: 'plentiful' keeps it local (it would
+    copy the cache), 'scarce' offloads it."""
+    routes = RouteTable.from_topology(PrfaaSVectorEnv(1, base()).scenario.topology)
+    view = {
+        "input_tokens": np.array([50_000.0]),
+        "cached_tokens": np.array([[49_000.0, 0.0]]),  # prefill clusters: prfaas, pd
+        "bandwidth": np.array([[1.0]]),
+        "free_slots": np.array([[1.0]]),
+    }
+    mask = np.ones((1, 2), np.bool_)
+    local = routes.labels.index("pd->pd")
+    for rule, expect_local in (("plentiful", True), ("scarce", False)):
+        pol = make_policy("prfaas_threshold", routes, threshold_tokens=8000, cache_rule=rule)
+        pol.reset(1, 0)
+        assert (pol.act(view, mask)[0] == local) == expect_local, rule
+
+
+def test_sglang_prefers_cache_hits_when_balanced() -> None:
+    env = _run(mooncake(), "sglang_cache_aware", 300)
+    assert env.sim.metrics()["cache_hit_fraction"].mean() > 0.05
+
+
+def test_unknown_policy_lists_the_known_ones() -> None:
+    routes = RouteTable.from_topology(PrfaaSVectorEnv(1, base()).scenario.topology)
+    with pytest.raises(UnknownNameError, match=r"known policies: .*lmetric"):
+        make_policy("oracle", routes)
