@@ -15,7 +15,7 @@ from tests.sim_scenarios import base, mooncake, starved
 def _run(cfg: dict, name: str, steps: int, seed: int = 0, **params: object) -> PrfaaSVectorEnv:
     env = PrfaaSVectorEnv(2, cfg)
     routes = RouteTable.from_topology(env.scenario.topology, env.config.admission_control)
-    policy = make_policy(name, routes, **params)
+    policy = make_policy(name, routes, env.scenario.topology, **params)
     policy.reset(2, seed)
     env.reset(seed=seed)
     for _ in range(steps):
@@ -86,3 +86,46 @@ def test_unknown_policy_lists_the_known_ones() -> None:
     routes = RouteTable.from_topology(PrfaaSVectorEnv(1, base()).scenario.topology)
     with pytest.raises(UnknownNameError, match=r"known policies: .*lmetric"):
         make_policy("oracle", routes)
+
+
+def test_mooncake_picks_the_lowest_estimated_ttft_and_rejects_hopeless_requests() -> None:
+    d = base()
+    d["workload"]["arrival"]["rate_rps"] = 4.0  # overload: estimates grow past the SLO
+    d["env"] = {"max_decisions": 10_000, "admission_control": True}
+    env = PrfaaSVectorEnv(1, d)
+    topo = env.scenario.topology
+    routes = RouteTable.from_topology(topo, admission_control=True)
+    pol = make_policy("mooncake", routes, topo, ttft_slo_s=10.0)
+    pol.reset(1, 0)
+    env.reset(seed=0)
+    for _ in range(300):
+        view = view_from_sim(env.sim)
+        a = pol.act(view, env.action_masks())
+        est = pol.scores(view)[0]
+        if a[0] != routes.reject:
+            assert est[a[0]] == est.min()
+        else:
+            assert est.min() > 10.0
+        env.step(a)
+    assert env.sim.state.m_rejected[0] > 0
+    with pytest.raises(Exception, match="needs the topology"):
+        make_policy("mooncake", routes)
+
+
+def test_dynamo_prefills_locally_only_short_mostly_cached_prompts() -> None:
+    """Local iff uncached < 2048 and < 70 % of the prompt (prefill clusters: prfaas, pd)."""
+    routes = RouteTable.from_topology(PrfaaSVectorEnv(1, base()).scenario.topology)
+    pol = make_policy("dynamo", routes)
+    pol.reset(3, 0)
+    zeros = np.zeros((3, 2))
+    view = {
+        "input_tokens": np.array([1500.0, 1500.0, 30_000.0]),
+        "cached_tokens": np.array([[0.0, 1000.0], [0.0, 0.0], [0.0, 29_000.0]]),
+        "uncached_tokens": np.array([[1500.0, 500.0], [1500.0, 1500.0], [30_000.0, 1000.0]]),
+        "queued_tokens": zeros,
+        "queued_requests": zeros,
+        "kv_used": np.zeros((3, 1)),
+        "free_slots": np.ones((3, 1)),
+    }
+    a = pol.act(view, np.ones((3, 2), np.bool_))
+    assert [routes.labels[i] for i in a] == ["pd->pd", "prfaas->pd", "pd->pd"]

@@ -6,7 +6,8 @@ from typing import Any
 
 from prfaas_env.errors import UnknownNameError
 from prfaas_env.policies.base import Policy, RouteTable, View, masked_argmin
-from prfaas_env.policies.heuristics import HEURISTICS
+from prfaas_env.policies.heuristics import HEURISTICS, CostAware
+from prfaas_env.sim.topology import Topology
 
 
 def policy_names() -> list[str]:
@@ -14,11 +15,19 @@ def policy_names() -> list[str]:
     return sorted(HEURISTICS)
 
 
-def make_policy(name: str, routes: RouteTable, **params: Any) -> Policy:
-    """The built-in policy called ``name`` with ``params`` (UnknownNameError lists names)."""
+def make_policy(
+    name: str, routes: RouteTable, topology: Topology | None = None, **params: Any
+) -> Policy:
+    """The built-in policy called ``name`` with ``params`` (UnknownNameError lists names).
+
+    ``topology`` is required by the policies that estimate prefill times (``mooncake``).
+    """
     if name not in HEURISTICS:
         raise UnknownNameError("policy", name, HEURISTICS)
-    return HEURISTICS[name](routes, **params)
+    cls = HEURISTICS[name]
+    if issubclass(cls, CostAware):
+        return cls(routes, topology=topology, **params)
+    return cls(routes, **params)
 
 
 __all__ = ["Policy", "RouteTable", "View", "make_policy", "masked_argmin", "policy_names"]

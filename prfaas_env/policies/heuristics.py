@@ -202,3 +202,151 @@ HEURISTICS: dict[str, type[Policy]] = {
         SGLangCacheAwarePolicy,
     )
 }
+
+
+class CostAware(Policy):
+    """A policy that estimates prefill times with the clusters' cost models."""
+
+    def __init__(self, routes: RouteTable, topology: Any = None, **params: Any) -> None:
+        super().__init__(routes, **params)
+        if topology is None:
+            raise ConfigError(f"{self.name}: needs the topology (for its prefill cost models)")
+        models = {c.name: m for c, m in zip(topology.clusters, topology.cost_models(), strict=True)}
+        names = [c.name for c in topology.clusters if c.prefill_instances > 0]
+        self._models = [models[n] for n in names]
+        self.block_tokens = topology.block_tokens
+
+    def prefill_s(self, view: View) -> NDArray[np.float64]:
+        """``[env, route]`` prefill seconds of the pending request on each route's cluster."""
+        r = self.routes
+        cached = np.asarray(view["cached_tokens"], float)
+        unc = np.asarray(view["uncached_tokens"], float)
+        per_cluster = np.stack(
+            [
+                m.prefill_time_continuous_s(unc[:, i], cached[:, i])
+                for i, m in enumerate(self._models)
+            ],
+            axis=1,
+        )
+        return per_cluster[:, r.prefill]
+
+
+class MooncakePolicy(CostAware):
+    """Mooncake's conductor (FAST'25): the route with the lowest estimated TTFT = queue wait +
+    prefill of the uncached tokens + KV transfer; with admission control, reject when even the
+    best estimate exceeds ``reject_above_s`` (default: the TTFT SLO given as ``ttft_slo_s``)."""
+
+    name = "mooncake"
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        topology: Any = None,
+        ttft_slo_s: float | None = None,
+        reject_above_s: float | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__(routes, topology, **params)
+        self.reject_above = reject_above_s if reject_above_s is not None else ttft_slo_s
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        transfer = np.where(r.channel >= 0, r.per_route(view, "transfer_s"), 0.0)
+        return r.per_route(view, "wait_s") + self.prefill_s(view) + transfer
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        s = self.scores(view)
+        a = masked_argmin(s, mask[:, : self.routes.num_routes])
+        if self.routes.reject >= 0 and self.reject_above is not None:
+            best = np.take_along_axis(s, a[:, None], axis=1)[:, 0]
+            a = np.where(best > self.reject_above, self.routes.reject, a)
+        return a
+
+
+class DynamoPolicy(Policy):
+    """NVIDIA Dynamo: KV-router cost per route, ``prefill_load_scale x max(0, (queued prefill
+    tokens + ISL) / block - overlap blocks) + decode blocks in use + active_weight x active
+    requests``, restricted by conditional disaggregation: prefill locally when the uncached
+    tokens are below ``max_local_prefill_tokens`` and below ``max_local_fraction`` of the
+    prompt, remotely otherwise."""
+
+    name = "dynamo"
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        prefill_load_scale: float = 1.0,
+        active_weight: float = 1.0,
+        max_local_prefill_tokens: float = 2048,
+        max_local_fraction: float = 0.7,
+        block_tokens: int = 512,
+        **params: Any,
+    ) -> None:
+        super().__init__(routes, **params)
+        self.scale = float(prefill_load_scale)
+        self.active_weight = float(active_weight)
+        self.max_local = float(max_local_prefill_tokens)
+        self.max_fraction = float(max_local_fraction)
+        self.block = float(block_tokens)
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        length = np.asarray(view["input_tokens"], float)[:, None]
+        queued = r.per_route(view, "queued_tokens")
+        overlap = r.per_route(view, "cached_tokens") / self.block
+        prefill_cost = np.maximum(0.0, (queued + length) / self.block - overlap)
+        decode_blocks = r.per_route(view, "kv_used")
+        active = r.per_route(view, "queued_requests")
+        cost = self.scale * prefill_cost + decode_blocks + self.active_weight * active
+        unc = r.per_route(view, "uncached_tokens")
+        best_local = np.where(~r.offload[None, :], unc, np.inf).min(1, keepdims=True)
+        go_local = (best_local < self.max_local) & (best_local < self.max_fraction * length)
+        wrong_side = np.where(go_local, r.offload[None, :], ~r.offload[None, :])
+        return cost + 1e12 * wrong_side
+
+
+class LlmdPolicy(Policy):
+    """llm-d: the decode cluster with the best weighted score (queue ``queue_weight``, KV
+    utilisation ``kv_weight``, prefix cache ``prefix_weight``; each scorer in [0, 1]), then
+    disaggregate (prefill remotely) iff the prompt's uncached tokens at that decode cluster's
+    own prefill pool reach ``pd_threshold_tokens``."""
+
+    name = "llm_d"
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        queue_weight: float = 2.0,
+        kv_weight: float = 2.0,
+        prefix_weight: float = 3.0,
+        pd_threshold_tokens: float = 16,
+        **params: Any,
+    ) -> None:
+        super().__init__(routes, **params)
+        self.w = (float(queue_weight), float(kv_weight), float(prefix_weight))
+        self.threshold = float(pd_threshold_tokens)
+
+    def scores(self, view: View) -> NDArray[np.float64]:
+        r = self.routes
+        length = np.asarray(view["input_tokens"], float)[:, None]
+        queue = np.asarray(view["admission_queue"], float)
+        kv = np.asarray(view["kv_used"], float)
+        queue_score = 1.0 - queue / np.maximum(queue.max(1, keepdims=True), 1.0)
+        kv_score = 1.0 - np.clip(kv, 0.0, 1.0)
+        # prefix score of a decode cluster: the match rate at its own (local) prefill pool
+        cached = r.per_route(view, "cached_tokens")
+        local_cached = np.zeros_like(queue)
+        for route in np.flatnonzero(~r.offload):
+            d = r.decode[route]
+            local_cached[:, d] = np.maximum(local_cached[:, d], cached[:, route])
+        prefix_score = local_cached / np.maximum(length, 1.0)
+        total = self.w[0] * queue_score + self.w[1] * kv_score + self.w[2] * prefix_score
+        best_decode = np.argmax(total, axis=1)
+        uncached_local = length[:, 0] - local_cached[np.arange(len(best_decode)), best_decode]
+        disaggregate = uncached_local >= self.threshold
+        on_decode = r.decode[None, :] == best_decode[:, None]
+        side = np.where(disaggregate[:, None], ~r.offload[None, :], r.offload[None, :])
+        return np.where(on_decode, 0.0, 2.0) + np.where(side, 1.0, 0.0)
+
+
+HEURISTICS.update({p.name: p for p in (MooncakePolicy, DynamoPolicy, LlmdPolicy)})
