@@ -129,3 +129,44 @@ def test_dynamo_prefills_locally_only_short_mostly_cached_prompts() -> None:
     }
     a = pol.act(view, np.ones((3, 2), np.bool_))
     assert [routes.labels[i] for i in a] == ["pd->pd", "prfaas->pd", "pd->pd"]
+
+
+def _paper_lengths(n: int = 20_000) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = np.exp(rng.normal(9.9, 1.0, 3 * n))
+    return x[(x >= 128) & (x <= 131_072)][:n]
+
+
+def test_analytic_model_optimum_dominates_and_bandwidth_moves_the_threshold() -> None:
+    from dataclasses import replace
+
+    from prfaas_env.policies.analytic import PaperSystem, capacities, optimise
+
+    topo = PrfaaSVectorEnv(1, base()).scenario.topology
+    system = PaperSystem.from_topology(topo, tpot_slo_s=0.025)
+    lengths = _paper_lengths()
+    best = optimise(system, lengths, 1024)
+    for t in (0.0, 4096.0, 16_384.0, 65_536.0, 200_000.0):
+        assert capacities(system, lengths, 1024, t).lambda_max <= best.lambda_max + 1e-12
+    assert 0 < best.offload_probability < 1
+    # the two prefill paths are what bind at the optimum, not decode
+    assert best.lambda_max < best.theta_pdd
+    starved_system = replace(system, bandwidth_bps=system.bandwidth_bps / 500)  # 0.2 Gbps
+    starved_best = optimise(starved_system, lengths, 1024)
+    assert starved_best.threshold_tokens > best.threshold_tokens
+    assert starved_best.lambda_max < best.lambda_max
+
+
+def test_prfaas_optimised_rechooses_its_threshold() -> None:
+    d = base()
+    d["env"] = {"max_decisions": 10_000}
+    env = PrfaaSVectorEnv(4, d)
+    topo = env.scenario.topology
+    routes = RouteTable.from_topology(topo)
+    pol = make_policy("prfaas_optimised", routes, topo, reoptimise_every=128)
+    pol.reset(4, 0)
+    env.reset(seed=0)
+    for _ in range(100):
+        env.step(pol.act(view_from_sim(env.sim), env.action_masks()))
+    assert len(pol.history) >= 3
+    assert 4_000 < pol.history[-1] < 60_000

@@ -6,7 +6,7 @@ from typing import Any
 
 from prfaas_env.errors import UnknownNameError
 from prfaas_env.policies.base import Policy, RouteTable, View, masked_argmin
-from prfaas_env.policies.heuristics import HEURISTICS, CostAware
+from prfaas_env.policies.heuristics import HEURISTICS, NEEDS_TOPOLOGY
 from prfaas_env.sim.topology import Topology
 
 
@@ -20,12 +20,13 @@ def make_policy(
 ) -> Policy:
     """The built-in policy called ``name`` with ``params`` (UnknownNameError lists names).
 
-    ``topology`` is required by the policies that estimate prefill times (``mooncake``).
+    ``topology`` is required by the policies that model costs (``mooncake``,
+    ``prfaas_optimised``).
     """
     if name not in HEURISTICS:
         raise UnknownNameError("policy", name, HEURISTICS)
     cls = HEURISTICS[name]
-    if issubclass(cls, CostAware):
+    if issubclass(cls, NEEDS_TOPOLOGY):
         return cls(routes, topology=topology, **params)
     return cls(routes, **params)
 

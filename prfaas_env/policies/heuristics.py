@@ -350,3 +350,80 @@ class LlmdPolicy(Policy):
 
 
 HEURISTICS.update({p.name: p for p in (MooncakePolicy, DynamoPolicy, LlmdPolicy)})
+
+
+class PrfaaSOptimisedPolicy(PrfaaSThresholdPolicy):
+    """PrfaaS with its threshold chosen by the paper's throughput model (see
+    :mod:`prfaas_env.policies.analytic`) and re-chosen every ``reoptimise_every`` decisions
+    from the last ``window`` observed uncached lengths and the currently measured egress
+    bandwidth (averaged over envs), as the paper re-picks ``t`` when lengths or egress change.
+
+    Parameters (besides those of ``prfaas_threshold``): ``output_tokens`` (mean output length
+    for the decode path; default 1024), ``tpot_slo_s`` (default 0.025), ``lengths`` (initial
+    length samples; without them ``threshold_tokens`` is used until the first re-choice).
+    """
+
+    name = "prfaas_optimised"
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        topology: Any = None,
+        reoptimise_every: int = 256,
+        window: int = 4096,
+        output_tokens: float = 1024,
+        tpot_slo_s: float = 0.025,
+        lengths: Any = None,
+        **params: Any,
+    ) -> None:
+        super().__init__(routes, **params)
+        from prfaas_env.policies.analytic import PaperSystem
+
+        if topology is None:
+            raise ConfigError(f"{self.name}: needs the topology (for the throughput model)")
+        self.topology = topology
+        self.every = int(reoptimise_every)
+        self.window = int(window)
+        self.output_tokens = float(output_tokens)
+        self.tpot_slo_s = float(tpot_slo_s)
+        self._system = PaperSystem.from_topology(topology, 1.0, self.tpot_slo_s)
+        self.history: list[float] = []
+        if lengths is not None and len(lengths):
+            self._choose(np.asarray(lengths, float), 1.0)
+
+    def _choose(self, lengths: NDArray[np.float64], bandwidth_fraction: float) -> None:
+        from dataclasses import replace
+
+        from prfaas_env.policies.analytic import optimise
+
+        system = replace(
+            self._system, bandwidth_bps=self._system.bandwidth_bps * bandwidth_fraction
+        )
+        self.capacities = optimise(system, lengths, self.output_tokens)
+        self.threshold = self.capacities.threshold_tokens
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        super().reset(num_envs, seed)
+        self._seen = 0
+        self._recent: list[NDArray[np.float64]] = []
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        unc = np.asarray(view["input_tokens"], float) - np.asarray(
+            view["cached_tokens"], float
+        ).max(1)
+        self._recent.append(unc)
+        self._seen += len(unc)
+        if self._seen >= self.every:
+            lengths = np.concatenate(self._recent)[-self.window :]
+            self._recent = [lengths]
+            bw = self.routes.per_route(view, "bandwidth")
+            remote = self.routes.offload
+            fraction = float(bw[:, remote].mean()) if remote.any() else 1.0
+            self._choose(lengths, fraction)
+            self.history.append(self.threshold)
+            self._seen = 0
+        return super().act(view, mask)
+
+
+HEURISTICS[PrfaaSOptimisedPolicy.name] = PrfaaSOptimisedPolicy
+NEEDS_TOPOLOGY = (CostAware, PrfaaSOptimisedPolicy)
