@@ -18,25 +18,11 @@ from numpy.typing import NDArray
 
 from prfaas_env.env.config import EnvConfig, resolve_config
 from prfaas_env.env.features import OBS_HIGH, ObservationEncoder, view_from_sim
-from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
 from prfaas_env.sim.kernel import REJECT
 
 MODES = {m.value: m for m in AutoresetMode} | {m.name: m for m in AutoresetMode}
-SUMMARY_KEYS = (
-    "throughput_rps",
-    "output_tps",
-    "ttft_mean_s",
-    "ttft_p50_s",
-    "ttft_p90_s",
-    "ttft_p99_s",
-    "tpot_mean_s",
-    "slo_attainment",
-    "offload_fraction",
-    "link_utilisation",
-    "cache_hit_fraction",
-    "rejected",
-    "completed",
-)
+SUMMARY_KEYS = (*RESULT_METRICS, "cache_hit_fraction", "rejected", "completed")
 
 
 def parse_autoreset(mode: AutoresetMode | str) -> AutoresetMode:
@@ -107,7 +93,6 @@ class PrfaaSVectorEnv(VectorEnv):
         self.single_action_space = gym.spaces.Discrete(self.num_actions)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.spaces.MultiDiscrete(np.full(self.num_envs, self.num_actions))
-        self._route_channel = np.array([r.channel for r in topo.routes], np.int64)
         self._rngs: list[np.random.Generator] = [
             seeding.np_random(None)[0] for _ in range(self.num_envs)
         ]
@@ -120,11 +105,7 @@ class PrfaaSVectorEnv(VectorEnv):
     def action_masks(self) -> NDArray[np.bool_]:
         """``[env, action]`` True where the action is allowed now: a route whose link is down
         (usable bandwidth 0) is not; reject always is."""
-        bw = self.sim.state.l_bw
-        ok = np.ones((self.num_envs, len(self.route_labels)), np.bool_)
-        for r, ch in enumerate(self._route_channel):
-            if ch >= 0:
-                ok[:, r] = bw[:, ch] > 0
+        ok = self.sim.route_mask()
         if self.config.admission_control:
             ok = np.concatenate([ok, np.ones((self.num_envs, 1), np.bool_)], axis=1)
         return ok

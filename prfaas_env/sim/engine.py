@@ -44,6 +44,19 @@ from prfaas_env.sim.state import (
 )
 
 DRAIN_LIMIT_S = 1e7
+# The metrics every results record carries (evaluate.py, train.py, episode summaries).
+RESULT_METRICS = (
+    "throughput_rps",
+    "output_tps",
+    "ttft_mean_s",
+    "ttft_p50_s",
+    "ttft_p90_s",
+    "ttft_p99_s",
+    "tpot_mean_s",
+    "slo_attainment",
+    "offload_fraction",
+    "link_utilisation",
+)
 PARALLEL_MIN_ENVS = 256  # below this, thread start-up costs more than it saves
 
 
@@ -273,6 +286,15 @@ class VecSimulator:
     def now(self) -> NDArray[np.float64]:
         """Arrival time of each env's pending request, s."""
         return self.state.now
+
+    def route_mask(self) -> NDArray[np.bool_]:
+        """``[env, route]`` True where the route can be used now: a route over a link whose
+        usable bandwidth is 0 (an outage) cannot."""
+        ok = np.ones((self.num_envs, self.num_routes), np.bool_)
+        for r, ch in enumerate(self.static.route_ch):
+            if ch >= 0:
+                ok[:, r] = self.state.l_bw[:, ch] > 0
+        return ok
 
     def pending(self) -> dict[str, NDArray]:
         """The pending request of every env: input/output tokens and cached tokens per cluster."""

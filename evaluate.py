@@ -1,0 +1,225 @@
+"""Compare routing policies on one scenario: throughput, tail TTFT, SLO attainment.
+
+    python evaluate.py --config paper_prfaas --policies all --seeds 3 --out runs/eval_paper
+    python evaluate.py --config paper_prfaas --policies prfaas_threshold,mooncake --sweep-rate
+
+Prints a table (policy x metric, mean and 95 % interval over seeds) and writes to ``--out``:
+``results.json`` (one record per policy and seed), ``results.csv`` (the same),
+``ttft_cdf.png`` and, with ``--sweep-rate``, ``goodput.png`` (goodput against arrival rate)
+and each policy's ``max_rps`` (highest throughput at which SLO attainment stays >= 90 %).
+``--analytic`` adds the paper's throughput model (Lambda_max at the best threshold) for
+scenarios of the paper's shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prfaas_env.env.config import resolve_config
+from prfaas_env.errors import ConfigError, UnknownNameError
+from prfaas_env.evaluation import METRICS, heuristic, interval, run_policy, sweep_max_rate
+from prfaas_env.policies import policy_names
+
+SHORT = {
+    "throughput_rps": "req/s",
+    "output_tps": "tok/s",
+    "ttft_mean_s": "TTFT mean",
+    "ttft_p50_s": "P50",
+    "ttft_p90_s": "P90",
+    "ttft_p99_s": "P99",
+    "tpot_mean_s": "TPOT",
+    "slo_attainment": "SLO",
+    "offload_fraction": "offload",
+    "link_utilisation": "link",
+    "max_rps": "max req/s",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="paper_prfaas", help="config name or YAML path")
+    ap.add_argument("--policies", default="all", help="'all' or comma-separated policy names")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per policy (default 3)")
+    ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    ap.add_argument("--decisions", type=int, default=2000, help="requests routed per seed")
+    ap.add_argument("--out", default=None, help="output folder (must not exist unless --force)")
+    ap.add_argument("--force", action="store_true", help="write into an existing --out")
+    ap.add_argument("--sweep-rate", action="store_true", help="find each policy's max_rps")
+    ap.add_argument("--analytic", action="store_true", help="print the paper's model too")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    if args.seeds < 1 or args.decisions < 1:
+        ap.error("--seeds and --decisions must be positive")
+    return args
+
+
+def select_policies(spec: str) -> list[str]:
+    """Policy names from ``all`` or a comma-separated list (unknown names are errors)."""
+    known = policy_names()
+    if spec == "all":
+        return known
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    for n in names:
+        if n not in known:
+            raise UnknownNameError("policy", n, known)
+    return names
+
+
+def fmt(mean: float, half: float) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    digits = 4 if abs(mean) < 0.1 else 2 if abs(mean) < 100 else 0
+    return f"{mean:.{digits}f}±{half:.{digits}f}"
+
+
+def table(rows: dict[str, dict[str, tuple[float, float]]], keys: list[str]) -> str:
+    width = max(len(p) for p in rows) + 2
+    head = "policy".ljust(width) + "".join(SHORT[k].rjust(14) for k in keys)
+    lines = [head, "-" * len(head)]
+    for p, vals in rows.items():
+        lines.append(p.ljust(width) + "".join(fmt(*vals[k]).rjust(14) for k in keys))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        names = select_policies(args.policies)
+        scenario, _ = resolve_config(args.config)
+    except (ConfigError, UnknownNameError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        print(f"error: {out} exists; choose another --out or pass --force", file=sys.stderr)
+        return 2
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    from tqdm import tqdm
+
+    records: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, tuple[float, float]]] = {}
+    cdfs: dict[str, np.ndarray] = {}
+    sweeps: dict[str, Any] = {}
+    bar = tqdm(
+        total=len(names) * args.decisions,
+        desc="evaluating",
+        unit="step",
+        disable=args.no_progress,
+    )
+    for name in names:
+        factory = heuristic(name)
+        bar.set_postfix_str(name)
+        run = run_policy(scenario, factory, name, seeds, args.decisions, progress=bar.update)
+        recs = run.records()
+        rows[name] = {k: interval(run.metrics[k]) for k in METRICS}
+        cdfs[name] = run.ttft_s
+        if args.sweep_rate:
+            sw = sweep_max_rate(scenario, factory, name, seeds, args.decisions)
+            sweeps[name] = sw
+            rows[name]["max_rps"] = (sw.max_rps, 0.0)
+            for r in recs:
+                r["max_rps"] = sw.max_rps
+        records += recs
+    bar.close()
+    keys = list(METRICS) + (["max_rps"] if args.sweep_rate else [])
+    print(
+        f"\n{scenario.source}: {len(seeds)} seeds x {args.decisions} requests, mean ± 95% "
+        f"interval (TTFT/TPOT in s)"
+    )
+    print(table(rows, keys))
+    if args.analytic:
+        print_analytic(scenario)
+    if out is not None:
+        write_outputs(out, records, keys, cdfs, sweeps, scenario.ttft_slo_s)
+        print(
+            f"\nwrote {out}/results.json, results.csv, ttft_cdf.png"
+            + (", goodput.png" if sweeps else "")
+        )
+    return 0
+
+
+def print_analytic(scenario: Any) -> None:
+    from prfaas_env.policies.analytic import PaperSystem, optimise
+
+    try:
+        system = PaperSystem.from_topology(scenario.topology, tpot_slo_s=scenario.tpot_slo_s)
+    except ConfigError as exc:
+        print(f"\nanalytic model: not applicable ({exc})")
+        return
+    w = scenario.workload
+    if w.trace is not None:
+        lengths = w.trace.input_tokens.astype(float)
+        out_tokens = float(w.trace.output_tokens.mean())
+    else:
+        rng = np.random.default_rng(0)
+        d = w.input
+        if d.kind == "fixed":
+            lengths = np.full(10_000, float(d.tokens))
+        else:
+            x = np.exp(rng.normal(d.mu, d.sigma, 200_000))
+            lengths = x[(x >= d.low) & (x <= d.high)][:50_000]
+        out_tokens = w.output.mean()
+    for label, split in (("as deployed", False), ("best split", True)):
+        c = optimise(system, lengths, out_tokens, split=split)
+        print(
+            f"\nanalytic model ({label}): Lambda_max {c.lambda_max:.2f} req/s at t = "
+            f"{c.threshold_tokens:,.0f} tokens, {c.prefill_instances}P + {c.decode_instances}D"
+            f" (offload p = {c.offload_probability:.2f}; paths: PrfaaS {c.theta_prfaas:.2f}, "
+            f"PD-P {c.theta_pdp:.2f}, PD-D {c.theta_pdd:.2f} req/s)"
+        )
+
+
+def write_outputs(
+    out: Path,
+    records: list[dict[str, Any]],
+    keys: list[str],
+    cdfs: dict[str, np.ndarray],
+    sweeps: dict[str, Any],
+    ttft_slo: float,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(records, indent=1) + "\n")
+    with (out / "results.csv").open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=["policy", "seed", *keys])
+        wr.writeheader()
+        wr.writerows(records)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, ttft in cdfs.items():
+        x = np.sort(ttft[np.isfinite(ttft)])
+        ax.plot(x, np.arange(1, x.size + 1) / max(x.size, 1), label=name)
+    ax.axvline(ttft_slo, color="grey", linestyle=":", label="TTFT SLO")
+    ax.set(xscale="log", xlabel="TTFT (s)", ylabel="fraction of requests", title="TTFT CDF")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "ttft_cdf.png", dpi=120)
+    plt.close(fig)
+    if sweeps:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, sw in sweeps.items():
+            pts = np.array(sw.points)
+            ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3, label=name)
+        ax.set(
+            xlabel="arrival rate (req/s)",
+            ylabel="goodput (req/s within SLO)",
+            title="Goodput against load",
+        )
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "goodput.png", dpi=120)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

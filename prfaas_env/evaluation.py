@@ -1,0 +1,214 @@
+"""Evaluate routing policies on the same requests: metrics per seed, intervals, rate sweeps.
+
+Every policy runs on the same seeds: env ``i`` of a run is seeded ``seed0 + i``, and a seed
+fixes the request stream and the bandwidth series independently of routing, so all policies
+see identical requests. A run routes ``decisions`` requests per seed from an empty system and
+then finishes the requests in flight; metrics cover the whole run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.env.features import view_from_sim
+from prfaas_env.policies import Policy, RouteTable, make_policy
+from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
+from prfaas_env.sim.scenario import Scenario, parse_scenario
+
+METRICS = RESULT_METRICS
+# Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (standard tables).
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+PolicyFactory = Callable[[Scenario], Policy]
+
+
+@dataclass
+class Run:
+    """Per-seed metrics of one policy on one scenario, and per-request TTFTs of every seed."""
+
+    policy: str
+    seeds: list[int]
+    metrics: dict[str, NDArray[np.float64]]
+    ttft_s: NDArray[np.float64]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One record per seed with the keys of ``results.json``."""
+        out = []
+        for i, s in enumerate(self.seeds):
+            rec: dict[str, Any] = {"policy": self.policy, "seed": s}
+            rec.update({k: _json_float(self.metrics[k][i]) for k in METRICS})
+            out.append(rec)
+        return out
+
+
+def _json_float(x: float) -> float | None:
+    return None if not math.isfinite(float(x)) else float(x)
+
+
+def heuristic(name: str, **params: Any) -> PolicyFactory:
+    """A factory for the built-in policy ``name`` (with ``params``) on any scenario."""
+
+    def build(sc: Scenario) -> Policy:
+        routes = RouteTable.from_topology(sc.topology)
+        extra: dict[str, Any] = {}
+        if name == "mooncake":
+            extra["ttft_slo_s"] = sc.ttft_slo_s
+        if name == "prfaas_optimised":
+            extra["tpot_slo_s"] = sc.tpot_slo_s
+            w = sc.workload
+            mean_out = (
+                float(w.trace.output_tokens.mean()) if w.trace is not None else w.output.mean()
+            )
+            extra["output_tokens"] = mean_out
+        return make_policy(name, routes, sc.topology, **{**extra, **params})
+
+    build.__name__ = name
+    return build
+
+
+def run_policy(
+    scenario: Scenario,
+    factory: PolicyFactory,
+    name: str,
+    seeds: Sequence[int],
+    decisions: int,
+    progress: Callable[[int], None] | None = None,
+) -> Run:
+    """Route ``decisions`` requests per seed with the policy ``factory`` builds, then drain."""
+    n = len(seeds)
+    sim = VecSimulator(scenario, n, record=decisions)
+    policy = factory(scenario)
+    policy.reset(n, seed=int(seeds[0]))
+    sim.reset(seed=list(seeds))
+    for step in range(decisions):
+        sim.step(policy.act(view_from_sim(sim), sim.route_mask()))
+        if progress is not None and (step + 1) % 100 == 0:
+            progress(100)
+    if progress is not None:
+        progress(decisions % 100)
+    sim.drain()
+    metrics = sim.metrics()
+    ttft = []
+    for e in range(n):  # exact percentiles from the per-request records
+        rec = sim.records(e)
+        t = rec["first_token_s"] - rec["arrival_s"]
+        ttft.append(t)
+        done = t[np.isfinite(t)]
+        for q in (50, 90, 99):
+            metrics[f"ttft_p{q}_s"][e] = np.percentile(done, q) if done.size else np.nan
+    return Run(name, list(seeds), metrics, np.concatenate(ttft))
+
+
+def with_rate(scenario: Scenario, multiplier: float) -> Scenario:
+    """``scenario`` with its arrival rate scaled by ``multiplier`` (on top of its own)."""
+    raw = copy.deepcopy(scenario.raw or {})
+    w = raw["workload"]
+    w["rate_multiplier"] = float(w.get("rate_multiplier", 1.0)) * multiplier
+    return parse_scenario(raw, f"{scenario.source} (rate x{multiplier:.4g})")
+
+
+@dataclass
+class Sweep:
+    """Outcome of a max-sustainable-throughput search."""
+
+    max_rps: float
+    multiplier: float
+    points: list[tuple[float, float, float]]  # (arrival rate req/s, goodput req/s, SLO)
+
+
+def sweep_max_rate(
+    scenario: Scenario,
+    factory: PolicyFactory,
+    name: str,
+    seeds: Sequence[int],
+    decisions: int,
+    target: float = 0.9,
+    iterations: int = 7,
+) -> Sweep:
+    """Bisection on the arrival-rate multiplier for the highest load at which the mean SLO
+    attainment over seeds stays at or above ``target``; ``max_rps`` is the completed
+    requests/s there."""
+    points: list[tuple[float, float, float]] = []
+    base_rate = scenario.workload.mean_rate_rps()
+
+    def holds(m: float) -> tuple[bool, float]:
+        run = run_policy(with_rate(scenario, m), factory, name, seeds, decisions)
+        slo = float(np.nanmean(run.metrics["slo_attainment"]))
+        rps = float(np.nanmean(run.metrics["throughput_rps"]))
+        points.append((base_rate * m, rps * slo, slo))
+        return slo >= target, rps
+
+    lo, hi = 0.0, 1.0
+    ok, rps_lo = holds(hi)
+    best = rps_lo if ok else 0.0
+    while ok and hi < 64:  # grow until the SLO breaks
+        lo, hi = hi, hi * 2
+        ok, rps = holds(hi)
+        if ok:
+            best = rps
+    if ok:
+        return Sweep(best, hi, sorted(points))
+    if lo == 0.0:
+        lo = hi / 64
+        ok_lo, rps = holds(lo)
+        if not ok_lo:
+            return Sweep(0.0, 0.0, sorted(points))
+        best = rps
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        ok, rps = holds(mid)
+        if ok:
+            lo, best = mid, rps
+        else:
+            hi = mid
+    return Sweep(best, lo, sorted(points))
+
+
+def interval(values: NDArray[np.float64]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student t interval (0 for a single value)."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), 0.0
+    t = _T95[min(v.size - 1, len(_T95)) - 1] if v.size - 1 <= len(_T95) else 1.96
+    return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(v.size))
