@@ -115,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in names:
         factory = heuristic(name)
+        try:
+            factory(scenario)
+        except ConfigError as exc:  # e.g. the paper's model on a topology of another shape
+            bar.write(f"skipping {name}: {exc}")
+            bar.update(args.decisions)
+            continue
         bar.set_postfix_str(name)
         run = run_policy(scenario, factory, name, seeds, args.decisions, progress=bar.update)
         recs = run.records()

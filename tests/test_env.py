@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import prfaas_env  # noqa: F401  (registers PrfaaS-v0)
 from prfaas_env.env import PrfaaSEnv, PrfaaSVectorEnv
+from prfaas_env.env.config import shipped_configs
 from prfaas_env.errors import ConfigError
 from tests.sim_scenarios import ROOT, base, starved
 
@@ -173,3 +174,15 @@ def test_episodes_can_end_by_simulated_time() -> None:
     assert (info["sim_time_s"][trunc] >= 20.0).all()
     with pytest.raises(ConfigError, match="max_decisions or max_seconds"):
         PrfaaSEnv(_cfg(max_decisions=None))
+
+
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_config_runs(name: str) -> None:
+    env = PrfaaSVectorEnv(2, name)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        mask = env.action_masks()
+        a = np.array([rng.choice(np.flatnonzero(m)) for m in mask])
+        obs, *_ = env.step(a)
+        assert env.observation_space.contains(obs)

@@ -148,7 +148,7 @@ class ObservationEncoder:
             for key, *_, norm in spec:
                 a = np.asarray(view[key], dtype=np.float64)
                 a = a[:, None] if a.ndim == 1 else a
-                if a.shape[1] != max(len(entities), 1):
+                if a.shape[1] != len(entities):
                     raise ValueError(
                         f"view[{key!r}]: expected {len(entities)} entities, got {a.shape[1]}"
                     )
