@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from prfaas_env.env.config import resolve_config
-from prfaas_env.errors import ConfigError, UnknownNameError
+from prfaas_env.errors import ConfigError, NotApplicableError, UnknownNameError
 from prfaas_env.evaluation import METRICS, heuristic, interval, run_policy, sweep_max_rate
 from prfaas_env.policies import policy_names
 
@@ -117,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         factory = heuristic(name)
         try:
             factory(scenario)
-        except ConfigError as exc:  # e.g. the paper's model on a topology of another shape
+        except NotApplicableError as exc:  # e.g. the paper's model on another topology shape
             bar.write(f"skipping {name}: {exc}")
             bar.update(args.decisions)
             continue
+        except ConfigError as exc:  # a bad parameter in the config's policies: section
+            bar.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         bar.set_postfix_str(name)
         run = run_policy(scenario, factory, name, seeds, args.decisions, progress=bar.update)
         recs = run.records()
@@ -156,7 +160,7 @@ def print_analytic(scenario: Any) -> None:
 
     try:
         system = PaperSystem.from_topology(scenario.topology, tpot_slo_s=scenario.tpot_slo_s)
-    except ConfigError as exc:
+    except NotApplicableError as exc:
         print(f"\nanalytic model: not applicable ({exc})")
         return
     w = scenario.workload

@@ -19,6 +19,10 @@ class ConfigError(ValueError):
     """A configuration file or mapping holds a missing, unknown or out-of-range value."""
 
 
+class NotApplicableError(ConfigError):
+    """A method does not apply to this scenario (e.g. a model of another topology shape)."""
+
+
 class UnknownNameError(KeyError):
     """A GPU, model or config name is not in the catalog; the message lists the known names."""
 

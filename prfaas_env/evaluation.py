@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env.env.features import view_from_sim
-from prfaas_env.policies import Policy, RouteTable, make_policy
+from prfaas_env.errors import ConfigError, NotApplicableError
+from prfaas_env.policies import Policy, RouteTable, make_policy, policy_names
 from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
 from prfaas_env.sim.scenario import Scenario, parse_scenario
 
@@ -83,8 +84,24 @@ def _json_float(x: float) -> float | None:
     return None if not math.isfinite(float(x)) else float(x)
 
 
+def policy_params(sc: Scenario, name: str) -> dict[str, Any]:
+    """The parameters the scenario file sets for policy ``name`` (its ``policies:`` section,
+    ``{policy name: {parameter: value}}``); ConfigError for an unknown policy name."""
+    section = (sc.raw or {}).get("policies") or {}
+    where = f"{sc.source}: policies"
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping of policy name -> parameters")
+    for key, value in section.items():
+        if key not in policy_names():
+            raise ConfigError(f"{where}.{key}: unknown policy; known: {', '.join(policy_names())}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}.{key}: expected a mapping of parameter -> value")
+    return dict(section.get(name) or {})
+
+
 def heuristic(name: str, **params: Any) -> PolicyFactory:
-    """A factory for the built-in policy ``name`` (with ``params``) on any scenario."""
+    """A factory for the built-in policy ``name`` on any scenario; parameters come from the
+    scenario's ``policies:`` section, overridden by ``params``."""
 
     def build(sc: Scenario) -> Policy:
         routes = RouteTable.from_topology(sc.topology)
@@ -98,7 +115,13 @@ def heuristic(name: str, **params: Any) -> PolicyFactory:
                 float(w.trace.output_tokens.mean()) if w.trace is not None else w.output.mean()
             )
             extra["output_tokens"] = mean_out
-        return make_policy(name, routes, sc.topology, **{**extra, **params})
+        chosen = {**extra, **policy_params(sc, name), **params}
+        try:
+            return make_policy(name, routes, sc.topology, **chosen)
+        except NotApplicableError:
+            raise
+        except ConfigError as exc:
+            raise ConfigError(f"{sc.source}: policies.{name}: {exc}") from exc
 
     build.__name__ = name
     return build

@@ -72,3 +72,34 @@ def test_interval_uses_student_t() -> None:
     assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
     assert interval(np.array([5.0])) == (5.0, 0.0)
     assert math.isnan(interval(np.array([np.nan]))[0])
+
+
+def test_router_parameters_come_from_the_config(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    d = yaml.safe_load((ROOT / "configs" / "paper_prfaas.yaml").read_text())
+    d["policies"] = {"prfaas_threshold": {"threshold_tokens": 1, "cache_rule": "scarce"}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    out = tmp_path / "o"
+    args = [
+        "--config",
+        str(cfg),
+        "--policies",
+        "prfaas_threshold",
+        "--seeds",
+        "1",
+        "--decisions",
+        "30",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert _main()(args) == 0
+    rec = json.loads((out / "results.json").read_text())[0]
+    assert rec["offload_fraction"] == 1.0  # t = 1 token: everything offloads
+    d["policies"] = {"prfaas_threshold": {"threshhold": 5}}
+    cfg.write_text(yaml.safe_dump(d))
+    assert _main()([*args, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "policies.prfaas_threshold" in err and "threshhold" in err

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env.costmodel import CostModel
-from prfaas_env.errors import ConfigError
+from prfaas_env.errors import NotApplicableError
 from prfaas_env.sim.topology import Topology
 
 
@@ -62,11 +62,12 @@ class PaperSystem:
     def from_topology(
         cls, topo: Topology, bandwidth_fraction: float = 1.0, tpot_slo_s: float = float("inf")
     ) -> PaperSystem:
-        """The model's inputs from ``topo`` (ConfigError if it is not of the paper's shape)."""
+        """The model's inputs from ``topo`` (NotApplicableError if it is not of the paper's
+        shape)."""
         pd = [c for c in topo.clusters if c.role == "pd"]
         pre = [c for c in topo.clusters if c.role == "prefill"]
         if len(pd) != 1 or len(pre) > 1:
-            raise ConfigError(
+            raise NotApplicableError(
                 f"{topo.source}: the analytic model needs one PD cluster and at most one "
                 f"prefill-only cluster; this topology has {len(pd)} and {len(pre)}"
             )

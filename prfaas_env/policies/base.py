@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env.env.features import ObservationEncoder
+from prfaas_env.errors import ConfigError
 from prfaas_env.sim.topology import Topology
 
 View = dict[str, NDArray[Any]]
@@ -103,8 +104,12 @@ class Policy:
     name = "policy"
 
     def __init__(self, routes: RouteTable, **params: Any) -> None:
+        if params:
+            raise ConfigError(
+                f"{self.name}: unknown parameter(s) {', '.join(sorted(params))}; see "
+                f"{type(self).__name__}'s docstring for its parameters"
+            )
         self.routes = routes
-        self.params = params
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Start a new run of ``num_envs`` envs (stateful policies clear their state)."""
