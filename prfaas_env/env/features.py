@@ -143,8 +143,9 @@ class ObservationEncoder:
         """``[env, size]`` float32 observations from a view (arrays keyed as in
         :func:`view_from_sim`; request and recent entries ``[env]``, the others
         ``[env, entities]``)."""
-        cols = []
+        out = []
         for _, spec, entities in self._groups:
+            cols = []
             for key, *_, norm in spec:
                 a = np.asarray(view[key], dtype=np.float64)
                 a = a[:, None] if a.ndim == 1 else a
@@ -153,13 +154,8 @@ class ObservationEncoder:
                         f"view[{key!r}]: expected {len(entities)} entities, got {a.shape[1]}"
                     )
                 cols.append(_NORMALISERS[norm][0](a))
-        # entity-major within each group, as features() lists them
-        out = []
-        i = 0
-        for _, spec, _entities in self._groups:
-            block = cols[i : i + len(spec)]
-            i += len(spec)
-            out.append(np.stack(block, axis=2).reshape(block[0].shape[0], -1))
+            # entity-major within the group, as features() lists them
+            out.append(np.stack(cols, axis=2).reshape(cols[0].shape[0], -1))
         obs = np.nan_to_num(np.concatenate(out, axis=1), nan=0.0, posinf=OBS_HIGH)
         return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
 

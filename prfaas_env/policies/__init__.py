@@ -6,7 +6,7 @@ from typing import Any
 
 from prfaas_env.errors import UnknownNameError
 from prfaas_env.policies.base import Policy, RouteTable, View, masked_argmin
-from prfaas_env.policies.heuristics import HEURISTICS, NEEDS_TOPOLOGY
+from prfaas_env.policies.heuristics import HEURISTICS
 from prfaas_env.sim.topology import Topology
 
 
@@ -25,10 +25,7 @@ def make_policy(
     """
     if name not in HEURISTICS:
         raise UnknownNameError("policy", name, HEURISTICS)
-    cls = HEURISTICS[name]
-    if issubclass(cls, NEEDS_TOPOLOGY):
-        return cls(routes, topology=topology, **params)
-    return cls(routes, **params)
+    return HEURISTICS[name](routes, topology=topology, **params)
 
 
 __all__ = ["Policy", "RouteTable", "View", "make_policy", "masked_argmin", "policy_names"]

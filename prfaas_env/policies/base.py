@@ -97,19 +97,27 @@ _DECODE_KEYS = {"free_slots", "kv_used", "admission_queue", "admission_wait_s"}
 class Policy:
     """A router: ``act(view, mask)`` returns one action per env.
 
-    Subclasses set ``name`` and implement :meth:`scores` (lower is better; the allowed route
+    ``topology`` is given to every policy; those that model costs need it. Subclasses set
+    ``name`` and implement :meth:`scores` (lower is better; the allowed route
     with the lowest score wins, ties to the lowest index) or override :meth:`act`.
     """
 
     name = "policy"
 
-    def __init__(self, routes: RouteTable, **params: Any) -> None:
+    def __init__(self, routes: RouteTable, topology: Topology | None = None, **params: Any) -> None:
         if params:
             raise ConfigError(
                 f"{self.name}: unknown parameter(s) {', '.join(sorted(params))}; see "
                 f"{type(self).__name__}'s docstring for its parameters"
             )
         self.routes = routes
+        self.topology = topology
+
+    def require_topology(self) -> Topology:
+        """The topology, for policies that model costs (ConfigError when none was given)."""
+        if self.topology is None:
+            raise ConfigError(f"{self.name}: needs the topology (to model the clusters' costs)")
+        return self.topology
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Start a new run of ``num_envs`` envs (stateful policies clear their state)."""

@@ -207,14 +207,13 @@ HEURISTICS: dict[str, type[Policy]] = {
 class CostAware(Policy):
     """A policy that estimates prefill times with the clusters' cost models."""
 
-    def __init__(self, routes: RouteTable, topology: Any = None, **params: Any) -> None:
+    def __init__(self, routes: RouteTable, **params: Any) -> None:
         super().__init__(routes, **params)
-        if topology is None:
-            raise ConfigError(f"{self.name}: needs the topology (for its prefill cost models)")
-        models = {c.name: m for c, m in zip(topology.clusters, topology.cost_models(), strict=True)}
-        names = [c.name for c in topology.clusters if c.prefill_instances > 0]
-        self._models = [models[n] for n in names]
-        self.block_tokens = topology.block_tokens
+        topo = self.require_topology()
+        models = topo.cost_models()
+        self._models = [
+            m for c, m in zip(topo.clusters, models, strict=True) if c.prefill_instances
+        ]
 
     def prefill_s(self, view: View) -> NDArray[np.float64]:
         """``[env, route]`` prefill seconds of the pending request on each route's cluster."""
@@ -241,12 +240,11 @@ class MooncakePolicy(CostAware):
     def __init__(
         self,
         routes: RouteTable,
-        topology: Any = None,
         ttft_slo_s: float | None = None,
         reject_above_s: float | None = None,
         **params: Any,
     ) -> None:
-        super().__init__(routes, topology, **params)
+        super().__init__(routes, **params)
         self.reject_above = reject_above_s if reject_above_s is not None else ttft_slo_s
 
     def scores(self, view: View) -> NDArray[np.float64]:
@@ -368,7 +366,6 @@ class PrfaaSOptimisedPolicy(PrfaaSThresholdPolicy):
     def __init__(
         self,
         routes: RouteTable,
-        topology: Any = None,
         reoptimise_every: int = 256,
         window: int = 4096,
         output_tokens: float = 1024,
@@ -379,14 +376,11 @@ class PrfaaSOptimisedPolicy(PrfaaSThresholdPolicy):
         super().__init__(routes, **params)
         from prfaas_env.policies.analytic import PaperSystem
 
-        if topology is None:
-            raise ConfigError(f"{self.name}: needs the topology (for the throughput model)")
-        self.topology = topology
         self.every = int(reoptimise_every)
         self.window = int(window)
         self.output_tokens = float(output_tokens)
         self.tpot_slo_s = float(tpot_slo_s)
-        self._system = PaperSystem.from_topology(topology, 1.0, self.tpot_slo_s)
+        self._system = PaperSystem.from_topology(self.require_topology(), 1.0, self.tpot_slo_s)
         self.history: list[float] = []
         if lengths is not None and len(lengths):
             self._choose(np.asarray(lengths, float), 1.0)
@@ -426,4 +420,3 @@ class PrfaaSOptimisedPolicy(PrfaaSThresholdPolicy):
 
 
 HEURISTICS[PrfaaSOptimisedPolicy.name] = PrfaaSOptimisedPolicy
-NEEDS_TOPOLOGY = (CostAware, PrfaaSOptimisedPolicy)

@@ -52,6 +52,10 @@ class BandwidthProcess:
         """True when the bandwidth never changes (no grid events are needed)."""
         return self.kind == "constant" and not self.outages
 
+    def cells(self, horizon_s: float) -> int:
+        """Grid cells in one period of ``horizon_s`` seconds (1 for a constant process)."""
+        return 1 if self.is_constant else max(1, math.ceil(horizon_s / self.step_s))
+
     def series(
         self, nominal_gbps: float, horizon_s: float, rng: np.random.Generator
     ) -> NDArray[np.float64]:
@@ -62,7 +66,7 @@ class BandwidthProcess:
         nominal = nominal_gbps * 1e9 / 8.0
         if self.is_constant:
             return np.array([nominal])
-        cells = max(1, math.ceil(horizon_s / self.step_s))
+        cells = self.cells(horizon_s)
         t = np.arange(cells) * self.step_s
         if self.kind == "fluctuating":
             rho = math.exp(-self.step_s / self.correlation_s)

@@ -93,7 +93,7 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
         cl_i=cl_i,
         cl_f=cl_f,
         ch_f=ch_f,
-        ch_cells=np.array([_cells(sc, lk.process) for lk in ch_links], np.int64),
+        ch_cells=np.array([lk.process.cells(sc.bandwidth_horizon_s) for lk in ch_links], np.int64),
         p_cluster=np.repeat(np.arange(len(cl)), np_).astype(np.int64),
         d_cluster=np.repeat(np.arange(len(cl)), nd).astype(np.int64),
         prefill_log_t=tables.prefill_log_t,
@@ -106,15 +106,6 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
         ttft_slo_s=sc.ttft_slo_s,
         tpot_slo_s=sc.tpot_slo_s,
     )
-
-
-def _cells(sc: Scenario, proc: object) -> int:
-    from prfaas_env.sim.bandwidth import BandwidthProcess
-
-    assert isinstance(proc, BandwidthProcess)
-    if proc.is_constant:
-        return 1
-    return max(1, int(np.ceil(sc.bandwidth_horizon_s / proc.step_s)))
 
 
 def env_seeds(seed: int | Sequence[int] | None, num_envs: int) -> list[int | None]:

@@ -77,6 +77,30 @@ def _record(records: Arr, ri: Arr, e: int, k: int, field: int, value: float) -> 
         records[e, s, field] = value
 
 
+# ---- FIFO queues: linked lists through the request slots ------------------------------------
+@compiled
+def _fifo_push(ri: Arr, nx: int, q: Arr, e: int, j: int, head: int, tail: int, k: int) -> None:
+    """Append slot ``k`` to queue ``j`` (head and tail in ``q[e, j, head/tail]``, next links in
+    ``ri[e, :, nx]``)."""
+    ri[e, k, nx] = -1
+    last = q[e, j, tail]
+    if last < 0:
+        q[e, j, head] = k
+    else:
+        ri[e, last, nx] = k
+    q[e, j, tail] = k
+
+
+@compiled
+def _fifo_pop(ri: Arr, nx: int, q: Arr, e: int, j: int, head: int, tail: int) -> int:
+    """Remove and return the head slot of queue ``j`` (see :func:`_fifo_push`)."""
+    k = q[e, j, head]
+    q[e, j, head] = ri[e, k, nx]
+    if q[e, j, head] < 0:
+        q[e, j, tail] = -1
+    return k
+
+
 # ---- links: processor sharing among concurrent flows ------------------------------------------
 @compiled
 def _link_update(lf: Arr, li: Arr, e: int, ch: int, t: float) -> None:
@@ -144,12 +168,7 @@ def _link_complete(S: Static, st: State, e: int, ch: int, t: float) -> None:
         st.lf[e, ch, LF.V] = 0.0
         st.lf[e, ch, LF.SUM_TAG] = 0.0
     st.rf[e, k, RF.KVARR] = t + S.ch_f[ch, CHF.LATENCY_S]
-    st.ri[e, k, RI.NX_DL] = -1
-    if st.li[e, ch, LI.DL_TAIL] < 0:
-        st.li[e, ch, LI.DL_HEAD] = k
-    else:
-        st.ri[e, st.li[e, ch, LI.DL_TAIL], RI.NX_DL] = k
-    st.li[e, ch, LI.DL_TAIL] = k
+    _fifo_push(st.ri, RI.NX_DL, st.li, e, ch, LI.DL_HEAD, LI.DL_TAIL, k)
     _link_schedule(st.lf, st.li, st.rf, st.ri, e, ch)
 
 
@@ -263,12 +282,7 @@ def _kv_ready(S: Static, st: State, e: int, k: int, t: float) -> None:
     if j >= 0:
         _admit_to(S, st, e, j, k, t)
         return
-    st.ri[e, k, RI.NX_DQ] = -1
-    if st.qi[e, c, QI.TAIL] < 0:
-        st.qi[e, c, QI.HEAD] = k
-    else:
-        st.ri[e, st.qi[e, c, QI.TAIL], RI.NX_DQ] = k
-    st.qi[e, c, QI.TAIL] = k
+    _fifo_push(st.ri, RI.NX_DQ, st.qi, e, c, QI.HEAD, QI.TAIL, k)
     st.qi[e, c, QI.LEN] += 1
 
 
@@ -324,10 +338,8 @@ def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
         jj = _pick_decode(S.cl_i, S.cl_f, st.df, st.di, e, c, st.rf[e, h, RF.NEED])
         if jj < 0:
             break
-        st.qi[e, c, QI.HEAD] = st.ri[e, h, RI.NX_DQ]
+        _fifo_pop(st.ri, RI.NX_DQ, st.qi, e, c, QI.HEAD, QI.TAIL)
         st.qi[e, c, QI.LEN] -= 1
-        if st.qi[e, c, QI.LEN] == 0:
-            st.qi[e, c, QI.TAIL] = -1
         _admit_to(S, st, e, jj, h, t)
 
 
@@ -345,11 +357,8 @@ def _prefill_start(S: Static, st: State, e: int, i: int) -> None:
 
 @compiled
 def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
-    k = st.pi[e, i, PI.HEAD]
+    k = _fifo_pop(st.ri, RI.NX_PQ, st.pi, e, i, PI.HEAD, PI.TAIL)
     t = st.rf[e, k, RF.EVT]
-    st.pi[e, i, PI.HEAD] = st.ri[e, k, RI.NX_PQ]
-    if st.pi[e, i, PI.HEAD] < 0:
-        st.pi[e, i, PI.TAIL] = -1
     st.ri[e, k, RI.PDONE] = 1
     ch = S.route[st.ri[e, k, RI.ROUTE], ROUTE.CH]
     if ch < 0:
@@ -361,11 +370,8 @@ def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
 
 @compiled
 def _delivery(S: Static, st: State, e: int, ch: int) -> None:
-    k = st.li[e, ch, LI.DL_HEAD]
+    k = _fifo_pop(st.ri, RI.NX_DL, st.li, e, ch, LI.DL_HEAD, LI.DL_TAIL)
     t = st.rf[e, k, RF.KVARR]
-    st.li[e, ch, LI.DL_HEAD] = st.ri[e, k, RI.NX_DL]
-    if st.li[e, ch, LI.DL_HEAD] < 0:
-        st.li[e, ch, LI.DL_TAIL] = -1
     st.ri[e, k, RI.KVDONE] = 1
     if st.ri[e, k, RI.PDONE]:
         _kv_ready(S, st, e, k, max(t, st.rf[e, k, RF.EVT]))
@@ -511,12 +517,7 @@ def _route(
     st.ri[e, k, RI.KVDONE] = 0
     st.rf[e, k, RF.KVARR] = INF
     st.ri[e, k, RI.DINST] = -1
-    st.ri[e, k, RI.NX_PQ] = -1
-    if st.pi[e, i, PI.TAIL] < 0:
-        st.pi[e, i, PI.HEAD] = k
-    else:
-        st.ri[e, st.pi[e, i, PI.TAIL], RI.NX_PQ] = k
-    st.pi[e, i, PI.TAIL] = k
+    _fifo_push(st.ri, RI.NX_PQ, st.pi, e, i, PI.HEAD, PI.TAIL, k)
     if st.pi[e, i, PI.NEXT] < 0:
         st.pi[e, i, PI.NEXT] = k
     st.pi[e, i, PI.NQ] += 1
