@@ -14,8 +14,6 @@ scenarios of the paper's shape.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,26 +24,23 @@ from prfaas_env.env.config import resolve_config
 from prfaas_env.errors import ConfigError, NotApplicableError, UnknownNameError
 from prfaas_env.evaluation import METRICS, heuristic, interval, run_policy, sweep_max_rate
 from prfaas_env.policies import policy_names
-
-SHORT = {
-    "throughput_rps": "req/s",
-    "output_tps": "tok/s",
-    "ttft_mean_s": "TTFT mean",
-    "ttft_p50_s": "P50",
-    "ttft_p90_s": "P90",
-    "ttft_p99_s": "P99",
-    "tpot_mean_s": "TPOT",
-    "slo_attainment": "SLO",
-    "offload_fraction": "offload",
-    "link_utilisation": "link",
-    "max_rps": "max req/s",
-}
+from prfaas_env.report import table, write_outputs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="paper_prfaas", help="config name or YAML path")
-    ap.add_argument("--policies", default="all", help="'all' or comma-separated policy names")
+    ap.add_argument(
+        "--policies", default="all", help="'all', 'none' or comma-separated policy names"
+    )
+    ap.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="a train.py run folder to evaluate next to the policies (repeatable); uses the "
+        "run's best checkpoint, or its final model with RUN:final",
+    )
     ap.add_argument("--seeds", type=int, default=3, help="seeds per policy (default 3)")
     ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--decisions", type=int, default=2000, help="requests routed per seed")
@@ -65,6 +60,8 @@ def select_policies(spec: str) -> list[str]:
     known = policy_names()
     if spec == "all":
         return known
+    if spec == "none":
+        return []
     names = [s.strip() for s in spec.split(",") if s.strip()]
     for n in names:
         if n not in known:
@@ -72,29 +69,18 @@ def select_policies(spec: str) -> list[str]:
     return names
 
 
-def fmt(mean: float, half: float) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    digits = 4 if abs(mean) < 0.1 else 2 if abs(mean) < 100 else 0
-    return f"{mean:.{digits}f}±{half:.{digits}f}"
-
-
-def table(rows: dict[str, dict[str, tuple[float, float]]], keys: list[str]) -> str:
-    width = max(len(p) for p in rows) + 2
-    head = "policy".ljust(width) + "".join(SHORT[k].rjust(14) for k in keys)
-    lines = [head, "-" * len(head)]
-    for p, vals in rows.items():
-        lines.append(p.ljust(width) + "".join(fmt(*vals[k]).rjust(14) for k in keys))
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         names = select_policies(args.policies)
-        scenario, _ = resolve_config(args.config)
+        scenario, env_cfg = resolve_config(args.config)
+        factories = {n: heuristic(n) for n in names}
+        factories.update(agent_factories(args.agent, scenario, env_cfg))
     except (ConfigError, UnknownNameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not factories:
+        print("error: nothing to evaluate (--policies none and no --agent)", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.force:
@@ -108,13 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     cdfs: dict[str, np.ndarray] = {}
     sweeps: dict[str, Any] = {}
     bar = tqdm(
-        total=len(names) * args.decisions,
+        total=len(factories) * args.decisions,
         desc="evaluating",
         unit="step",
         disable=args.no_progress,
     )
-    for name in names:
-        factory = heuristic(name)
+    for name, factory in factories.items():
         try:
             factory(scenario)
         except NotApplicableError as exc:  # e.g. the paper's model on another topology shape
@@ -126,12 +111,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         bar.set_postfix_str(name)
-        run = run_policy(scenario, factory, name, seeds, args.decisions, progress=bar.update)
+        run = run_policy(
+            scenario,
+            factory,
+            name,
+            seeds,
+            args.decisions,
+            progress=bar.update,
+            staleness_s=env_cfg.bandwidth_staleness_s,
+        )
         recs = run.records()
         rows[name] = {k: interval(run.metrics[k]) for k in METRICS}
         cdfs[name] = run.ttft_s
         if args.sweep_rate:
-            sw = sweep_max_rate(scenario, factory, name, seeds, args.decisions)
+            sw = sweep_max_rate(
+                scenario, factory, name, seeds, args.decisions, env_cfg.bandwidth_staleness_s
+            )
             sweeps[name] = sw
             rows[name]["max_rps"] = (sw.max_rps, 0.0)
             for r in recs:
@@ -153,6 +148,32 @@ def main(argv: list[str] | None = None) -> int:
             + (", goodput.png" if sweeps else "")
         )
     return 0
+
+
+def agent_factories(runs: list[str], scenario: Any, env_cfg: Any) -> dict[str, Any]:
+    """``agent:NAME`` -> policy factory for each ``--agent RUN[:final]`` (ConfigError when a
+    run is missing a file or was trained on other observation or action spaces)."""
+    if not runs:
+        return {}
+    from agents.run import load_run
+
+    out: dict[str, Any] = {}
+    for spec in runs:
+        path, _, which = spec.partition(":")
+        which = which or "selected"
+        if which not in ("selected", "final"):
+            raise ConfigError(f"--agent {spec}: after ':' only 'final' is allowed")
+        root = Path(path)
+        if (root / "manifest.json").is_file() and not (root / "run.json").is_file():
+            raise ConfigError(
+                f"--agent {spec}: {root} is an exported bundle; pass the run folder it was "
+                f"exported from"
+            )
+        if which == "selected":
+            which = "best" if (root / "best" / "model.zip").is_file() else "final"
+        policy = load_run(root, which).policy(scenario, env_cfg, label=f"agent:{root.name}")
+        out[policy.name] = lambda _sc, p=policy: p
+    return out
 
 
 def print_analytic(scenario: Any) -> None:
@@ -184,51 +205,6 @@ def print_analytic(scenario: Any) -> None:
             f" (offload p = {c.offload_probability:.2f}; paths: PrfaaS {c.theta_prfaas:.2f}, "
             f"PD-P {c.theta_pdp:.2f}, PD-D {c.theta_pdd:.2f} req/s)"
         )
-
-
-def write_outputs(
-    out: Path,
-    records: list[dict[str, Any]],
-    keys: list[str],
-    cdfs: dict[str, np.ndarray],
-    sweeps: dict[str, Any],
-    ttft_slo: float,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(records, indent=1) + "\n")
-    with (out / "results.csv").open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=["policy", "seed", *keys])
-        wr.writeheader()
-        wr.writerows(records)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, ttft in cdfs.items():
-        x = np.sort(ttft[np.isfinite(ttft)])
-        ax.plot(x, np.arange(1, x.size + 1) / max(x.size, 1), label=name)
-    ax.axvline(ttft_slo, color="grey", linestyle=":", label="TTFT SLO")
-    ax.set(xscale="log", xlabel="TTFT (s)", ylabel="fraction of requests", title="TTFT CDF")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ttft_cdf.png", dpi=120)
-    plt.close(fig)
-    if sweeps:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, sw in sweeps.items():
-            pts = np.array(sw.points)
-            ax.plot(pts[:, 0], pts[:, 1], marker="o", ms=3, label=name)
-        ax.set(
-            xlabel="arrival rate (req/s)",
-            ylabel="goodput (req/s within SLO)",
-            title="Goodput against load",
-        )
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "goodput.png", dpi=120)
-        plt.close(fig)
 
 
 if __name__ == "__main__":

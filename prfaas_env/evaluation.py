@@ -134,15 +134,19 @@ def run_policy(
     seeds: Sequence[int],
     decisions: int,
     progress: Callable[[int], None] | None = None,
+    staleness_s: float = 0.0,
 ) -> Run:
-    """Route ``decisions`` requests per seed with the policy ``factory`` builds, then drain."""
+    """Route ``decisions`` requests per seed with the policy ``factory`` builds, then drain.
+
+    ``staleness_s``: the link bandwidth policies see is the one measured at the last multiple
+    of this many seconds (the scenario's ``env.observation.bandwidth_staleness_s``)."""
     n = len(seeds)
     sim = VecSimulator(scenario, n, record=decisions)
     policy = factory(scenario)
     policy.reset(n, seed=int(seeds[0]))
     sim.reset(seed=list(seeds))
     for step in range(decisions):
-        sim.step(policy.act(view_from_sim(sim), sim.route_mask()))
+        sim.step(policy.act(view_from_sim(sim, staleness_s), sim.route_mask()))
         if progress is not None and (step + 1) % 100 == 0:
             progress(100)
     if progress is not None:
@@ -183,6 +187,7 @@ def sweep_max_rate(
     name: str,
     seeds: Sequence[int],
     decisions: int,
+    staleness_s: float = 0.0,
     target: float = 0.9,
     iterations: int = 7,
 ) -> Sweep:
@@ -193,7 +198,9 @@ def sweep_max_rate(
     base_rate = scenario.workload.mean_rate_rps()
 
     def holds(m: float) -> tuple[bool, float]:
-        run = run_policy(with_rate(scenario, m), factory, name, seeds, decisions)
+        run = run_policy(
+            with_rate(scenario, m), factory, name, seeds, decisions, staleness_s=staleness_s
+        )
         slo = float(np.nanmean(run.metrics["slo_attainment"]))
         rps = float(np.nanmean(run.metrics["throughput_rps"]))
         points.append((base_rate * m, rps * slo, slo))

@@ -119,3 +119,20 @@ def resolve_config(config: str | Path | dict[str, Any] | None) -> tuple[Scenario
         sc = load_scenario(path)
     raw = sc.raw or {}
     return sc, parse_env_config(raw.get("env"), f"{sc.source}: env")
+
+
+def held_out_config(scenario: Scenario) -> Scenario | None:
+    """The scenario named by the file's ``held_out:`` key (data kept out of training, e.g. a
+    later trace window): a shipped config name or a path relative to the file; None if unset."""
+    raw = scenario.raw or {}
+    name = raw.get("held_out")
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ConfigError(f"{scenario.source}: held_out: expected a config name or path")
+    here = Path(scenario.source).parent
+    candidate = here / name
+    try:
+        return resolve_config(candidate if candidate.is_file() else name)[0]
+    except ConfigError as exc:
+        raise ConfigError(f"{scenario.source}: held_out: {exc}") from exc

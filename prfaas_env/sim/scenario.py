@@ -18,7 +18,7 @@ from prfaas_env.sim.topology import Topology, parse_topology
 from prfaas_env.sim.workload import Workload, parse_workload
 
 TOP_KEYS = ("topology", "workload", "slo", "simulator")
-RESERVED_KEYS = ("env", "policies", "description")  # read by other layers
+RESERVED_KEYS = ("env", "policies", "description", "held_out")  # read by other layers
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,227 @@
+"""A training run on disk, and a trained agent as a routing :class:`~prfaas_env.policies.Policy`.
+
+A run folder (``train.py --out runs/NAME``) holds::
+
+    run.json                 what was trained: algorithm, seed, scenario, observation features,
+                             action meanings, agent settings, versions, timing
+    model.zip                the final SB3 model
+    obs_normalization.json   the observation normaliser (mean, var, epsilon, clip) as plain data
+    vecnormalize.pkl         SB3's VecNormalize statistics (for --resume)
+    best/                    the checkpoint that scored best in periodic evaluation
+    checkpoints/             periodic checkpoints (latest.* is what --resume continues from)
+    tb/                      TensorBoard logs
+    baselines.json           the heuristics' scores on the evaluation seeds (cached)
+    final_eval.json          the final table's records (same keys as evaluate.py's results.json)
+
+The agent acts through the same :class:`~prfaas_env.env.features.ObservationEncoder` the
+environment uses, so a policy evaluated here sees exactly what it saw in training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from agents.algos import algo_class
+from prfaas_env.env.config import EnvConfig
+from prfaas_env.env.features import ObservationEncoder
+from prfaas_env.errors import ConfigError
+from prfaas_env.policies import Policy, RouteTable
+from prfaas_env.sim.kernel import REJECT
+from prfaas_env.sim.scenario import Scenario
+
+RUN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ObsNormalizer:
+    """``clip((obs - mean) / sqrt(var + epsilon), -clip, clip)``, as SB3's VecNormalize does.
+
+    Identity when ``mean`` is None (a run trained without observation normalisation).
+    """
+
+    mean: NDArray[np.float64] | None
+    var: NDArray[np.float64] | None
+    epsilon: float = 1e-8
+    clip: float = 10.0
+
+    @classmethod
+    def from_vecnormalize(cls, vn: Any) -> ObsNormalizer:
+        """Copy the statistics out of a ``VecNormalize`` wrapper."""
+        if not vn.norm_obs:
+            return cls(None, None, float(vn.epsilon), float(vn.clip_obs))
+        rms = vn.obs_rms["observation"] if isinstance(vn.obs_rms, dict) else vn.obs_rms
+        return cls(rms.mean.copy(), rms.var.copy(), float(vn.epsilon), float(vn.clip_obs))
+
+    def apply(self, obs: NDArray[np.float32]) -> NDArray[np.float32]:
+        if self.mean is None or self.var is None:
+            return obs.astype(np.float32)
+        z = (obs - self.mean) / np.sqrt(self.var + self.epsilon)
+        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": None if self.mean is None else self.mean.tolist(),
+            "var": None if self.var is None else self.var.tolist(),
+            "epsilon": self.epsilon,
+            "clip": self.clip,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ObsNormalizer:
+        mean = None if d.get("mean") is None else np.asarray(d["mean"], np.float64)
+        var = None if d.get("var") is None else np.asarray(d["var"], np.float64)
+        return cls(mean, var, float(d["epsilon"]), float(d["clip"]))
+
+
+def spaces_signature(scenario: Scenario, env_cfg: EnvConfig) -> dict[str, Any]:
+    """What a trained policy depends on: observation features in order, action meanings."""
+    enc = ObservationEncoder(scenario.topology)
+    actions = [
+        *scenario.topology.route_labels(),
+        *(["reject"] if env_cfg.admission_control else []),
+    ]
+    return {
+        "features": [f.name for f in enc.features()],
+        "actions": actions,
+        "dict_observation": env_cfg.dict_observation,
+    }
+
+
+def check_spaces(run_sig: dict[str, Any], scenario: Scenario, env_cfg: EnvConfig, run: str) -> None:
+    """ConfigError saying which dimension differs when a run was trained on other spaces."""
+    here = spaces_signature(scenario, env_cfg)
+    src = scenario.source
+    a, b = run_sig["features"], here["features"]
+    if a != b:
+        first = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+        got_a = a[first] if first < len(a) else "(none)"
+        got_b = b[first] if first < len(b) else "(none)"
+        raise ConfigError(
+            f"{run} does not match {src}: observation has {len(a)} features in the run and "
+            f"{len(b)} in the config; first difference at index {first}: {got_a!r} (run) vs "
+            f"{got_b!r} (config)"
+        )
+    if run_sig["actions"] != here["actions"]:
+        raise ConfigError(
+            f"{run} does not match {src}: the run has {len(run_sig['actions'])} actions "
+            f"({', '.join(run_sig['actions'])}), the config {len(here['actions'])} "
+            f"({', '.join(here['actions'])})"
+        )
+    if bool(run_sig.get("dict_observation")) != here["dict_observation"]:
+        raise ConfigError(
+            f"{run} does not match {src}: env.observation.dict is "
+            f"{run_sig.get('dict_observation')} in the run, {here['dict_observation']} in the "
+            f"config"
+        )
+
+
+def masked_greedy(model: BaseAlgorithm, obs: Any, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """The highest-scoring allowed action per row: largest logit (policy-gradient models) or
+    Q-value (DQN) among those ``mask`` allows. This is how the runtime applies the action
+    mask to a model that was trained without one."""
+    policy = model.policy
+    with torch.no_grad():
+        obs_t, _ = policy.obs_to_tensor(obs)
+        if hasattr(policy, "q_net"):
+            scores = policy.q_net(obs_t)
+        else:
+            scores = policy.get_distribution(obs_t).distribution.logits
+    s = scores.cpu().numpy().astype(np.float64)
+    s = np.where(mask[:, : s.shape[1]], s, -np.inf)
+    return np.argmax(s, axis=1).astype(np.int64)
+
+
+class AgentPolicy(Policy):
+    """A trained model acting greedily as a router (masked actions are never chosen)."""
+
+    name = "agent"
+
+    def __init__(
+        self,
+        model: BaseAlgorithm,
+        normalizer: ObsNormalizer,
+        topology: Any,
+        routes: RouteTable,
+        dict_observation: bool = False,
+        label: str = "agent",
+    ) -> None:
+        super().__init__(routes, topology)
+        self.model = model
+        self.normalizer = normalizer
+        self.encoder = ObservationEncoder(topology)
+        self.dict_observation = dict_observation
+        self.name = label
+
+    def observe(self, view: dict[str, NDArray], mask: NDArray[np.bool_]) -> Any:
+        """The model's input for a view: encoded by the environment's encoder, normalised."""
+        obs = self.normalizer.apply(self.encoder.encode(view))
+        if self.dict_observation:
+            return {"observation": obs, "action_mask": mask.astype(np.float32)}
+        return obs
+
+    def act(self, view: dict[str, NDArray], mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        a = masked_greedy(self.model, self.observe(view, mask), mask)
+        return np.where(a >= self.routes.num_routes, REJECT, a).astype(np.int64)
+
+
+@dataclass
+class TrainedRun:
+    """A run folder read back: its metadata, model and normaliser."""
+
+    path: Path
+    meta: dict[str, Any]
+    model: BaseAlgorithm
+    normalizer: ObsNormalizer
+
+    def policy(self, scenario: Scenario, env_cfg: EnvConfig, label: str = "agent") -> AgentPolicy:
+        """The agent as a router on ``scenario`` (ConfigError if the spaces differ)."""
+        check_spaces(self.meta["spaces"], scenario, env_cfg, str(self.path))
+        routes = RouteTable.from_topology(scenario.topology, env_cfg.admission_control)
+        return AgentPolicy(
+            self.model,
+            self.normalizer,
+            scenario.topology,
+            routes,
+            bool(self.meta["spaces"].get("dict_observation")),
+            label,
+        )
+
+
+def load_run(path: str | Path, which: str = "final") -> TrainedRun:
+    """Read a run folder; ``which`` is ``final`` (model.zip) or ``best`` (best/ checkpoint).
+
+    Raises ConfigError naming the missing file or the unreadable field.
+    """
+    root = Path(path)
+    meta_path = root / "run.json"
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such run folder (train.py --out writes one)")
+    if not meta_path.is_file():
+        raise ConfigError(f"{root}: not a run folder: run.json is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{meta_path}: invalid JSON: {exc}") from exc
+    if meta.get("format") != RUN_FORMAT:
+        raise ConfigError(
+            f"{meta_path}: format {meta.get('format')!r}; this version reads {RUN_FORMAT}"
+        )
+    folder = root if which == "final" else root / which
+    model_path = folder / "model.zip"
+    norm_path = folder / "obs_normalization.json"
+    for p in (model_path, norm_path):
+        if not p.is_file():
+            raise ConfigError(f"{root}: {p.relative_to(root)} is missing (was training finished?)")
+    model = algo_class(meta["algo"]).load(model_path, device="cpu")
+    normalizer = ObsNormalizer.from_dict(json.loads(norm_path.read_text()))
+    return TrainedRun(root, meta, model, normalizer)

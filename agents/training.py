@@ -1,0 +1,445 @@
+"""The training driver behind ``train.py``: build, train, evaluate and save a routing agent.
+
+Data separation:
+
+- training episodes run on the scenario given with ``--config`` (env ``i`` seeded
+  ``seed + i``; later episodes draw their seeds from each env's generator);
+- periodic evaluation (model selection, TensorBoard ``eval/``) runs on the held-out scenario
+  (``--eval-config``, else the file's ``held_out:`` key, else the same scenario) with seeds
+  ``VALIDATION_SEED + k``;
+- the final table runs on the held-out scenario with other seeds, ``TEST_SEED + k``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+
+from agents.algos import (
+    EVAL_METRICS,
+    AgentConfig,
+    algo_class,
+    make_model,
+    parse_agent_config,
+)
+from agents.callbacks import (
+    EnvMetricsCallback,
+    PeriodicCallback,
+    ProgressCallback,
+    TimedVecEnv,
+    TimingCallback,
+    save_snapshot,
+)
+from agents.run import RUN_FORMAT, ObsNormalizer, TrainedRun, check_spaces, spaces_signature
+from agents.vec_env import SB3VecEnv
+from prfaas_env.env.config import EnvConfig, held_out_config, resolve_config
+from prfaas_env.errors import ConfigError, NotApplicableError
+from prfaas_env.evaluation import METRICS, Run, heuristic, interval, run_policy
+from prfaas_env.policies import policy_names
+from prfaas_env.sim.scenario import Scenario
+
+VALIDATION_SEED = 10_000
+TEST_SEED = 20_000
+
+
+@dataclass
+class TrainArgs:
+    """Everything ``train.py`` takes (see its ``--help``)."""
+
+    out: Path
+    config: str | None = None
+    algo: str | None = None
+    timesteps: int = 200_000
+    seed: int = 0
+    resume: bool = False
+    force: bool = False
+    agent_config: str | None = None
+    eval_config: str | None = None
+    num_envs: int | None = None
+    final_seeds: int = 5
+    final_decisions: int | None = None
+    progress: bool = True
+    threads: int = 1
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What a run trains and evaluates on."""
+
+    config: str
+    scenario: Scenario
+    env_cfg: EnvConfig
+    eval_scenario: Scenario
+    eval_env_cfg: EnvConfig
+    agent: AgentConfig
+    algo: str
+    seed: int
+
+
+def _prepare(a: TrainArgs) -> tuple[Context, dict[str, Any] | None]:
+    out = Path(a.out)
+    meta: dict[str, Any] | None = None
+    if a.resume:
+        meta_path = out / "run.json"
+        if not meta_path.is_file():
+            raise ConfigError(f"--resume: {meta_path} not found (nothing to resume)")
+        meta = json.loads(meta_path.read_text())
+        for name, given, stored in (
+            ("--algo", a.algo, meta["algo"]),
+            ("--config", a.config, meta["config"]),
+            ("--seed", a.seed if a.seed != 0 else None, meta["seed"]),
+        ):
+            if given is not None and given != stored:
+                raise ConfigError(f"--resume: {name} {given!r} differs from the run's {stored!r}")
+        algo, config, seed = meta["algo"], meta["config"], int(meta["seed"])
+        agent = parse_agent_config(algo, meta["agent"]["raw"], f"{out}/run.json: agent")
+        eval_config = meta.get("eval_config")
+    else:
+        if out.exists() and any(out.iterdir()) and not a.force:
+            raise ConfigError(
+                f"--out {out}: exists and is not empty; continue it with --resume, or choose "
+                f"another --out (or --force to overwrite)"
+            )
+        algo = a.algo or "ppo"
+        algo_class(algo)
+        config = a.config or "paper_prfaas"
+        seed = a.seed
+        raw = _agent_raw(algo, a.agent_config)
+        raw = _apply_overrides(raw, a.overrides, a.num_envs)
+        agent = parse_agent_config(algo, raw, a.agent_config or f"configs/agents/{algo}.yaml")
+        eval_config = a.eval_config
+    scenario, env_cfg = resolve_config(config)
+    if eval_config is not None:
+        eval_sc, eval_cfg = resolve_config(eval_config)
+    else:
+        held = held_out_config(scenario)
+        eval_sc, eval_cfg = (held, resolve_config(held.source)[1]) if held else (scenario, env_cfg)
+    check_spaces(spaces_signature(scenario, env_cfg), eval_sc, eval_cfg, "the training config")
+    ctx = Context(config, scenario, env_cfg, eval_sc, eval_cfg, agent, algo, seed)
+    return ctx, meta
+
+
+def _agent_raw(algo: str, path: str | None) -> dict[str, Any]:
+    from agents.algos import AGENT_CONFIG_DIR
+    from prfaas_env.errors import load_yaml_mapping
+
+    return load_yaml_mapping(Path(path) if path else AGENT_CONFIG_DIR / f"{algo}.yaml")
+
+
+def _apply_overrides(
+    raw: dict[str, Any], overrides: dict[str, Any], num_envs: int | None
+) -> dict[str, Any]:
+    """``--set section.key=value`` overrides (and ``--num-envs``) on the agent mapping."""
+    out = json.loads(json.dumps(raw))
+    if num_envs is not None:
+        out["num_envs"] = num_envs
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {p} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def evaluate_policy(
+    scenario: Scenario,
+    env_cfg: EnvConfig,
+    factory: Callable[[Scenario], Any],
+    name: str,
+    seeds: list[int],
+    decisions: int,
+) -> Run:
+    """One policy on ``seeds`` of ``scenario`` (the observation staleness of ``env_cfg``)."""
+    return run_policy(
+        scenario, factory, name, seeds, decisions, staleness_s=env_cfg.bandwidth_staleness_s
+    )
+
+
+def baseline_runs(
+    scenario: Scenario, env_cfg: EnvConfig, seeds: list[int], decisions: int
+) -> dict[str, Run]:
+    """Every heuristic that applies to ``scenario``, run on ``seeds``."""
+    runs = {}
+    for name in policy_names():
+        factory = heuristic(name)
+        try:
+            factory(scenario)
+        except NotApplicableError:
+            continue
+        runs[name] = evaluate_policy(scenario, env_cfg, factory, name, seeds, decisions)
+    return runs
+
+
+def means(run: Run) -> dict[str, float]:
+    return {k: float(np.nanmean(run.metrics[k])) for k in METRICS}
+
+
+def best_baseline(scores: dict[str, dict[str, float]], metric: str) -> str:
+    """The heuristic with the best ``metric`` among those whose throughput is within 1 % of
+    the highest (a router cannot win on latency by serving fewer requests)."""
+    top = max(s["throughput_rps"] for s in scores.values())
+    ok = {n: s for n, s in scores.items() if s["throughput_rps"] >= 0.99 * top}
+    lower = EVAL_METRICS[metric]
+    key = (lambda n: ok[n][metric]) if lower else (lambda n: -ok[n][metric])
+    return min(sorted(ok), key=key)
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    return a < b if EVAL_METRICS[metric] else a > b
+
+
+def _versions() -> dict[str, str]:
+    import gymnasium
+    import stable_baselines3
+
+    import prfaas_env
+
+    return {
+        "python": platform.python_version(),
+        "prfaas_env": getattr(prfaas_env, "__version__", "0.1.0"),
+        "gymnasium": gymnasium.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) training; returns the final summary written into ``run.json``."""
+    ctx, meta = _prepare(a)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, a.threads))
+    ev = ctx.agent.evaluation
+    val_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + ev.seeds))
+
+    venv = SB3VecEnv.from_config(ctx.config, ctx.agent.num_envs)
+    monitor = VecMonitor(venv)
+    vecnorm: VecNormalize | None = None
+    inner: Any = monitor
+    gamma = float(ctx.agent.hyperparameters.get("gamma", 0.99))
+    if ctx.agent.normalize_observation or ctx.agent.normalize_reward:
+        vecnorm = VecNormalize(
+            monitor,
+            norm_obs=ctx.agent.normalize_observation,
+            norm_reward=ctx.agent.normalize_reward,
+            clip_obs=ctx.agent.clip,
+            gamma=gamma,
+            norm_obs_keys=["observation"] if ctx.env_cfg.dict_observation else None,
+        )
+        inner = vecnorm
+    timed = TimedVecEnv(inner)
+    tb = str(out / "tb")
+    cls = algo_class(ctx.algo)
+    if meta is not None:
+        ck = out / "checkpoints"
+        if not (ck / "latest.zip").is_file():
+            raise ConfigError(f"--resume: {ck}/latest.zip not found (no checkpoint was saved)")
+        if vecnorm is not None:
+            vecnorm = VecNormalize.load(str(ck / "latest_vecnormalize.pkl"), monitor)
+            timed = TimedVecEnv(vecnorm)
+        model = cls.load(ck / "latest.zip", env=timed, device="cpu", tensorboard_log=tb)
+        timed.seed(ctx.seed + int(model.num_timesteps))
+        echo(f"resuming {out} at {model.num_timesteps:,} of {a.timesteps:,} timesteps")
+    else:
+        model = make_model(ctx.agent, timed, ctx.seed, tensorboard_log=tb)
+    start_steps = int(model.num_timesteps)
+
+    sig = spaces_signature(ctx.scenario, ctx.env_cfg)
+    run_meta: dict[str, Any] = {
+        "format": RUN_FORMAT,
+        "status": "running",
+        "algo": ctx.algo,
+        "seed": ctx.seed,
+        "config": ctx.config,
+        "config_source": ctx.scenario.source,
+        "eval_config": a.eval_config if meta is None else meta.get("eval_config"),
+        "eval_source": ctx.eval_scenario.source,
+        "timesteps_target": a.timesteps,
+        "spaces": sig,
+        "agent": {"raw": _raw_of(ctx.agent), "resolved": ctx.agent.to_dict()},
+        "versions": _versions(),
+        "history": (meta or {}).get("history", []),
+    }
+    _write_json(out / "run.json", run_meta)
+
+    # baselines on the validation seeds (cached: they do not change during a run)
+    base_path = out / "baselines.json"
+    if base_path.is_file():
+        base_scores = json.loads(base_path.read_text())["scores"]
+    else:
+        echo(f"evaluating the heuristics on {ctx.eval_scenario.source} (validation seeds)")
+        runs = baseline_runs(ctx.eval_scenario, ctx.eval_env_cfg, val_seeds, ev.decisions)
+        base_scores = {n: means(r) for n, r in runs.items()}
+        _write_json(
+            base_path, {"seeds": val_seeds, "decisions": ev.decisions, "scores": base_scores}
+        )
+    best_name = best_baseline(base_scores, ev.metric)
+    best_val = base_scores[best_name][ev.metric]
+    echo(f"best heuristic on {ev.metric}: {best_name} ({best_val:.4g})")
+
+    progress = ProgressCallback(a.timesteps, disable=not a.progress)
+    timing = TimingCallback(timed)
+    best_path = out / "best.json"
+    best_so_far = json.loads(best_path.read_text()) if best_path.is_file() else None
+
+    def evaluate_now(step: int) -> None:
+        nonlocal best_so_far
+        norm = (
+            ObsNormalizer.from_vecnormalize(vecnorm)
+            if vecnorm is not None
+            else ObsNormalizer(None, None)
+        )
+        trained = TrainedRun(out, {"spaces": sig}, model, norm)
+        pol = trained.policy(ctx.eval_scenario, ctx.eval_env_cfg)
+        run = evaluate_policy(
+            ctx.eval_scenario, ctx.eval_env_cfg, lambda _sc: pol, "agent", val_seeds, ev.decisions
+        )
+        score = means(run)
+        for k, v in score.items():
+            model.logger.record(f"eval/{k}", v)
+        model.logger.record(f"eval/baseline_{ev.metric}", best_val)
+        rel = score[ev.metric] / best_val - 1.0 if best_val else float("nan")
+        model.logger.record(f"eval/{ev.metric}_vs_baseline", rel)
+        model.logger.dump(step)
+        progress.set_postfix(**{ev.metric: f"{score[ev.metric]:.3g}", "vs_best": f"{rel:+.1%}"})
+        if best_so_far is None or _better(ev.metric, score[ev.metric], best_so_far["score"]):
+            save_snapshot(model, vecnorm, out / "best", "model")
+            best_so_far = {"step": step, "score": score[ev.metric], "metrics": score}
+            _write_json(best_path, best_so_far)
+
+    def checkpoint_now(step: int) -> None:
+        save_snapshot(model, vecnorm, out / "checkpoints", "latest")
+
+    periodic_eval = PeriodicCallback(ev.every_steps, evaluate_now)
+    periodic_ckpt = PeriodicCallback(ctx.agent.checkpoint_every_steps, checkpoint_now)
+    callbacks = [progress, timing, EnvMetricsCallback(), periodic_eval, periodic_ckpt]
+    remaining = max(a.timesteps - start_steps, 0)
+    t0 = time.perf_counter()
+    status = "finished"
+    try:
+        if remaining > 0:
+            model.learn(
+                total_timesteps=remaining,
+                callback=callbacks,
+                tb_log_name="run",
+                reset_num_timesteps=meta is None,
+            )
+        if best_so_far is None or best_so_far.get("step") != model.num_timesteps:
+            evaluate_now(int(model.num_timesteps))
+    except KeyboardInterrupt:
+        status = "interrupted"
+        progress._on_training_end()
+    checkpoint_now(int(model.num_timesteps))
+    split = timing.split(periodic_eval.spent_s + periodic_ckpt.spent_s) if remaining > 0 else {}
+    session = {
+        "started_at_step": start_steps,
+        "ended_at_step": int(model.num_timesteps),
+        "wall_s": time.perf_counter() - t0,
+        "timing": split,
+        "eval_s": periodic_eval.spent_s,
+        "status": status,
+    }
+    run_meta["history"].append(session)
+    run_meta["status"] = status
+    run_meta["timesteps_done"] = int(model.num_timesteps)
+    if status == "interrupted":
+        _write_json(out / "run.json", run_meta)
+        echo(
+            f"\ninterrupted at {model.num_timesteps:,} timesteps; checkpoint saved. Continue with:"
+            f"\n  python train.py --out {out} --resume --timesteps {a.timesteps}"
+        )
+        return run_meta
+    save_snapshot(model, vecnorm, out, "model")
+    if split:
+        echo(
+            f"\ntrained {split['steps']:,.0f} steps in {split['train_wall_s']:.0f} s "
+            f"({split['steps_per_s']:,.0f} steps/s; environment {split['env_s']:.0f} s, "
+            f"policy inference {split['policy_s']:.0f} s, updates {split['update_s']:.0f} s; "
+            f"periodic evaluation {periodic_eval.spent_s:.0f} s more)"
+        )
+    run_meta["final"] = final_evaluation(ctx, out, a, echo)
+    _write_json(out / "run.json", run_meta)
+    return run_meta
+
+
+def final_evaluation(
+    ctx: Context, out: Path, a: TrainArgs, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """The agent (best validation checkpoint) and every heuristic on the test seeds of the
+    held-out scenario; prints the table and writes ``final_eval.json``."""
+    from agents.run import load_run
+    from prfaas_env.report import table
+
+    ev = ctx.agent.evaluation
+    decisions = a.final_decisions or ev.decisions
+    seeds = list(range(TEST_SEED, TEST_SEED + a.final_seeds))
+    trained = load_run(out, "best" if (out / "best" / "model.zip").is_file() else "final")
+    pol = trained.policy(ctx.eval_scenario, ctx.eval_env_cfg)
+    runs = {
+        "agent": evaluate_policy(
+            ctx.eval_scenario, ctx.eval_env_cfg, lambda _sc: pol, "agent", seeds, decisions
+        )
+    }
+    runs.update(baseline_runs(ctx.eval_scenario, ctx.eval_env_cfg, seeds, decisions))
+    records = [r for run in runs.values() for r in run.records()]
+    _write_json(out / "final_eval.json", records)
+    scores = {n: means(r) for n, r in runs.items()}
+    best = best_baseline({n: s for n, s in scores.items() if n != "agent"}, ev.metric)
+    rows = {n: {k: interval(r.metrics[k]) for k in METRICS} for n, r in runs.items()}
+    echo(
+        f"\nfinal evaluation on {ctx.eval_scenario.source}: {len(seeds)} seeds x {decisions} "
+        f"requests (seeds {seeds[0]}..{seeds[-1]}), mean ± 95% interval (TTFT/TPOT in s)"
+    )
+    echo(table(rows, list(METRICS)))
+    ag, bs = scores["agent"], scores[best]
+    rel = ag[ev.metric] / bs[ev.metric] - 1.0 if bs[ev.metric] else float("nan")
+    echo(
+        f"\nagent {ev.metric} {ag[ev.metric]:.4g} vs best heuristic {best} {bs[ev.metric]:.4g} "
+        f"({rel:+.1%}); throughput {ag['throughput_rps']:.3f} vs {bs['throughput_rps']:.3f} req/s"
+        f"\nwrote {out}/final_eval.json"
+    )
+    return {
+        "metric": ev.metric,
+        "agent": ag,
+        "best_heuristic": best,
+        "best_heuristic_metrics": bs,
+        "relative": rel,
+        "seeds": seeds,
+        "decisions": decisions,
+    }
+
+
+def _raw_of(cfg: AgentConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    return {k: v for k, v in d.items() if k != "source"}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use train.py")
