@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# Main job: train PPO on the default scenario (the paper's PrfaaS deployment, under load) and
+# print the table against every heuristic. Rewrites runs/quickstart.
 run: $(VENV)/.installed
-	$(PY) -m prfaas_env.costmodel --gpu h200 --model prfaas-1t-hybrid --gpus-per-instance 8 --tokens 1024,8192,32768,131072
+	$(PY) train.py --config paper_prfaas --rate-multiplier 2.7 --algo ppo --timesteps 1000000 --out runs/quickstart --force
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

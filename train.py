@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         "--agent-config", default=None, help="agent YAML (default configs/agents/ALGO.yaml)"
     )
     ap.add_argument("--eval-config", default=None, help="held-out scenario for evaluation")
+    ap.add_argument(
+        "--rate-multiplier",
+        type=float,
+        default=None,
+        help="scale the arrival rate of the training and evaluation scenarios",
+    )
     ap.add_argument("--num-envs", type=int, default=None, help="override the agent's num_envs")
     ap.add_argument(
         "--set",
@@ -56,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         ap.error(str(UnknownNameError("algorithm", ns.algo, ALGOS)))
     if ns.timesteps < 1 or ns.final_seeds < 1:
         ap.error("--timesteps and --final-seeds must be positive")
+    if ns.rate_multiplier is not None and not ns.rate_multiplier > 0:
+        ap.error("--rate-multiplier must be positive")
     if ns.num_envs is not None and ns.num_envs < 1:
         ap.error("--num-envs must be positive")
     overrides: dict[str, Any] = {}
@@ -79,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         final_decisions=ns.final_decisions,
         progress=not ns.no_progress,
         threads=ns.threads,
+        rate_multiplier=ns.rate_multiplier,
         overrides=overrides,
     )
 

@@ -8,7 +8,6 @@ then finishes the requests in flight; metrics cover the whole run.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from prfaas_env.env.features import view_from_sim
 from prfaas_env.errors import ConfigError, NotApplicableError
 from prfaas_env.policies import Policy, RouteTable, make_policy, policy_names
 from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
-from prfaas_env.sim.scenario import Scenario, parse_scenario
+from prfaas_env.sim.scenario import Scenario
 
 METRICS = RESULT_METRICS
 # Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (standard tables).
@@ -166,10 +165,7 @@ def run_policy(
 
 def with_rate(scenario: Scenario, multiplier: float) -> Scenario:
     """``scenario`` with its arrival rate scaled by ``multiplier`` (on top of its own)."""
-    raw = copy.deepcopy(scenario.raw or {})
-    w = raw["workload"]
-    w["rate_multiplier"] = float(w.get("rate_multiplier", 1.0)) * multiplier
-    return parse_scenario(raw, f"{scenario.source} (rate x{multiplier:.4g})")
+    return scenario.with_rate(multiplier)
 
 
 @dataclass

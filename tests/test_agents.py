@@ -173,6 +173,12 @@ def test_train_writes_a_complete_run_and_is_reproducible(tmp_path: Path) -> None
     assert {r["policy"] for r in records} >= {"agent", "mooncake", "prfaas_threshold"}
     assert set(records[0]) == {"policy", "seed", *METRICS}
     assert list((out / "tb").iterdir()) == [out / "tb" / "run_1"]
+    # --force replaces a run folder, never another folder
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="only replaces a run folder"):
+        train(quick_args(tmp_path, "other", force=True), echo=lambda s: None)
+    assert (tmp_path / "other" / "notes.txt").is_file()
     # the same seed reproduces the same run
     train(quick_args(tmp_path, "b"), echo=lambda s: None)
     for p, q in zip(params(out), params(tmp_path / "b"), strict=True):
@@ -237,7 +243,7 @@ def test_run_on_other_spaces_is_refused(tmp_path: Path) -> None:
     train(quick_args(tmp_path, "s"), echo=lambda s: None)
     run = load_run(tmp_path / "s")
     sc, cfg = resolve_config("multi_region")
-    with pytest.raises(ConfigError, match=r"observation has 23 features in the run and \d+ in"):
+    with pytest.raises(ConfigError, match=r"observation has 27 features in the run and \d+ in"):
         run.policy(sc, cfg)
     sc, cfg = resolve_config(small_config(tmp_path, "ac.yaml", admission_control=True))
     with pytest.raises(ConfigError, match=r"run has 2 actions .* config 3"):
@@ -262,7 +268,54 @@ def test_evaluate_py_compares_an_agent_with_the_heuristics(
     assert "agent:e" in capsys.readouterr().out
     bad = ["--config", "multi_region", "--policies", "none", "--agent", str(tmp_path / "e")]
     assert evaluate.main(bad) == 2
-    assert "observation has 23 features in the run and" in capsys.readouterr().err
+    assert "observation has 27 features in the run and" in capsys.readouterr().err
     assert evaluate.main(["--policies", "none"]) == 2
     assert evaluate.main(["--policies", "none", "--agent", f"{tmp_path / 'e'}:last"]) == 2
     assert "only 'final'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("algo", "extra"),
+    [
+        ("maskable_ppo", {}),
+        (
+            "dqn",
+            {
+                "hyperparameters.learning_starts": 64,
+                "hyperparameters.buffer_size": 2000,
+                "hyperparameters.batch_size": 32,
+                "hyperparameters.target_update_interval": 100,
+            },
+        ),
+    ],
+)
+def test_other_algorithms_train_and_evaluate(tmp_path: Path, algo: str, extra: dict) -> None:
+    args = quick_args(tmp_path, algo, algo=algo, rate_multiplier=1.5)
+    if algo == "dqn":
+        args.overrides = {
+            k: v for k, v in args.overrides.items() if not k.startswith("hyperparameters.")
+        } | extra
+    meta = train(args, echo=lambda s: None)
+    assert meta["status"] == "finished" and meta["algo"] == algo
+    assert meta["rate_multiplier"] == 1.5 and "(rate x1.5)" in meta["eval_source"]
+    run = load_run(tmp_path / algo)
+    sc, cfg = resolve_config(small_config(tmp_path))
+    env = PrfaaSVectorEnv(3, sc.source)
+    env.reset(seed=0)
+    a = run.policy(sc, cfg).act(view_from_sim(env.sim), env.action_masks())
+    assert a.shape == (3,) and set(a.tolist()) <= {0, 1}
+
+
+def test_checkpoint_selection_puts_throughput_before_latency() -> None:
+    from agents.training import _improves, best_baseline
+
+    assert _improves(True, 9.0, False, 1.0, "ttft_p90_s")  # keeps up beats a backlog
+    assert not _improves(False, 1.0, True, 9.0, "ttft_p90_s")
+    assert _improves(True, 1.0, True, 2.0, "ttft_p90_s")
+    assert _improves(True, 0.9, True, 0.8, "slo_attainment")
+    scores = {
+        "fast_but_drops": {"throughput_rps": 1.0, "ttft_p90_s": 0.5},
+        "a": {"throughput_rps": 2.0, "ttft_p90_s": 3.0},
+        "b": {"throughput_rps": 1.99, "ttft_p90_s": 2.0},
+    }
+    assert best_baseline(scores, "ttft_p90_s") == "b"

@@ -96,7 +96,7 @@ def test_disabled_autoreset_resets_only_the_masked_envs() -> None:
 
 
 def test_reward_is_the_weighted_sum_of_its_terms_and_seeds_repeat() -> None:
-    weights = {"slo": 1.0, "ttft": 0.5, "throughput": 0.1, "reject": 2.0}
+    weights = {"slo": 1.0, "ttft": 0.5, "waiting": 0.3, "throughput": 0.1, "reject": 2.0}
     env = PrfaaSVectorEnv(2, _cfg(max_decisions=200, reward=weights, admission_control=True))
     assert env.action_meanings == ["prfaas->pd", "pd->pd", "reject"]
     env.reset(seed=3)

@@ -198,3 +198,24 @@ def test_overload_for_a_million_decisions_stays_finite() -> None:
         assert np.isfinite(getattr(st_, name)).all(), name
     m = sim.metrics()
     assert np.isfinite(m["ttft_mean_s"]).all() and (m["ttft_p99_s"] > 100).all()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_waiting_integral_sums_to_the_ttfts(name: str) -> None:
+    """The dense `waiting` reward's integral never decreases, and once every request has
+    finished it equals the sum of their TTFTs exactly."""
+    sc = scenario(name)
+    sim = VecSimulator(sc, 2, record=300)
+    sim.reset(seed=[5, 6])
+    rng = np.random.default_rng(1)
+    last = np.zeros(2)
+    for _ in range(300):
+        sim.step(rng.integers(0, len(sc.topology.routes), 2))
+        assert np.all(sim.state.w_area >= last - 1e-9)
+        last = sim.state.w_area.copy()
+    sim.drain()
+    for e in range(2):
+        r = sim.records(e)
+        ttft = r["first_token_s"] - r["arrival_s"]
+        assert sim.state.w_n[e] == 0
+        assert sim.state.w_area[e] == pytest.approx(np.nansum(ttft), rel=1e-9)

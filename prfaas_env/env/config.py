@@ -11,6 +11,7 @@ env:
   reward:                    # weights of the per-step reward terms (see docs/environment.md)
     slo: 1.0
     ttft: 0.0
+    waiting: 0.0
     throughput: 0.0
     reject: 1.0
 ```
@@ -27,7 +28,7 @@ from prfaas_env.sim.scenario import Scenario, load_scenario, parse_scenario
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = "paper_prfaas"
-REWARD_TERMS = ("slo", "ttft", "throughput", "reject")
+REWARD_TERMS = ("slo", "ttft", "waiting", "throughput", "reject")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,13 @@ class EnvConfig:
     bandwidth_staleness_s: float = 0.0
     dict_observation: bool = False
     reward: dict[str, float] = field(
-        default_factory=lambda: {"slo": 1.0, "ttft": 0.0, "throughput": 0.0, "reject": 1.0}
+        default_factory=lambda: {
+            "slo": 1.0,
+            "ttft": 0.0,
+            "waiting": 0.0,
+            "throughput": 0.0,
+            "reject": 1.0,
+        }
     )
 
 

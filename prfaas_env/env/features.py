@@ -67,6 +67,12 @@ _REQUEST = (
 _PREFILL = (
     ("cached_tokens", "prompt tokens already in this cluster's prefix cache", "tokens", "tokens"),
     ("uncached_tokens", "prompt tokens this cluster would compute", "tokens", "tokens"),
+    (
+        "prefill_s",
+        "unloaded prefill time of those uncached tokens on one instance (cost model)",
+        "s",
+        "seconds",
+    ),
     ("queued_requests", "requests waiting to start prefill", "requests", "count"),
     ("queued_tokens", "uncached tokens waiting to start prefill", "tokens", "tokens"),
     ("wait_s", "time until the least-loaded instance is free", "s", "seconds"),
@@ -89,6 +95,14 @@ _DECODE = (
     ("admission_queue", "requests with KV ready waiting for a slot", "requests", "count"),
     ("admission_wait_s", "time until a slot frees up (0 when one is free)", "s", "seconds"),
 )
+_ROUTE = (
+    (
+        "estimated_ttft_s",
+        "prefill wait + unloaded prefill + KV transfer of this request on this route",
+        "s",
+        "seconds",
+    ),
+)
 _RECENT = (("ttft_ewma_s", "moving average of recent TTFT (weight 0.05)", "s", "seconds"),)
 _NORMALISERS = {
     "tokens": (_tokens, "log1p(x) / log1p(262144)"),
@@ -103,7 +117,7 @@ class ObservationEncoder:
     """Encodes views of a topology's state into float32 vectors (see the module docstring).
 
     Entity order: prefill clusters (clusters with a prefill pool) in topology order, directed
-    channels in topology order, PD clusters in topology order.
+    channels in topology order, PD clusters in topology order, routes in action order.
     """
 
     def __init__(self, topology: Topology) -> None:
@@ -121,6 +135,7 @@ class ObservationEncoder:
             ("prefill", _PREFILL, self.prefill_clusters),
             ("channel", _CHANNEL, self.channels),
             ("decode", _DECODE, self.decode_clusters),
+            ("route", _ROUTE, topology.route_labels()),
             ("recent", _RECENT, [""]),
         )
 
@@ -192,6 +207,7 @@ def view_from_sim(
         cols["busy_fraction"].append((wait[:, sl] > 0).mean(1))
     view["cached_tokens"] = cached
     view["uncached_tokens"] = length[:, None] - cached
+    view["prefill_s"] = st.obs_prefill_s[:, pcl].copy()
     for k in ("queued_requests", "queued_tokens", "wait_s", "busy_fraction"):
         view[k] = np.stack(cols[k], axis=1)
     # channels that some route uses
@@ -227,8 +243,25 @@ def view_from_sim(
         dcols["admission_wait_s"].append(np.where(has_slot, 0.0, np.minimum(soonest, 1e6)))
     for k in dcols:
         view[k] = np.stack(dcols[k], axis=1)
+    view["estimated_ttft_s"] = estimated_ttft(view, topo)
     view["ttft_ewma_s"] = np.nan_to_num(st.m_ttft_ewma, nan=0.0)
     return view
+
+
+def estimated_ttft(view: dict[str, NDArray], topo: Topology) -> NDArray[np.float64]:
+    """``[env, route]`` TTFT estimate from a view: wait for the least-loaded prefill instance
+    + unloaded prefill of the uncached tokens + the KV transfer (cross-datacenter routes), s.
+    Mooncake's conductor ranks routes by the same estimate."""
+    pcl = [i for i, c in enumerate(topo.clusters) if c.prefill_instances > 0]
+    used = sorted({r.channel for r in topo.routes if r.channel >= 0})
+    cols = []
+    for r in topo.routes:
+        p = pcl.index(r.prefill)
+        est = np.asarray(view["wait_s"])[:, p] + np.asarray(view["prefill_s"])[:, p]
+        if r.channel >= 0:
+            est = est + np.asarray(view["transfer_s"])[:, used.index(r.channel)]
+        cols.append(est)
+    return np.stack(cols, axis=1)
 
 
 def _mean_output(sim: VecSimulator) -> float:

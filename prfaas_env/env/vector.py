@@ -48,6 +48,8 @@ class PrfaaSVectorEnv(VectorEnv):
             finished envs with ``reset(options={"reset_mask": mask})``).
         render_mode: ``"ansi"`` or None.
         max_episode_steps: overrides ``env.max_decisions`` of the config.
+        parallel: split envs over numba's threads (default: from 256 envs up).
+        rate_multiplier: scales the scenario's arrival rate (e.g. to train under heavy load).
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -63,8 +65,11 @@ class PrfaaSVectorEnv(VectorEnv):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
         parallel: bool | None = None,
+        rate_multiplier: float | None = None,
     ) -> None:
         self.scenario, cfg = resolve_config(config)
+        if rate_multiplier is not None:
+            self.scenario = self.scenario.with_rate(float(rate_multiplier))
         if max_episode_steps is not None:
             cfg = EnvConfig(**{**cfg.__dict__, "max_decisions": int(max_episode_steps)})
         self.config: EnvConfig = cfg
@@ -123,6 +128,7 @@ class PrfaaSVectorEnv(VectorEnv):
             "done": st.m_done.astype(float),
             "slo_ok": st.m_slo_ok.astype(float),
             "ttft": st.m_ttft_sum.copy(),
+            "waiting": st.w_area.copy(),
             "tokens": st.m_out_tokens.copy(),
             "rejected": st.m_rejected.astype(float),
         }
@@ -187,6 +193,7 @@ class PrfaaSVectorEnv(VectorEnv):
         terms = {
             "slo": delta["slo_ok"],
             "ttft": -delta["ttft"] / self._ttft_slo,
+            "waiting": -delta["waiting"] / self._ttft_slo,
             "throughput": delta["tokens"] / 1000.0,
             "reject": -delta["rejected"],
         }

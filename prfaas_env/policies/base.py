@@ -86,6 +86,7 @@ class RouteTable:
 _PREFILL_KEYS = {
     "cached_tokens",
     "uncached_tokens",
+    "prefill_s",
     "queued_requests",
     "queued_tokens",
     "wait_s",

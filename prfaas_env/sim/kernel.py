@@ -17,7 +17,7 @@ from numba import prange
 
 from prfaas_env.sim.cache import CFG, CacheState, find, touch_or_insert
 from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
-from prfaas_env.sim.jit import compiled, compiled_parallel
+from prfaas_env.sim.jit import compiled, compiled_inline, compiled_parallel
 from prfaas_env.sim.state import (
     CHF,
     CLF,
@@ -250,6 +250,14 @@ def _pick_decode(cl_i: Arr, cl_f: Arr, df: Arr, di: Arr, e: int, c: int, need: f
     return best
 
 
+@compiled_inline
+def _wait_to(st: State, e: int, t: float) -> None:
+    """Integrate the number of requests waiting for a first token up to time ``t``."""
+    if t > st.ef[e, EF.W_T]:
+        st.ef[e, EF.W_AREA] += st.ei[e, EI.W_N] * (t - st.ef[e, EF.W_T])
+        st.ef[e, EF.W_T] = t
+
+
 @compiled
 def _admit_to(S: Static, st: State, e: int, j: int, k: int, t: float) -> None:
     _decode_update(st.df, st.di, e, j, t)
@@ -266,6 +274,11 @@ def _admit_to(S: Static, st: State, e: int, j: int, k: int, t: float) -> None:
     st.ri[e, k, RI.DINST] = j
     st.rf[e, k, RF.DSTART] = t
     st.rf[e, k, RF.FIRST] = t + st.df[e, j, DF.STEP]
+    # the request stops waiting: its first decode step is credited now, so the integral
+    # summed over a drained run equals the sum of TTFTs exactly
+    _wait_to(st, e, t)
+    st.ei[e, EI.W_N] -= 1
+    st.ef[e, EF.W_AREA] += st.df[e, j, DF.STEP]
     _record(st.records, st.ri, e, k, REC_DINST, j - S.cl_i[c, CLI.D0])
     _record(st.records, st.ri, e, k, REC_DSTART, t)
     _record(st.records, st.ri, e, k, REC_FIRST, st.rf[e, k, RF.FIRST])
@@ -462,7 +475,12 @@ def _observe(
     length = ws.wi[e, WI.REQ_IN]
     for c in range(S.cl_i.shape[0]):
         hits = _prefix_hits(wp.tr_blocks, ws.wi, cs, e, c)
-        st.obs_cached[e, c] = min(hits * S.block_tokens, length - 1)
+        cached = min(hits * S.block_tokens, length - 1)
+        st.obs_cached[e, c] = cached
+        if S.cl_i[c, CLI.NP] > 0:
+            st.obs_prefill_s[e, c] = prefill_time(
+                S.prefill_log_t[c], float(length - cached), float(cached)
+            )
 
 
 @compiled
@@ -476,6 +494,8 @@ def _route(
     cached = st.obs_cached[e, pc]  # observed at arrival; no cache changed since
     _cache_request(wp.tr_blocks, ws.wi, cs, e, pc)
     unc = length - cached
+    _wait_to(st, e, now)
+    st.ei[e, EI.W_N] += 1
     # least-loaded instance: the one that can start soonest (lowest index on ties)
     i = S.cl_i[pc, CLI.P0]
     for ii in range(S.cl_i[pc, CLI.P0] + 1, S.cl_i[pc, CLI.P0] + S.cl_i[pc, CLI.NP]):
@@ -543,6 +563,7 @@ def _advance_one(
 ) -> None:
     next_request(wp, ws, e)
     run_events(S, st, e, ws.wf[e, WF.REQ_T])
+    _wait_to(st, e, ws.wf[e, WF.REQ_T])
     st.ef[e, EF.NOW] = ws.wf[e, WF.REQ_T]
     _observe(S, wp, ws, cs, st, e)
 

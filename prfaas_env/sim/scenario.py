@@ -8,6 +8,8 @@ file (traces, bandwidth CSVs) are resolved against the file's folder.
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,17 @@ class Scenario:
     bandwidth_horizon_s: float = 3600.0
     source: str = ""
     raw: dict[str, Any] | None = None
+    base_dir: Path | None = None
+
+    def with_rate(self, multiplier: float) -> Scenario:
+        """This scenario with its arrival rate scaled by ``multiplier`` (on top of its own
+        ``workload.rate_multiplier``)."""
+        if not (multiplier > 0 and math.isfinite(multiplier)):
+            raise ConfigError(f"rate multiplier: expected a positive number, got {multiplier!r}")
+        raw = copy.deepcopy(self.raw or {})
+        w = raw["workload"]
+        w["rate_multiplier"] = float(w.get("rate_multiplier", 1.0)) * multiplier
+        return parse_scenario(raw, f"{self.source} (rate x{multiplier:.4g})", self.base_dir)
 
 
 def parse_scenario(data: dict[str, Any], where: str, base_dir: Path | None = None) -> Scenario:
@@ -73,6 +86,7 @@ def parse_scenario(data: dict[str, Any], where: str, base_dir: Path | None = Non
         ),
         source=where,
         raw=data,
+        base_dir=base_dir,
     )
 
 

@@ -95,11 +95,13 @@ class EF(IntEnum):
     M_INPUT_TOKENS = 5
     M_LAST_TTFT = 6
     M_TTFT_EWMA = 7  # exponentially weighted mean TTFT of completions (weight TTFT_EWMA_ALPHA)
+    W_AREA = 8  # request-seconds spent waiting for a first token since reset (integral, s)
+    W_T = 9  # time up to which W_AREA is integrated, s
 
 
 class EI(IntEnum):
     """Per env (int): requests routed, free slots, completed, within SLO, offloaded,
-    rejected."""
+    rejected, routed requests still waiting for their first token."""
 
     SEQ = 0
     NFREE = 1
@@ -107,6 +109,7 @@ class EI(IntEnum):
     M_SLO_OK = 3
     M_OFFLOAD = 4
     M_REJECTED = 5
+    W_N = 6
 
 
 class RF(IntEnum):
@@ -294,8 +297,8 @@ class Static(NamedTuple):
 class State(NamedTuple):
     """Per-env simulator state (see the module docstring for the packed arrays)."""
 
-    ef: NDArray[np.float64]  # [E, 8]
-    ei: NDArray[np.int64]  # [E, 6]
+    ef: NDArray[np.float64]  # [E, 10]
+    ei: NDArray[np.int64]  # [E, 7]
     rf: NDArray[np.float64]  # [E, slots, 10]
     ri: NDArray[np.int64]  # [E, slots, 13]
     free: NDArray[np.int64]  # [E, slots] free-slot stack (ei nfree entries)
@@ -310,6 +313,7 @@ class State(NamedTuple):
     d_tags: NDArray[np.float64]  # [E, decode instances, max batch] finish tag, tokens
     qi: NDArray[np.int64]  # [E, clusters, 3]
     obs_cached: NDArray[np.int64]  # [E, clusters] cached tokens of the pending request
+    obs_prefill_s: NDArray[np.float64]  # [E, clusters] its unloaded prefill time there, s
     m_ttft_hist: NDArray[np.int64]  # [E, HIST_BINS]
     records: NDArray[np.float64]  # [E, N, fields] (N = 0 when not recording)
 
@@ -358,6 +362,7 @@ def new_state(
         d_tags=np.zeros((e, decode_instances, max_batch)),
         qi=_packed("qi", (e, clusters)),
         obs_cached=np.zeros((e, clusters), np.int64),
+        obs_prefill_s=np.zeros((e, clusters)),
         m_ttft_hist=np.zeros((e, HIST_BINS), np.int64),
         records=np.full((e, record_capacity, len(RECORD_FIELDS)), np.nan),
     )
