@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from prfaas_env.env.config import resolve_config
+from prfaas_env.env.features import mean_output_tokens
 from prfaas_env.errors import ConfigError, NotApplicableError, UnknownNameError
 from prfaas_env.evaluation import METRICS, heuristic, interval, run_policy, sweep_max_rate
 from prfaas_env.policies import policy_names
@@ -46,12 +47,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--decisions", type=int, default=2000, help="requests routed per seed")
     ap.add_argument("--out", default=None, help="output folder (must not exist unless --force)")
     ap.add_argument("--force", action="store_true", help="write into an existing --out")
+    ap.add_argument(
+        "--rate-multiplier",
+        type=float,
+        default=None,
+        help="scale the scenario's arrival rate (as train.py --rate-multiplier does)",
+    )
     ap.add_argument("--sweep-rate", action="store_true", help="find each policy's max_rps")
     ap.add_argument("--analytic", action="store_true", help="print the paper's model too")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.decisions < 1:
         ap.error("--seeds and --decisions must be positive")
+    if args.rate_multiplier is not None and not args.rate_multiplier > 0:
+        ap.error("--rate-multiplier must be positive")
     return args
 
 
@@ -74,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         names = select_policies(args.policies)
         scenario, env_cfg = resolve_config(args.config)
+        if args.rate_multiplier is not None:
+            scenario = scenario.with_rate(args.rate_multiplier)
         factories = {n: heuristic(n) for n in names}
         factories.update(agent_factories(args.agent, scenario, env_cfg))
     except (ConfigError, UnknownNameError) as exc:
@@ -101,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, factory in factories.items():
         try:
-            factory(scenario)
+            policy = factory(scenario)  # fresh: used for the main run below
         except NotApplicableError as exc:  # e.g. the paper's model on another topology shape
             bar.write(f"skipping {name}: {exc}")
             bar.update(args.decisions)
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix_str(name)
         run = run_policy(
             scenario,
-            factory,
+            lambda _sc, p=policy: p,
             name,
             seeds,
             args.decisions,
@@ -155,7 +166,7 @@ def agent_factories(runs: list[str], scenario: Any, env_cfg: Any) -> dict[str, A
     run is missing a file or was trained on other observation or action spaces)."""
     if not runs:
         return {}
-    from agents.run import load_run
+    from agents.run import load_run  # imports torch and SB3, so only when --agent is given
 
     out: dict[str, Any] = {}
     for spec in runs:
@@ -169,8 +180,6 @@ def agent_factories(runs: list[str], scenario: Any, env_cfg: Any) -> dict[str, A
                 f"--agent {spec}: {root} is an exported bundle; pass the run folder it was "
                 f"exported from"
             )
-        if which == "selected":
-            which = "best" if (root / "best" / "model.zip").is_file() else "final"
         policy = load_run(root, which).policy(scenario, env_cfg, label=f"agent:{root.name}")
         out[policy.name] = lambda _sc, p=policy: p
     return out
@@ -185,9 +194,9 @@ def print_analytic(scenario: Any) -> None:
         print(f"\nanalytic model: not applicable ({exc})")
         return
     w = scenario.workload
+    out_tokens = mean_output_tokens(w)
     if w.trace is not None:
         lengths = w.trace.input_tokens.astype(float)
-        out_tokens = float(w.trace.output_tokens.mean())
     else:
         rng = np.random.default_rng(0)
         d = w.input
@@ -196,7 +205,6 @@ def print_analytic(scenario: Any) -> None:
         else:
             x = np.exp(rng.normal(d.mu, d.sigma, 200_000))
             lengths = x[(x >= d.low) & (x <= d.high)][:50_000]
-        out_tokens = w.output.mean()
     for label, split in (("as deployed", False), ("best split", True)):
         c = optimise(system, lengths, out_tokens, split=split)
         print(

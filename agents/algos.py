@@ -107,12 +107,16 @@ class AgentConfig:
         }
 
 
+def agent_config_path(algo: str, path: str | Path | None = None) -> Path:
+    """``path``, or the shipped ``configs/agents/ALGO.yaml`` when None."""
+    return Path(path) if path is not None else AGENT_CONFIG_DIR / f"{algo}.yaml"
+
+
 def load_agent_config(algo: str, path: str | Path | None = None) -> AgentConfig:
     """Read ``path`` (default ``configs/agents/ALGO.yaml``) and validate it for ``algo``."""
     cls = algo_class(algo)
-    p = Path(path) if path is not None else AGENT_CONFIG_DIR / f"{algo}.yaml"
-    raw = load_yaml_mapping(p)
-    return parse_agent_config(algo, raw, str(p), cls)
+    p = agent_config_path(algo, path)
+    return parse_agent_config(algo, load_yaml_mapping(p), str(p), cls)
 
 
 def parse_agent_config(
@@ -219,12 +223,12 @@ def make_model(
     SB3's multi-input policy over the Dict form)."""
     cls = algo_class(cfg.algo)
     policy = "MultiInputPolicy" if isinstance(env.observation_space, spaces.Dict) else "MlpPolicy"
+    arch = list(cfg.net_arch)
     kwargs: dict[str, Any] = {
-        "net_arch": list(cfg.net_arch),
+        # DQN has one Q-network; the actor-critic algorithms a policy and a value network
+        "net_arch": arch if cfg.algo == "dqn" else {"pi": arch, "vf": arch},
         "activation_fn": ACTIVATIONS[cfg.activation],
     }
-    if cfg.algo != "dqn":
-        kwargs["net_arch"] = {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)}
     return cls(
         policy,
         env,

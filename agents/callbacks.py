@@ -74,9 +74,7 @@ class TimingCallback(BaseCallback):
         super().__init__()
         self.timed = timed
         self.rollout_s = 0.0
-        self.other_s = 0.0
         self._t_rollout = 0.0
-        self._t_end: float | None = None
         self._t_start = 0.0
         self._steps0 = 0
 
@@ -86,15 +84,10 @@ class TimingCallback(BaseCallback):
         self._env0 = self.timed.env_seconds
 
     def _on_rollout_start(self) -> None:
-        now = time.perf_counter()
-        if self._t_end is not None:
-            self.other_s += now - self._t_end
-        self._t_rollout = now
+        self._t_rollout = time.perf_counter()
 
     def _on_rollout_end(self) -> None:
-        now = time.perf_counter()
-        self.rollout_s += now - self._t_rollout
-        self._t_end = now
+        self.rollout_s += time.perf_counter() - self._t_rollout
 
     def _on_step(self) -> bool:
         return True
@@ -167,10 +160,9 @@ def save_snapshot(model: Any, vecnorm: VecNormalize | None, folder: Path, stem: 
     folder.mkdir(parents=True, exist_ok=True)
     pre = "" if stem == "model" else f"{stem}_"
     model.save(folder / f"{stem}.zip")
-    norm = ObsNormalizer(None, None)
     if vecnorm is not None:
         vecnorm.save(str(folder / f"{pre}vecnormalize.pkl"))
-        norm = ObsNormalizer.from_vecnormalize(vecnorm)
+    norm = ObsNormalizer.of(vecnorm)
     (folder / f"{pre}obs_normalization.json").write_text(json.dumps(norm.to_dict()) + "\n")
 
 

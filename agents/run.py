@@ -8,6 +8,7 @@ A run folder (``train.py --out runs/NAME``) holds::
     obs_normalization.json   the observation normaliser (mean, var, epsilon, clip) as plain data
     vecnormalize.pkl         SB3's VecNormalize statistics (for --resume)
     best/                    the checkpoint that scored best in periodic evaluation
+    best.json                its step and evaluation scores
     checkpoints/             periodic checkpoints (latest.* is what --resume continues from)
     tb/                      TensorBoard logs
     baselines.json           the heuristics' scores on the evaluation seeds (cached)
@@ -53,6 +54,11 @@ class ObsNormalizer:
     clip: float = 10.0
 
     @classmethod
+    def of(cls, vn: Any | None) -> ObsNormalizer:
+        """The normaliser of an optional ``VecNormalize`` (identity when None)."""
+        return cls(None, None) if vn is None else cls.from_vecnormalize(vn)
+
+    @classmethod
     def from_vecnormalize(cls, vn: Any) -> ObsNormalizer:
         """Copy the statistics out of a ``VecNormalize`` wrapper."""
         if not vn.norm_obs:
@@ -84,13 +90,10 @@ class ObsNormalizer:
 def spaces_signature(scenario: Scenario, env_cfg: EnvConfig) -> dict[str, Any]:
     """What a trained policy depends on: observation features in order, action meanings."""
     enc = ObservationEncoder(scenario.topology)
-    actions = [
-        *scenario.topology.route_labels(),
-        *(["reject"] if env_cfg.admission_control else []),
-    ]
+    routes = RouteTable.from_topology(scenario.topology, env_cfg.admission_control)
     return {
         "features": [f.name for f in enc.features()],
-        "actions": actions,
+        "actions": list(routes.labels),
         "dict_observation": env_cfg.dict_observation,
     }
 
@@ -197,12 +200,8 @@ class TrainedRun:
         )
 
 
-def load_run(path: str | Path, which: str = "final") -> TrainedRun:
-    """Read a run folder; ``which`` is ``final`` (model.zip) or ``best`` (best/ checkpoint).
-
-    Raises ConfigError naming the missing file or the unreadable field.
-    """
-    root = Path(path)
+def read_meta(root: Path) -> dict[str, Any]:
+    """``run.json`` of a run folder (ConfigError naming what is missing or unreadable)."""
     meta_path = root / "run.json"
     if not root.is_dir():
         raise ConfigError(f"{root}: no such run folder (train.py --out writes one)")
@@ -216,6 +215,19 @@ def load_run(path: str | Path, which: str = "final") -> TrainedRun:
         raise ConfigError(
             f"{meta_path}: format {meta.get('format')!r}; this version reads {RUN_FORMAT}"
         )
+    return meta
+
+
+def load_run(path: str | Path, which: str = "final") -> TrainedRun:
+    """Read a run folder; ``which`` is ``final`` (model.zip), ``best`` (the best/ checkpoint)
+    or ``selected`` (best/ when the run has one, else final).
+
+    Raises ConfigError naming the missing file or the unreadable field.
+    """
+    root = Path(path)
+    meta = read_meta(root)
+    if which == "selected":
+        which = "best" if (root / "best" / "model.zip").is_file() else "final"
     folder = root if which == "final" else root / which
     model_path = folder / "model.zip"
     norm_path = folder / "obs_normalization.json"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 from agents.algos import (
     EVAL_METRICS,
     AgentConfig,
+    agent_config_path,
     algo_class,
     make_model,
     parse_agent_config,
@@ -41,16 +41,28 @@ from agents.callbacks import (
     TimingCallback,
     save_snapshot,
 )
-from agents.run import RUN_FORMAT, ObsNormalizer, TrainedRun, check_spaces, spaces_signature
+from agents.run import (
+    RUN_FORMAT,
+    ObsNormalizer,
+    TrainedRun,
+    check_spaces,
+    load_run,
+    read_meta,
+    spaces_signature,
+)
 from agents.vec_env import SB3VecEnv
 from prfaas_env.env.config import EnvConfig, held_out_config, resolve_config
-from prfaas_env.errors import ConfigError, NotApplicableError
+from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping
 from prfaas_env.evaluation import METRICS, Run, heuristic, interval, run_policy
 from prfaas_env.policies import policy_names
+from prfaas_env.report import table
 from prfaas_env.sim.scenario import Scenario
 
 VALIDATION_SEED = 10_000
 TEST_SEED = 20_000
+# A router keeps up when it completes at least this share of the best throughput on the same
+# requests (used to pick the best heuristic and to rank checkpoints).
+KEEP_UP = 0.99
 
 
 @dataclass
@@ -84,10 +96,11 @@ class Context:
     env_cfg: EnvConfig
     eval_scenario: Scenario
     eval_env_cfg: EnvConfig
+    eval_config: str | None
     agent: AgentConfig
-    algo: str
     seed: int
-    rate_multiplier: float | None = None
+    rate_multiplier: float | None
+    spaces: dict[str, Any]  # the training config's spaces signature (see agents/run.py)
 
 
 def _prepare(a: TrainArgs) -> tuple[Context, dict[str, Any] | None]:
@@ -97,7 +110,7 @@ def _prepare(a: TrainArgs) -> tuple[Context, dict[str, Any] | None]:
         meta_path = out / "run.json"
         if not meta_path.is_file():
             raise ConfigError(f"--resume: {meta_path} not found (nothing to resume)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(out)
         for name, given, stored in (
             ("--algo", a.algo, meta["algo"]),
             ("--config", a.config, meta["config"]),
@@ -123,32 +136,25 @@ def _prepare(a: TrainArgs) -> tuple[Context, dict[str, Any] | None]:
                 )
             shutil.rmtree(out)
         algo = a.algo or "ppo"
-        algo_class(algo)
+        cls = algo_class(algo)
         config = a.config or "paper_prfaas"
         seed = a.seed
-        raw = _agent_raw(algo, a.agent_config)
+        raw = load_yaml_mapping(agent_config_path(algo, a.agent_config))
         raw = _apply_overrides(raw, a.overrides, a.num_envs)
-        agent = parse_agent_config(algo, raw, a.agent_config or f"configs/agents/{algo}.yaml")
+        agent = parse_agent_config(algo, raw, a.agent_config or f"configs/agents/{algo}.yaml", cls)
         eval_config = a.eval_config
         rate = a.rate_multiplier
     scenario, env_cfg = resolve_config(config)
     if eval_config is not None:
         eval_sc, eval_cfg = resolve_config(eval_config)
     else:
-        held = held_out_config(scenario)
-        eval_sc, eval_cfg = (held, resolve_config(held.source)[1]) if held else (scenario, env_cfg)
+        eval_sc, eval_cfg = held_out_config(scenario) or (scenario, env_cfg)
     if rate is not None:
         scenario, eval_sc = scenario.with_rate(rate), eval_sc.with_rate(rate)
-    check_spaces(spaces_signature(scenario, env_cfg), eval_sc, eval_cfg, "the training config")
-    ctx = Context(config, scenario, env_cfg, eval_sc, eval_cfg, agent, algo, seed, rate)
+    sig = spaces_signature(scenario, env_cfg)
+    check_spaces(sig, eval_sc, eval_cfg, "the training config")
+    ctx = Context(config, scenario, env_cfg, eval_sc, eval_cfg, eval_config, agent, seed, rate, sig)
     return ctx, meta
-
-
-def _agent_raw(algo: str, path: str | None) -> dict[str, Any]:
-    from agents.algos import AGENT_CONFIG_DIR
-    from prfaas_env.errors import load_yaml_mapping
-
-    return load_yaml_mapping(Path(path) if path else AGENT_CONFIG_DIR / f"{algo}.yaml")
 
 
 def _apply_overrides(
@@ -206,7 +212,7 @@ def best_baseline(scores: dict[str, dict[str, float]], metric: str) -> str:
     """The heuristic with the best ``metric`` among those whose throughput is within 1 % of
     the highest (a router cannot win on latency by serving fewer requests)."""
     top = max(s["throughput_rps"] for s in scores.values())
-    ok = {n: s for n, s in scores.items() if s["throughput_rps"] >= 0.99 * top}
+    ok = {n: s for n, s in scores.items() if s["throughput_rps"] >= KEEP_UP * top}
     lower = EVAL_METRICS[metric]
     key = (lambda n: ok[n][metric]) if lower else (lambda n: -ok[n][metric])
     return min(sorted(ok), key=key)
@@ -253,29 +259,25 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         ctx.config, ctx.agent.num_envs, rate_multiplier=ctx.rate_multiplier
     )
     monitor = VecMonitor(venv)
+    ck = out / "checkpoints"
+    if meta is not None and not (ck / "latest.zip").is_file():
+        raise ConfigError(f"--resume: {ck}/latest.zip not found (no checkpoint was saved)")
     vecnorm: VecNormalize | None = None
-    inner: Any = monitor
-    gamma = float(ctx.agent.hyperparameters.get("gamma", 0.99))
-    if ctx.agent.normalize_observation or ctx.agent.normalize_reward:
+    if meta is not None and (ck / "latest_vecnormalize.pkl").is_file():
+        vecnorm = VecNormalize.load(str(ck / "latest_vecnormalize.pkl"), monitor)
+    elif ctx.agent.normalize_observation or ctx.agent.normalize_reward:
         vecnorm = VecNormalize(
             monitor,
             norm_obs=ctx.agent.normalize_observation,
             norm_reward=ctx.agent.normalize_reward,
             clip_obs=ctx.agent.clip,
-            gamma=gamma,
+            gamma=float(ctx.agent.hyperparameters.get("gamma", 0.99)),
             norm_obs_keys=["observation"] if ctx.env_cfg.dict_observation else None,
         )
-        inner = vecnorm
-    timed = TimedVecEnv(inner)
+    timed = TimedVecEnv(vecnorm if vecnorm is not None else monitor)
     tb = str(out / "tb")
-    cls = algo_class(ctx.algo)
+    cls = algo_class(ctx.agent.algo)
     if meta is not None:
-        ck = out / "checkpoints"
-        if not (ck / "latest.zip").is_file():
-            raise ConfigError(f"--resume: {ck}/latest.zip not found (no checkpoint was saved)")
-        if vecnorm is not None:
-            vecnorm = VecNormalize.load(str(ck / "latest_vecnormalize.pkl"), monitor)
-            timed = TimedVecEnv(vecnorm)
         model = cls.load(ck / "latest.zip", env=timed, device="cpu", tensorboard_log=tb)
         timed.seed(ctx.seed + int(model.num_timesteps))
         echo(f"resuming {out} at {model.num_timesteps:,} of {a.timesteps:,} timesteps")
@@ -283,19 +285,18 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         model = make_model(ctx.agent, timed, ctx.seed, tensorboard_log=tb)
     start_steps = int(model.num_timesteps)
 
-    sig = spaces_signature(ctx.scenario, ctx.env_cfg)
     run_meta: dict[str, Any] = {
         "format": RUN_FORMAT,
         "status": "running",
-        "algo": ctx.algo,
+        "algo": ctx.agent.algo,
         "seed": ctx.seed,
         "config": ctx.config,
         "config_source": ctx.scenario.source,
         "rate_multiplier": ctx.rate_multiplier,
-        "eval_config": a.eval_config if meta is None else meta.get("eval_config"),
+        "eval_config": ctx.eval_config,
         "eval_source": ctx.eval_scenario.source,
         "timesteps_target": a.timesteps,
-        "spaces": sig,
+        "spaces": ctx.spaces,
         "agent": {"raw": _raw_of(ctx.agent), "resolved": ctx.agent.to_dict()},
         "versions": _versions(),
         "history": (meta or {}).get("history", []),
@@ -322,15 +323,14 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
     best_path = out / "best.json"
     best_so_far = json.loads(best_path.read_text()) if best_path.is_file() else None
 
+    # the agent as a router on the held-out scenario (spaces checked once, in _prepare)
+    pol = TrainedRun(out, {"spaces": ctx.spaces}, model, ObsNormalizer.of(vecnorm)).policy(
+        ctx.eval_scenario, ctx.eval_env_cfg
+    )
+
     def evaluate_now(step: int) -> None:
         nonlocal best_so_far
-        norm = (
-            ObsNormalizer.from_vecnormalize(vecnorm)
-            if vecnorm is not None
-            else ObsNormalizer(None, None)
-        )
-        trained = TrainedRun(out, {"spaces": sig}, model, norm)
-        pol = trained.policy(ctx.eval_scenario, ctx.eval_env_cfg)
+        pol.normalizer = ObsNormalizer.of(vecnorm)  # the statistics as they are now
         run = evaluate_policy(
             ctx.eval_scenario, ctx.eval_env_cfg, lambda _sc: pol, "agent", val_seeds, ev.decisions
         )
@@ -344,7 +344,7 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         progress.set_postfix(**{ev.metric: f"{score[ev.metric]:.3g}", "vs_best": f"{rel:+.1%}"})
         # a checkpoint that serves fewer requests than the best heuristic (backlog) never
         # beats one that keeps up, whatever its latency
-        keeps_up = score["throughput_rps"] >= 0.99 * base_scores[best_name]["throughput_rps"]
+        keeps_up = score["throughput_rps"] >= KEEP_UP * base_scores[best_name]["throughput_rps"]
         if best_so_far is None or _improves(
             keeps_up,
             score[ev.metric],
@@ -421,13 +421,10 @@ def final_evaluation(
 ) -> dict[str, Any]:
     """The agent (best validation checkpoint) and every heuristic on the test seeds of the
     held-out scenario; prints the table and writes ``final_eval.json``."""
-    from agents.run import load_run
-    from prfaas_env.report import table
-
     ev = ctx.agent.evaluation
     decisions = a.final_decisions or ev.decisions
     seeds = list(range(TEST_SEED, TEST_SEED + a.final_seeds))
-    trained = load_run(out, "best" if (out / "best" / "model.zip").is_file() else "final")
+    trained = load_run(out, "selected")
     pol = trained.policy(ctx.eval_scenario, ctx.eval_env_cfg)
     runs = {
         "agent": evaluate_policy(
@@ -478,7 +475,3 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use train.py")

@@ -18,7 +18,7 @@ MaskablePPO reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +143,3 @@ class SB3VecEnv(VecEnv):
 
     def render(self, mode: str | None = None) -> Any:
         return self.env.render()
-
-
-def summaries(infos: Iterable[dict[str, Any]]) -> list[dict[str, float]]:
-    """The ``episode_summary`` dicts of the episodes that ended in one step's infos."""
-    return [i["episode_summary"] for i in infos if "episode_summary" in i]

@@ -55,7 +55,7 @@ def measure(
     """(decisions per second, bytes per env) for ``envs`` envs."""
     sim = VecSimulator(parse_scenario(data, name), envs)
     sim.reset(seed=0)
-    labels = [r.label(sim.scenario.topology) for r in sim.scenario.topology.routes]
+    labels = sim.scenario.topology.route_labels()
     remote, local = labels.index("prfaas->pd"), labels.index("pd->pd")
 
     def policy() -> np.ndarray:

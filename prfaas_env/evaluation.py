@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.env.features import view_from_sim
+from prfaas_env.env.features import mean_output_tokens, view_from_sim
 from prfaas_env.errors import ConfigError, NotApplicableError
 from prfaas_env.policies import Policy, RouteTable, make_policy, policy_names
 from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
@@ -109,11 +109,7 @@ def heuristic(name: str, **params: Any) -> PolicyFactory:
             extra["ttft_slo_s"] = sc.ttft_slo_s
         if name == "prfaas_optimised":
             extra["tpot_slo_s"] = sc.tpot_slo_s
-            w = sc.workload
-            mean_out = (
-                float(w.trace.output_tokens.mean()) if w.trace is not None else w.output.mean()
-            )
-            extra["output_tokens"] = mean_out
+            extra["output_tokens"] = mean_output_tokens(sc.workload)
         chosen = {**extra, **policy_params(sc, name), **params}
         try:
             return make_policy(name, routes, sc.topology, **chosen)
@@ -144,8 +140,9 @@ def run_policy(
     policy = factory(scenario)
     policy.reset(n, seed=int(seeds[0]))
     sim.reset(seed=list(seeds))
+    mean_out = mean_output_tokens(scenario.workload)
     for step in range(decisions):
-        sim.step(policy.act(view_from_sim(sim, staleness_s), sim.route_mask()))
+        sim.step(policy.act(view_from_sim(sim, staleness_s, mean_out), sim.route_mask()))
         if progress is not None and (step + 1) % 100 == 0:
             progress(100)
     if progress is not None:
@@ -161,11 +158,6 @@ def run_policy(
         for q in (50, 90, 99):
             metrics[f"ttft_p{q}_s"][e] = np.percentile(done, q) if done.size else np.nan
     return Run(name, list(seeds), metrics, np.concatenate(ttft))
-
-
-def with_rate(scenario: Scenario, multiplier: float) -> Scenario:
-    """``scenario`` with its arrival rate scaled by ``multiplier`` (on top of its own)."""
-    return scenario.with_rate(multiplier)
 
 
 @dataclass
@@ -195,7 +187,7 @@ def sweep_max_rate(
 
     def holds(m: float) -> tuple[bool, float]:
         run = run_policy(
-            with_rate(scenario, m), factory, name, seeds, decisions, staleness_s=staleness_s
+            scenario.with_rate(m), factory, name, seeds, decisions, staleness_s=staleness_s
         )
         slo = float(np.nanmean(run.metrics["slo_attainment"]))
         rps = float(np.nanmean(run.metrics["throughput_rps"]))

@@ -180,9 +180,7 @@ def test_overload_for_a_million_decisions_stays_finite() -> None:
     d["workload"]["arrival"] = {"process": "poisson", "rate_rps": 5.0}
     sim = VecSimulator(parse_scenario(d, "overload"), 16)
     sim.reset(seed=1)
-    local = np.full(
-        16, [r.label(sim.scenario.topology) for r in sim.scenario.topology.routes].index("pd->pd")
-    )
+    local = np.full(16, sim.scenario.topology.route_labels().index("pd->pd"))
     for _ in range(62_500):
         sim.step(local)
     st_ = sim.state

@@ -78,7 +78,7 @@ def test_prefix_cache_is_exact_lru(capacity: int, keys: list[int]) -> None:
 def _first_requests(d: dict, n: int, seed: int = 0) -> VecSimulator:
     sim = VecSimulator(parse_scenario(d, "test"), 1, record=n)
     sim.reset(seed=seed)
-    route = [r.label(sim.scenario.topology) for r in sim.scenario.topology.routes].index("pd->pd")
+    route = sim.scenario.topology.route_labels().index("pd->pd")
     for _ in range(n):
         sim.step(np.array([route]))
     return sim
@@ -206,7 +206,7 @@ def test_replay_csv_errors_name_the_line(tmp_path: Path) -> None:
 
 def test_shipped_config_loads() -> None:
     sc = load_scenario(ROOT / "configs" / "paper_prfaas.yaml")
-    assert [r.label(sc.topology) for r in sc.topology.routes] == ["prfaas->pd", "pd->pd"]
+    assert sc.topology.route_labels() == ["prfaas->pd", "pd->pd"]
     assert math.isclose(sc.workload.mean_rate_rps(), 1.0)
 
 

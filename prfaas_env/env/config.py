@@ -19,7 +19,7 @@ env:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,7 @@ def parse_env_config(raw: Any, where: str) -> EnvConfig:
         reward=weights,
     )
     if "max_decisions" not in raw and cfg.max_seconds is None:
-        cfg = EnvConfig(**{**cfg.__dict__, "max_decisions": 1024})
+        cfg = replace(cfg, max_decisions=1024)
     if cfg.max_decisions is None and cfg.max_seconds is None:
         raise ConfigError(f"{where}: set max_decisions or max_seconds (episodes must end)")
     return cfg
@@ -128,9 +128,10 @@ def resolve_config(config: str | Path | dict[str, Any] | None) -> tuple[Scenario
     return sc, parse_env_config(raw.get("env"), f"{sc.source}: env")
 
 
-def held_out_config(scenario: Scenario) -> Scenario | None:
-    """The scenario named by the file's ``held_out:`` key (data kept out of training, e.g. a
-    later trace window): a shipped config name or a path relative to the file; None if unset."""
+def held_out_config(scenario: Scenario) -> tuple[Scenario, EnvConfig] | None:
+    """The scenario (and its env settings) named by the file's ``held_out:`` key (data kept
+    out of training, e.g. a later trace window): a shipped config name or a path relative to
+    the file; None if unset."""
     raw = scenario.raw or {}
     name = raw.get("held_out")
     if name is None:
@@ -140,6 +141,6 @@ def held_out_config(scenario: Scenario) -> Scenario | None:
     here = Path(scenario.source).parent
     candidate = here / name
     try:
-        return resolve_config(candidate if candidate.is_file() else name)[0]
+        return resolve_config(candidate if candidate.is_file() else name)
     except ConfigError as exc:
         raise ConfigError(f"{scenario.source}: held_out: {exc}") from exc

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
 from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.topology import Topology
+from prfaas_env.sim.workload import Workload
 
 OBS_HIGH = 10.0  # every entry is clipped to [0, OBS_HIGH] (normalised values sit near 0..1)
 _TOKENS = math.log1p(MAX_PROMPT_TOKENS)
@@ -189,7 +191,7 @@ def view_from_sim(
     ws = sim.workload_state
     length = ws.req_in.astype(float)
     if expected_output is None:
-        expected_output = _mean_output(sim)
+        expected_output = mean_output_tokens(sim.scenario.workload)
     view: dict[str, NDArray] = {
         "input_tokens": length,
         "expected_output_tokens": np.full(e_count, expected_output),
@@ -212,7 +214,7 @@ def view_from_sim(
         view[k] = np.stack(cols[k], axis=1)
     # channels that some route uses
     used = sorted({r.channel for r in topo.routes if r.channel >= 0})
-    nominal = np.array([topo.links[topo.channels[i][0]].bandwidth_gbps * 1e9 / 8 for i in used])
+    nominal = np.array([topo.links[topo.channels[i][0]].bandwidth_gbps * GBPS for i in used])
     if used:
         measured = _measured_bandwidth(sim, staleness_s)
         n = st.l_n.astype(float)
@@ -243,17 +245,18 @@ def view_from_sim(
         dcols["admission_wait_s"].append(np.where(has_slot, 0.0, np.minimum(soonest, 1e6)))
     for k in dcols:
         view[k] = np.stack(dcols[k], axis=1)
-    view["estimated_ttft_s"] = estimated_ttft(view, topo)
+    view["estimated_ttft_s"] = estimated_ttft(view, topo, pcl, used)
     view["ttft_ewma_s"] = np.nan_to_num(st.m_ttft_ewma, nan=0.0)
     return view
 
 
-def estimated_ttft(view: dict[str, NDArray], topo: Topology) -> NDArray[np.float64]:
+def estimated_ttft(
+    view: dict[str, NDArray], topo: Topology, pcl: list[int], used: list[int]
+) -> NDArray[np.float64]:
     """``[env, route]`` TTFT estimate from a view: wait for the least-loaded prefill instance
     + unloaded prefill of the uncached tokens + the KV transfer (cross-datacenter routes), s.
-    Mooncake's conductor ranks routes by the same estimate."""
-    pcl = [i for i, c in enumerate(topo.clusters) if c.prefill_instances > 0]
-    used = sorted({r.channel for r in topo.routes if r.channel >= 0})
+    ``pcl``/``used``: the view's prefill clusters and channels (topology indices, in view
+    order). Mooncake's conductor ranks routes by the same estimate."""
     cols = []
     for r in topo.routes:
         p = pcl.index(r.prefill)
@@ -264,8 +267,8 @@ def estimated_ttft(view: dict[str, NDArray], topo: Topology) -> NDArray[np.float
     return np.stack(cols, axis=1)
 
 
-def _mean_output(sim: VecSimulator) -> float:
-    w = sim.scenario.workload
+def mean_output_tokens(w: Workload) -> float:
+    """Mean output length of a workload (tokens): the trace's mean, or the distribution's."""
     if w.trace is not None:
         return float(w.trace.output_tokens.mean())
     return w.output.mean()

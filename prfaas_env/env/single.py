@@ -56,7 +56,8 @@ class PrfaaSEnv(gym.Env):
         self._vec._rngs[0] = self.np_random  # every draw comes from this env's generator
         self._vec._reset_envs(np.ones(1, np.bool_))
         self._vec._autoreset[:] = False
-        return _first(self._vec._obs()), _unbatch(self._vec._info(np.zeros(1), {}))
+        mask = self._vec.action_masks()
+        return _first(self._vec._obs(mask)), _unbatch(self._vec._info(mask, {}))
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self._vec.step(np.array([int(action)]))

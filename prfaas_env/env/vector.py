@@ -6,6 +6,7 @@ meanings, observation table, reward terms) and the autoreset modes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +18,12 @@ from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
 from prfaas_env.env.config import EnvConfig, resolve_config
-from prfaas_env.env.features import OBS_HIGH, ObservationEncoder, view_from_sim
+from prfaas_env.env.features import (
+    OBS_HIGH,
+    ObservationEncoder,
+    mean_output_tokens,
+    view_from_sim,
+)
 from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
 from prfaas_env.sim.kernel import REJECT
 
@@ -71,7 +77,7 @@ class PrfaaSVectorEnv(VectorEnv):
         if rate_multiplier is not None:
             self.scenario = self.scenario.with_rate(float(rate_multiplier))
         if max_episode_steps is not None:
-            cfg = EnvConfig(**{**cfg.__dict__, "max_decisions": int(max_episode_steps)})
+            cfg = replace(cfg, max_decisions=int(max_episode_steps))
         self.config: EnvConfig = cfg
         self.autoreset_mode = parse_autoreset(autoreset_mode)
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
@@ -105,6 +111,7 @@ class PrfaaSVectorEnv(VectorEnv):
         self._autoreset = np.zeros(self.num_envs, np.bool_)
         self._last_totals: dict[str, NDArray] = {}
         self._ttft_slo = self.scenario.ttft_slo_s
+        self._mean_output = mean_output_tokens(self.scenario.workload)
 
     # ---- spaces and masks -------------------------------------------------------------------
     def action_masks(self) -> NDArray[np.bool_]:
@@ -115,11 +122,12 @@ class PrfaaSVectorEnv(VectorEnv):
             ok = np.concatenate([ok, np.ones((self.num_envs, 1), np.bool_)], axis=1)
         return ok
 
-    def _obs(self) -> Any:
-        view = view_from_sim(self.sim, self.config.bandwidth_staleness_s)
+    def _obs(self, mask: NDArray[np.bool_]) -> Any:
+        """Observations of the current state (``mask``: its :meth:`action_masks`)."""
+        view = view_from_sim(self.sim, self.config.bandwidth_staleness_s, self._mean_output)
         obs = self.encoder.encode(view)
         if self.config.dict_observation:
-            return {"observation": obs, "action_mask": self.action_masks().astype(np.float32)}
+            return {"observation": obs, "action_mask": mask.astype(np.float32)}
         return obs
 
     def _totals(self) -> dict[str, NDArray]:
@@ -156,7 +164,8 @@ class PrfaaSVectorEnv(VectorEnv):
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
         self._reset_envs(mask)
         self._autoreset[mask] = False
-        return self._obs(), self._info(np.zeros(self.num_envs), {})
+        mask = self.action_masks()
+        return self._obs(mask), self._info(mask, {})
 
     def _reset_envs(self, mask: NDArray[np.bool_]) -> None:
         if not mask.any():
@@ -211,19 +220,21 @@ class PrfaaSVectorEnv(VectorEnv):
         summary = self._summary(truncated)
         if resetting.any():
             self._reset_envs(resetting)
-        info = self._info(reward, terms, summary, truncated)
+        mask = self.action_masks()
+        info = self._info(mask, terms, summary, truncated)
         if self.autoreset_mode == AutoresetMode.SAME_STEP and truncated.any():
-            final_obs = self._obs()
+            final_obs = self._obs(mask)
             final_info = info
             self._reset_envs(truncated)
-            obs = self._obs()
-            info = self._info(reward, terms)
+            mask = self.action_masks()
+            obs = self._obs(mask)
+            info = self._info(mask, terms)
             info["final_obs"] = _masked(final_obs, truncated)
             info["_final_obs"] = truncated.copy()
             info["final_info"] = final_info
             info["_final_info"] = truncated.copy()
         else:
-            obs = self._obs()
+            obs = self._obs(mask)
         self._autoreset = truncated.copy()
         return obs, reward.astype(np.float64), terminated, truncated, info
 
@@ -235,14 +246,14 @@ class PrfaaSVectorEnv(VectorEnv):
 
     def _info(
         self,
-        reward: NDArray,
+        mask: NDArray[np.bool_],
         terms: dict[str, NDArray],
         summary: dict[str, NDArray] | None = None,
         done: NDArray[np.bool_] | None = None,
     ) -> dict[str, Any]:
         n = self.num_envs
         info: dict[str, Any] = {
-            "action_mask": self.action_masks(),
+            "action_mask": mask,
             "_action_mask": np.ones(n, np.bool_),
             "sim_time_s": self.sim.now.copy(),
             "_sim_time_s": np.ones(n, np.bool_),

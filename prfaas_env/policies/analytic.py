@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from prfaas_env.costmodel import CostModel
 from prfaas_env.errors import NotApplicableError
+from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.topology import Topology
 
 
@@ -78,7 +79,7 @@ class PaperSystem:
             ch = topo.channel_index(pre[0].datacenter, p.datacenter)
             if ch >= 0:
                 link = topo.links[topo.channels[ch][0]]
-                bw = link.bandwidth_gbps * 1e9 / 8 * bandwidth_fraction
+                bw = link.bandwidth_gbps * GBPS * bandwidth_fraction
         cap = float(topo.decode_kv_capacity_bytes()[topo.cluster_index(p.name)])
         return cls(
             remote=models[pre[0].name] if pre else None,

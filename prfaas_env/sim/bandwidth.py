@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from prfaas_env.errors import ConfigError, check_keys, number
 
 KINDS = ("constant", "fluctuating", "replay")
+GBPS = 1e9 / 8.0  # bytes per second in one Gbps
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class BandwidthProcess:
 
         A constant process returns one cell. Random draws come from ``rng`` only.
         """
-        nominal = nominal_gbps * 1e9 / 8.0
+        nominal = nominal_gbps * GBPS
         if self.is_constant:
             return np.array([nominal])
         cells = self.cells(horizon_s)
@@ -81,7 +82,7 @@ class BandwidthProcess:
         elif self.kind == "replay":
             times = np.asarray(self.replay_time_s)
             idx = np.searchsorted(times, t, side="right") - 1
-            out = np.asarray(self.replay_gbps)[np.maximum(idx, 0)] * 1e9 / 8.0
+            out = np.asarray(self.replay_gbps)[np.maximum(idx, 0)] * GBPS
         else:
             out = np.full(cells, nominal)
         for start, duration, fraction in self.outages:

@@ -88,8 +88,6 @@ def _home(key: int, mask: int) -> int:
 @compiled
 def find(cs: CacheState, e: int, c: int, key: int) -> int:
     """Node holding ``key`` in cache (e, c), or -1."""
-    if cs.cfg[c, CFG.CAPACITY] == 0:
-        return -1
     m = cs.cfg[c, CFG.MASK]
     i = _home(key, m)
     while True:

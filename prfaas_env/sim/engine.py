@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from prfaas_env.sim import kernel
 from prfaas_env.sim import workload as wl
+from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.cache import CacheState, clear_env, new_cache
 from prfaas_env.sim.costs import CostTables, build_tables
 from prfaas_env.sim.kernel import REJECT, SKIP
@@ -72,15 +73,11 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
     d0 = np.concatenate([[0], np.cumsum(nd)[:-1]]).astype(np.int64)
     ch_links = [topo.links[li] for li, _, _ in topo.channels]
     routes = topo.routes
-    route = np.array(
-        [
-            (r.prefill, r.decode, r.channel, cl[r.prefill].datacenter != cl[r.decode].datacenter)
-            for r in routes
-        ],
-        np.int64,
-    ).reshape(-1, len(ROUTE))
+    route = np.array([(r.prefill, r.decode, r.channel) for r in routes], np.int64).reshape(
+        -1, len(ROUTE)
+    )
     cl_i = np.stack([p0, np_, d0, nd, [c.max_batch for c in cl]], axis=1).astype(np.int64)
-    cl_f = np.stack([[c.rdma_gbps * 1e9 / 8 for c in cl], topo.decode_kv_capacity_bytes()], axis=1)
+    cl_f = np.stack([[c.rdma_gbps * GBPS for c in cl], topo.decode_kv_capacity_bytes()], axis=1)
     ch_f = np.array(
         [
             (lk.rtt_ms / 2e3, np.inf if lk.process.is_constant else lk.process.step_s)
@@ -94,7 +91,6 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
         cl_f=cl_f,
         ch_f=ch_f,
         ch_cells=np.array([lk.process.cells(sc.bandwidth_horizon_s) for lk in ch_links], np.int64),
-        p_cluster=np.repeat(np.arange(len(cl)), np_).astype(np.int64),
         d_cluster=np.repeat(np.arange(len(cl)), nd).astype(np.int64),
         prefill_log_t=tables.prefill_log_t,
         decode_log_t=tables.decode_log_t,
@@ -249,7 +245,7 @@ class VecSimulator:
                 f"routes: values must be route indices in [0, {self.num_routes}) or "
                 f"{REJECT} (reject), got {r}"
             )
-        r = r.astype(np.int64)
+        r = r.astype(np.int64, copy=False)
         if active is not None:
             r = np.where(np.asarray(active, np.bool_), r, SKIP)
         if self.state.nfree.min() < 1:
@@ -340,12 +336,8 @@ class VecSimulator:
             "offload_fraction": st.m_offload / np.maximum(st.seq, 1),
             "rejected": st.m_rejected.astype(float),
             "cache_hit_fraction": st.m_cached_tokens / np.maximum(st.m_input_tokens, 1),
-            "link_utilisation": (
-                st.l_bytes_done.sum(1) / np.maximum(cap.sum(1), 1e-9)
-                if st.l_bw.shape[1]
-                else np.zeros(self.num_envs)
-            ),
-            "link_bytes": st.l_bytes_done.sum(1) if st.l_bw.shape[1] else np.zeros(self.num_envs),
+            "link_utilisation": st.l_bytes_done.sum(1) / np.maximum(cap.sum(1), 1e-9),
+            "link_bytes": st.l_bytes_done.sum(1),
         }
         for q in (50, 90, 99):
             out[f"ttft_p{q}_s"] = hist_quantile(st.m_ttft_hist, q / 100)

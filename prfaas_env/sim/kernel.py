@@ -141,7 +141,6 @@ def _link_add(st: State, e: int, ch: int, k: int, t: float) -> None:
     st.li[e, ch, LI.FLOWS] = k
     st.li[e, ch, LI.N] += 1
     st.lf[e, ch, LF.SUM_TAG] += st.rf[e, k, RF.TAG]
-    st.lf[e, ch, LF.BYTES_IN] += st.rf[e, k, RF.KV]
     _link_schedule(st.lf, st.li, st.rf, st.ri, e, ch)
 
 
@@ -271,7 +270,6 @@ def _admit_to(S: Static, st: State, e: int, j: int, k: int, t: float) -> None:
     st.df[e, j, DF.CTX_IN] += st.ri[e, k, RI.IN]
     st.df[e, j, DF.SUM_VADM] += st.df[e, j, DF.V]
     _decode_schedule(S, st, e, j)
-    st.ri[e, k, RI.DINST] = j
     st.rf[e, k, RF.DSTART] = t
     st.rf[e, k, RF.FIRST] = t + st.df[e, j, DF.STEP]
     # the request stops waiting: its first decode step is credited now, so the integral
@@ -334,7 +332,6 @@ def _decode_complete(S: Static, st: State, e: int, j: int, t: float) -> None:
     st.ef[e, EF.M_TTFT_SUM] += ttft
     st.ef[e, EF.M_TPOT_SUM] += tpot
     st.ef[e, EF.M_OUT_TOKENS] += st.ri[e, k, RI.OUT]
-    st.ef[e, EF.M_LAST_TTFT] = ttft
     ewma = st.ef[e, EF.M_TTFT_EWMA]
     st.ef[e, EF.M_TTFT_EWMA] = ttft if np.isnan(ewma) else ewma + TTFT_EWMA_ALPHA * (ttft - ewma)
     st.m_ttft_hist[e, _hist_bin(ttft)] += 1
@@ -374,10 +371,7 @@ def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
     t = st.rf[e, k, RF.EVT]
     st.ri[e, k, RI.PDONE] = 1
     ch = S.route[st.ri[e, k, RI.ROUTE], ROUTE.CH]
-    if ch < 0:
-        st.rf[e, k, RF.KVARR] = t
-        _kv_ready(S, st, e, k, t)
-    elif st.ri[e, k, RI.KVDONE]:
+    if ch < 0 or st.ri[e, k, RI.KVDONE]:
         _kv_ready(S, st, e, k, t)
 
 
@@ -397,7 +391,7 @@ def run_events(S: Static, st: State, e: int, t_end: float, until_idle: bool = Fa
     With ``until_idle``, stop as soon as no request is in flight (for draining).
     """
     nch = S.ch_f.shape[0]
-    npi = S.p_cluster.shape[0]
+    npi = st.pf.shape[1]
     ndi = S.d_cluster.shape[0]
     slots = st.free.shape[1]
     while True:
@@ -494,8 +488,7 @@ def _route(
     cached = st.obs_cached[e, pc]  # observed at arrival; no cache changed since
     _cache_request(wp.tr_blocks, ws.wi, cs, e, pc)
     unc = length - cached
-    _wait_to(st, e, now)
-    st.ei[e, EI.W_N] += 1
+    st.ei[e, EI.W_N] += 1  # the waiting integral already runs to now (see _advance_one)
     # least-loaded instance: the one that can start soonest (lowest index on ties)
     i = S.cl_i[pc, CLI.P0]
     for ii in range(S.cl_i[pc, CLI.P0] + 1, S.cl_i[pc, CLI.P0] + S.cl_i[pc, CLI.NP]):
@@ -525,7 +518,6 @@ def _route(
     st.ri[e, k, RI.IN] = length
     st.ri[e, k, RI.OUT] = ws.wi[e, WI.REQ_OUT]
     st.ri[e, k, RI.UNC] = unc
-    st.ri[e, k, RI.PINST] = i
     st.rf[e, k, RF.PSTART] = start
     st.rf[e, k, RF.EVT] = evt
     st.rf[e, k, RF.KV] = kv
@@ -535,14 +527,12 @@ def _route(
     )
     st.ri[e, k, RI.PDONE] = 0
     st.ri[e, k, RI.KVDONE] = 0
-    st.rf[e, k, RF.KVARR] = INF
-    st.ri[e, k, RI.DINST] = -1
     _fifo_push(st.ri, RI.NX_PQ, st.pi, e, i, PI.HEAD, PI.TAIL, k)
     if st.pi[e, i, PI.NEXT] < 0:
         st.pi[e, i, PI.NEXT] = k
     st.pi[e, i, PI.NQ] += 1
     st.pf[e, i, PF.QTOK] += unc
-    if S.route[r, ROUTE.OFFLOAD]:
+    if ch >= 0:
         st.ei[e, EI.M_OFFLOAD] += 1
     st.ef[e, EF.M_CACHED_TOKENS] += cached
     st.ef[e, EF.M_INPUT_TOKENS] += length

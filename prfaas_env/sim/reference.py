@@ -19,7 +19,7 @@ import numpy as np
 
 from prfaas_env.sim import workload as wl
 from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
-from prfaas_env.sim.engine import build_static
+from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import RECORD_FIELDS
 
@@ -114,21 +114,20 @@ class ReferenceSimulator:
     seeded ``seed``). Route requests with :meth:`step`; read records with :meth:`records`."""
 
     def __init__(self, scenario: Scenario, seed: int) -> None:
-        from prfaas_env.sim.engine import VecSimulator
-
         # Borrow the engine's constants and its reset (same draws), not its dynamics.
         self._vec = VecSimulator(scenario, 1)
         self._vec._reset_env(0, np.random.default_rng(seed))  # the same draws, no events
-        S = self.S = build_static(scenario)
+        S = self.S = self._vec.static
         self.wp = self._vec.workload_params
         self.ws = self._vec.workload_state
         self.bt = S.block_tokens
         topo = scenario.topology
         self.caches = [LRUCache(c.prefix_cache_blocks) for c in topo.clusters]
-        self.p_free = [0.0] * len(S.p_cluster)
-        self.p_last_evt = [0.0] * len(S.p_cluster)
-        self.p_queue: list[deque[Req]] = [deque() for _ in S.p_cluster]  # not yet completed
-        self.p_started = [0] * len(S.p_cluster)  # how many of p_queue have started
+        n_p = int(S.cl_np.sum())  # prefill instances
+        self.p_free = [0.0] * n_p
+        self.p_last_evt = [0.0] * n_p
+        self.p_queue: list[deque[Req]] = [deque() for _ in range(n_p)]  # not yet completed
+        self.p_started = [0] * n_p  # how many of p_queue have started
         st = self._vec.state
         self.channels = [
             Channel(

@@ -51,12 +51,12 @@ TTFT_EWMA_ALPHA = 0.05  # weight of the newest completion in the TTFT moving ave
 
 # Packed fields: one IntEnum per packed array; Python views are named prefix + member name.
 class ROUTE(IntEnum):
-    """Per route (int): prefill cluster, decode cluster, channel (-1 = RDMA), offload flag."""
+    """Per route (int): prefill cluster, decode cluster, channel (-1 = RDMA: the route stays
+    in one datacenter; a channel means it offloads across datacenters)."""
 
     P = 0
     D = 1
     CH = 2
-    OFFLOAD = 3
 
 
 class CLI(IntEnum):
@@ -93,10 +93,9 @@ class EF(IntEnum):
     M_OUT_TOKENS = 3
     M_CACHED_TOKENS = 4
     M_INPUT_TOKENS = 5
-    M_LAST_TTFT = 6
-    M_TTFT_EWMA = 7  # exponentially weighted mean TTFT of completions (weight TTFT_EWMA_ALPHA)
-    W_AREA = 8  # request-seconds spent waiting for a first token since reset (integral, s)
-    W_T = 9  # time up to which W_AREA is integrated, s
+    M_TTFT_EWMA = 6  # exponentially weighted mean TTFT of completions (weight TTFT_EWMA_ALPHA)
+    W_AREA = 7  # request-seconds spent waiting for a first token since reset (integral, s)
+    W_T = 8  # time up to which W_AREA is integrated, s
 
 
 class EI(IntEnum):
@@ -131,7 +130,7 @@ class RF(IntEnum):
 
 class RI(IntEnum):
     """Per request slot (int): request number (-1 = free), route, input/output/uncached
-    tokens, prefill instance, prefill done, KV delivered, decode instance, and the next slot in
+    tokens, prefill done, KV delivered, and the next slot in
     its prefill queue, channel flow list, channel delay line and decode admission queue."""
 
     SEQ = 0
@@ -139,14 +138,12 @@ class RI(IntEnum):
     IN = 2
     OUT = 3
     UNC = 4
-    PINST = 5
-    PDONE = 6
-    KVDONE = 7
-    DINST = 8
-    NX_PQ = 9
-    NX_FL = 10
-    NX_DL = 11
-    NX_DQ = 12
+    PDONE = 5
+    KVDONE = 6
+    NX_PQ = 7
+    NX_FL = 8
+    NX_DL = 9
+    NX_DQ = 10
 
 
 class PF(IntEnum):
@@ -171,17 +168,16 @@ class PI(IntEnum):
 
 class LF(IntEnum):
     """Per channel (float): usable bandwidth now (bytes/s), time of last update, per-flow
-    service so far (bytes), next flow completion, bytes started, bytes completed, integral of
+    service so far (bytes), next flow completion, bytes completed, integral of
     usable bandwidth up to the last update (bytes)."""
 
     BW = 0
     T = 1
     V = 2
     NEXT_T = 3
-    BYTES_IN = 4
-    BYTES_DONE = 5
-    CAP_INT = 6
-    SUM_TAG = 7  # sum of the active flows' finish tags (bytes left = SUM_TAG - N * V)
+    BYTES_DONE = 4
+    CAP_INT = 5
+    SUM_TAG = 6  # sum of the active flows' finish tags (bytes left = SUM_TAG - N * V)
 
 
 class LI(IntEnum):
@@ -248,10 +244,8 @@ STATE_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
 
 # Initial value of each packed field (0 unless listed), by view name.
 _INITIAL = {
-    "m_last_ttft": np.nan,
     "m_ttft_ewma": np.nan,
     "r_seq": -1,
-    "r_dinst": -1,
     "r_nx_pq": -1,
     "r_nx_fl": -1,
     "r_nx_dl": -1,
@@ -281,7 +275,6 @@ class Static(NamedTuple):
     cl_f: NDArray[np.float64]  # [clusters, 2]: RDMA bytes/s per node; KV bytes per instance
     ch_f: NDArray[np.float64]  # [channels, 2]: one-way latency s; bandwidth grid step s
     ch_cells: NDArray[np.int64]  # cells of one period of each channel's bandwidth series
-    p_cluster: NDArray[np.int64]  # cluster of each prefill instance
     d_cluster: NDArray[np.int64]  # cluster of each decode instance
     prefill_log_t: NDArray[np.float64]  # [cluster, nu, nc]
     decode_log_t: NDArray[np.float64]  # [cluster, batch + 1, nx]
@@ -297,14 +290,14 @@ class Static(NamedTuple):
 class State(NamedTuple):
     """Per-env simulator state (see the module docstring for the packed arrays)."""
 
-    ef: NDArray[np.float64]  # [E, 10]
+    ef: NDArray[np.float64]  # [E, 9]
     ei: NDArray[np.int64]  # [E, 7]
     rf: NDArray[np.float64]  # [E, slots, 10]
-    ri: NDArray[np.int64]  # [E, slots, 13]
+    ri: NDArray[np.int64]  # [E, slots, 11]
     free: NDArray[np.int64]  # [E, slots] free-slot stack (ei nfree entries)
     pf: NDArray[np.float64]  # [E, prefill instances, 4]
     pi: NDArray[np.int64]  # [E, prefill instances, 4]
-    lf: NDArray[np.float64]  # [E, channels, 8]
+    lf: NDArray[np.float64]  # [E, channels, 7]
     li: NDArray[np.int64]  # [E, channels, 6]
     l_series: NDArray[np.float64]  # [E, channels, cells] usable bandwidth, bytes/s
     df: NDArray[np.float64]  # [E, decode instances, 8]

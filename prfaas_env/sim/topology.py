@@ -25,7 +25,6 @@ from prfaas_env.errors import ConfigError, UnknownNameError, check_keys, number
 from prfaas_env.sim.bandwidth import BandwidthProcess, parse_bandwidth
 
 ROLES = ("pd", "prefill")
-GBPS = 1e9 / 8.0  # bytes per second in one Gbps
 
 
 @dataclass(frozen=True)
