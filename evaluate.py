@@ -39,8 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="RUN",
-        help="a train.py run folder to evaluate next to the policies (repeatable); uses the "
-        "run's best checkpoint, or its final model with RUN:final",
+        help="a train.py run folder or an exported bundle to evaluate next to the policies "
+        "(repeatable); a run acts with its best checkpoint, or its final model with RUN:final",
+    )
+    ap.add_argument(
+        "--policy-params",
+        default=None,
+        metavar="YAML",
+        help="a YAML file whose 'policies:' section sets policy parameters (e.g. a bundle's "
+        "distilled.yaml); overrides the config's own policies: section",
     )
     ap.add_argument("--seeds", type=int, default=3, help="seeds per policy (default 3)")
     ap.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         scenario, env_cfg = resolve_config(args.config)
         if args.rate_multiplier is not None:
             scenario = scenario.with_rate(args.rate_multiplier)
-        factories = {n: heuristic(n) for n in names}
+        params = read_policy_params(args.policy_params)
+        factories = {n: heuristic(n, **params.get(n, {})) for n in names}
         factories.update(agent_factories(args.agent, scenario, env_cfg))
     except (ConfigError, UnknownNameError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -176,13 +184,56 @@ def agent_factories(runs: list[str], scenario: Any, env_cfg: Any) -> dict[str, A
             raise ConfigError(f"--agent {spec}: after ':' only 'final' is allowed")
         root = Path(path)
         if (root / "manifest.json").is_file() and not (root / "run.json").is_file():
-            raise ConfigError(
-                f"--agent {spec}: {root} is an exported bundle; pass the run folder it was "
-                f"exported from"
-            )
-        policy = load_run(root, which).policy(scenario, env_cfg, label=f"agent:{root.name}")
+            if which != "selected":
+                raise ConfigError(f"--agent {spec}: a bundle holds one policy; drop ':{which}'")
+            policy = bundle_policy(root, scenario, env_cfg)
+        else:
+            policy = load_run(root, which).policy(scenario, env_cfg, label=f"agent:{root.name}")
         out[policy.name] = lambda _sc, p=policy: p
     return out
+
+
+def read_policy_params(path: str | None) -> dict[str, dict[str, Any]]:
+    """``{policy: {parameter: value}}`` from the ``policies:`` section of a YAML file
+    (ConfigError naming the file and key for anything else)."""
+    if path is None:
+        return {}
+    from prfaas_env.errors import load_yaml_mapping
+
+    raw = load_yaml_mapping(path)
+    section = raw.get("policies")
+    if not isinstance(section, dict):
+        raise ConfigError(f"--policy-params {path}: expected a 'policies:' mapping")
+    known = policy_names()
+    for name, value in section.items():
+        if name not in known:
+            raise ConfigError(
+                f"--policy-params {path}: policies.{name}: unknown policy; known: "
+                f"{', '.join(known)}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"--policy-params {path}: policies.{name}: expected a mapping of parameter -> value"
+            )
+    return section
+
+
+def bundle_policy(root: Path, scenario: Any, env_cfg: Any) -> Any:
+    """An exported bundle as a policy on ``scenario`` (ConfigError when its features or
+    actions differ from the config's)."""
+    from prfaas_env.env.spaces import check_spaces
+    from prfaas_env.policies import RouteTable
+    from prfaas_env.router.core import BundlePolicy, Router
+
+    router = Router(root)
+    sig = {
+        "features": router.bundle.features,
+        "actions": router.bundle.actions,
+        "dict_observation": env_cfg.dict_observation,
+    }
+    check_spaces(sig, scenario, env_cfg, str(root))
+    routes = RouteTable.from_topology(scenario.topology, router.live.admission_control)
+    return BundlePolicy(router, routes, f"bundle:{root.name}")
 
 
 def print_analytic(scenario: Any) -> None:

@@ -31,9 +31,10 @@ from numpy.typing import NDArray
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.algos import algo_class
-from prfaas_env.env.config import EnvConfig
+from prfaas_env.env.config import EnvConfig, resolve_config
 from prfaas_env.env.features import ObservationEncoder
-from prfaas_env.errors import ConfigError
+from prfaas_env.env.spaces import check_spaces
+from prfaas_env.errors import ConfigError, load_folder_json
 from prfaas_env.policies import Policy, RouteTable
 from prfaas_env.sim.kernel import REJECT
 from prfaas_env.sim.scenario import Scenario
@@ -87,47 +88,6 @@ class ObsNormalizer:
         return cls(mean, var, float(d["epsilon"]), float(d["clip"]))
 
 
-def spaces_signature(scenario: Scenario, env_cfg: EnvConfig) -> dict[str, Any]:
-    """What a trained policy depends on: observation features in order, action meanings."""
-    enc = ObservationEncoder(scenario.topology)
-    routes = RouteTable.from_topology(scenario.topology, env_cfg.admission_control)
-    return {
-        "features": [f.name for f in enc.features()],
-        "actions": list(routes.labels),
-        "dict_observation": env_cfg.dict_observation,
-    }
-
-
-def check_spaces(run_sig: dict[str, Any], scenario: Scenario, env_cfg: EnvConfig, run: str) -> None:
-    """ConfigError saying which dimension differs when a run was trained on other spaces."""
-    here = spaces_signature(scenario, env_cfg)
-    src = scenario.source
-    a, b = run_sig["features"], here["features"]
-    if a != b:
-        first = next(
-            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-        )
-        got_a = a[first] if first < len(a) else "(none)"
-        got_b = b[first] if first < len(b) else "(none)"
-        raise ConfigError(
-            f"{run} does not match {src}: observation has {len(a)} features in the run and "
-            f"{len(b)} in the config; first difference at index {first}: {got_a!r} (run) vs "
-            f"{got_b!r} (config)"
-        )
-    if run_sig["actions"] != here["actions"]:
-        raise ConfigError(
-            f"{run} does not match {src}: the run has {len(run_sig['actions'])} actions "
-            f"({', '.join(run_sig['actions'])}), the config {len(here['actions'])} "
-            f"({', '.join(here['actions'])})"
-        )
-    if bool(run_sig.get("dict_observation")) != here["dict_observation"]:
-        raise ConfigError(
-            f"{run} does not match {src}: env.observation.dict is "
-            f"{run_sig.get('dict_observation')} in the run, {here['dict_observation']} in the "
-            f"config"
-        )
-
-
 def masked_greedy(model: BaseAlgorithm, obs: Any, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
     """The highest-scoring allowed action per row: largest logit (policy-gradient models) or
     Q-value (DQN) among those ``mask`` allows. This is how the runtime applies the action
@@ -140,6 +100,8 @@ def masked_greedy(model: BaseAlgorithm, obs: Any, mask: NDArray[np.bool_]) -> ND
         else:
             scores = policy.get_distribution(obs_t).distribution.logits
     s = scores.cpu().numpy().astype(np.float64)
+    if mask.shape[1] < s.shape[1]:  # a route mask without the always-allowed reject column
+        mask = np.pad(mask, ((0, 0), (0, s.shape[1] - mask.shape[1])), constant_values=True)
     s = np.where(mask[:, : s.shape[1]], s, -np.inf)
     return np.argmax(s, axis=1).astype(np.int64)
 
@@ -203,19 +165,20 @@ class TrainedRun:
 def read_meta(root: Path) -> dict[str, Any]:
     """``run.json`` of a run folder (ConfigError naming what is missing or unreadable)."""
     meta_path = root / "run.json"
-    if not root.is_dir():
-        raise ConfigError(f"{root}: no such run folder (train.py --out writes one)")
-    if not meta_path.is_file():
-        raise ConfigError(f"{root}: not a run folder: run.json is missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{meta_path}: invalid JSON: {exc}") from exc
+    meta = load_folder_json(root, "run.json", "run", "train.py --out")
     if meta.get("format") != RUN_FORMAT:
         raise ConfigError(
             f"{meta_path}: format {meta.get('format')!r}; this version reads {RUN_FORMAT}"
         )
     return meta
+
+
+def run_scenario(meta: dict[str, Any]) -> tuple[Scenario, EnvConfig]:
+    """The scenario a run was trained on (its config at its rate multiplier) and its env
+    settings, from the run's ``run.json``."""
+    scenario, env_cfg = resolve_config(meta["config"])
+    rate = meta.get("rate_multiplier")
+    return (scenario.with_rate(rate) if rate is not None else scenario), env_cfg
 
 
 def load_run(path: str | Path, which: str = "final") -> TrainedRun:

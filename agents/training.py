@@ -45,13 +45,12 @@ from agents.run import (
     RUN_FORMAT,
     ObsNormalizer,
     TrainedRun,
-    check_spaces,
     load_run,
     read_meta,
-    spaces_signature,
 )
 from agents.vec_env import SB3VecEnv
 from prfaas_env.env.config import EnvConfig, held_out_config, resolve_config
+from prfaas_env.env.spaces import check_spaces, spaces_signature
 from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping
 from prfaas_env.evaluation import METRICS, Run, heuristic, interval, run_policy
 from prfaas_env.policies import policy_names

@@ -6,6 +6,7 @@ allowed, so a user can fix the input without reading the code.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -177,3 +178,22 @@ class Registry(Generic[T]):
             if key in (a.lower() for a in self.aliases(entry)):
                 return entry
         raise UnknownNameError(self.kind, str(name), self.entries)
+
+
+def load_folder_json(
+    root: Path, name: str, what: str, made_by: str, error: type[ConfigError] = ConfigError
+) -> dict[str, Any]:
+    """The JSON object in file ``name`` of folder ``root`` (a ``what`` folder written by
+    ``made_by``); ``error`` names the folder or file and the problem otherwise."""
+    path = root / name
+    if not root.is_dir():
+        raise error(f"{root}: no such {what} folder ({made_by} writes one)")
+    if not path.is_file():
+        raise error(f"{root}: not a {what} folder: {name} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data

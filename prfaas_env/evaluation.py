@@ -98,19 +98,26 @@ def policy_params(sc: Scenario, name: str) -> dict[str, Any]:
     return dict(section.get(name) or {})
 
 
+def heuristic_params(sc: Scenario, name: str) -> dict[str, Any]:
+    """The parameters policy ``name`` runs with on ``sc``: the scenario's objectives it reads
+    (the TTFT SLO for ``mooncake``; the TPOT SLO and mean output for ``prfaas_optimised``),
+    overridden by the scenario's ``policies:`` section."""
+    extra: dict[str, Any] = {}
+    if name == "mooncake":
+        extra["ttft_slo_s"] = sc.ttft_slo_s
+    if name == "prfaas_optimised":
+        extra["tpot_slo_s"] = sc.tpot_slo_s
+        extra["output_tokens"] = mean_output_tokens(sc.workload)
+    return {**extra, **policy_params(sc, name)}
+
+
 def heuristic(name: str, **params: Any) -> PolicyFactory:
     """A factory for the built-in policy ``name`` on any scenario; parameters come from the
     scenario's ``policies:`` section, overridden by ``params``."""
 
     def build(sc: Scenario) -> Policy:
         routes = RouteTable.from_topology(sc.topology)
-        extra: dict[str, Any] = {}
-        if name == "mooncake":
-            extra["ttft_slo_s"] = sc.ttft_slo_s
-        if name == "prfaas_optimised":
-            extra["tpot_slo_s"] = sc.tpot_slo_s
-            extra["output_tokens"] = mean_output_tokens(sc.workload)
-        chosen = {**extra, **policy_params(sc, name), **params}
+        chosen = {**heuristic_params(sc, name), **params}
         try:
             return make_policy(name, routes, sc.topology, **chosen)
         except NotApplicableError:

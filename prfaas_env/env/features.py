@@ -35,22 +35,6 @@ _SECONDS = math.log1p(600)
 _BYTES = math.log1p(100)
 
 
-def _tokens(x: NDArray) -> NDArray:
-    return np.log1p(np.maximum(x, 0)) / _TOKENS
-
-
-def _count(x: NDArray) -> NDArray:
-    return np.log1p(np.maximum(x, 0)) / _COUNT
-
-
-def _seconds(x: NDArray) -> NDArray:
-    return np.log1p(np.maximum(x, 0)) / _SECONDS
-
-
-def _bytes(x: NDArray) -> NDArray:
-    return np.log1p(np.maximum(x, 0) / 1e9) / _BYTES
-
-
 @dataclass(frozen=True)
 class Feature:
     """One entry of the observation vector."""
@@ -106,12 +90,19 @@ _ROUTE = (
     ),
 )
 _RECENT = (("ttft_ewma_s", "moving average of recent TTFT (weight 0.05)", "s", "seconds"),)
-_NORMALISERS = {
-    "tokens": (_tokens, "log1p(x) / log1p(262144)"),
-    "count": (_count, "log1p(x) / log1p(1024)"),
-    "seconds": (_seconds, "log1p(x) / log1p(600)"),
-    "bytes": (_bytes, "log1p(x / 1e9) / log1p(100)"),
-    "identity": (lambda x: x, "none"),
+# (divisor, scale) of each log normaliser: log1p(max(x, 0) / divisor) / scale
+_LOG_FORM = {
+    "tokens": (1.0, _TOKENS),
+    "count": (1.0, _COUNT),
+    "seconds": (1.0, _SECONDS),
+    "bytes": (1e9, _BYTES),
+}
+_NORMALISERS = {  # how each normaliser is written in the feature table
+    "tokens": "log1p(x) / log1p(262144)",
+    "count": "log1p(x) / log1p(1024)",
+    "seconds": "log1p(x) / log1p(600)",
+    "bytes": "log1p(x / 1e9) / log1p(100)",
+    "identity": "none",
 }
 
 
@@ -140,6 +131,7 @@ class ObservationEncoder:
             ("route", _ROUTE, topology.route_labels()),
             ("recent", _RECENT, [""]),
         )
+        self._build_layout()
 
     def features(self) -> list[Feature]:
         """Every entry of the vector, in order."""
@@ -148,7 +140,7 @@ class ObservationEncoder:
             for entity in entities:
                 for key, meaning, unit, norm in spec:
                     name = f"{group}.{key}" if not entity else f"{group}[{entity}].{key}"
-                    out.append(Feature(name, meaning, unit, _NORMALISERS[norm][1]))
+                    out.append(Feature(name, meaning, unit, _NORMALISERS[norm]))
         return out
 
     @property
@@ -156,25 +148,50 @@ class ObservationEncoder:
         """Length of the observation vector."""
         return len(self.features())
 
+    def _build_layout(self) -> None:
+        """Column positions of every view key and of every normaliser (computed once)."""
+        layout: list[tuple[str, int, NDArray[np.int64] | slice]] = []
+        by_norm: dict[str, list[int]] = {}
+        offset = 0
+        for _, spec, entities in self._groups:
+            width = len(spec)
+            for k, (key, *_, norm) in enumerate(spec):
+                cols = offset + k + width * np.arange(len(entities))
+                sel: NDArray[np.int64] | slice = (
+                    slice(int(cols[0]), int(cols[0]) + 1) if len(cols) == 1 else cols
+                )
+                layout.append((key, len(entities), sel))
+                by_norm.setdefault(norm, []).extend(int(c) for c in cols)
+            offset += width * len(entities)
+        self._layout = layout
+        # every log normaliser is log1p(max(x, 0) / divisor) / scale; identity columns pass
+        log_cols = np.zeros(offset, np.bool_)
+        divisor = np.ones(offset)
+        scale = np.ones(offset)
+        for norm, cols in by_norm.items():
+            if norm != "identity":
+                log_cols[cols] = True
+                divisor[cols], scale[cols] = _LOG_FORM[norm]
+        self._log = (log_cols, divisor, scale)
+        self._width = offset
+
     def encode(self, view: dict[str, NDArray]) -> NDArray[np.float32]:
         """``[env, size]`` float32 observations from a view (arrays keyed as in
         :func:`view_from_sim`; request and recent entries ``[env]``, the others
         ``[env, entities]``)."""
-        out = []
-        for _, spec, entities in self._groups:
-            cols = []
-            for key, *_, norm in spec:
-                a = np.asarray(view[key], dtype=np.float64)
-                a = a[:, None] if a.ndim == 1 else a
-                if a.shape[1] != len(entities):
-                    raise ValueError(
-                        f"view[{key!r}]: expected {len(entities)} entities, got {a.shape[1]}"
-                    )
-                cols.append(_NORMALISERS[norm][0](a))
-            # entity-major within the group, as features() lists them
-            out.append(np.stack(cols, axis=2).reshape(cols[0].shape[0], -1))
-        obs = np.nan_to_num(np.concatenate(out, axis=1), nan=0.0, posinf=OBS_HIGH)
-        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+        n = np.shape(view["input_tokens"])[0]
+        out = np.empty((n, self._width))
+        for key, count, sel in self._layout:
+            a = np.asarray(view[key], dtype=np.float64)
+            if a.ndim == 1:
+                a = a[:, None]
+            if a.shape[1] != count:
+                raise ValueError(f"view[{key!r}]: expected {count} entities, got {a.shape[1]}")
+            out[:, sel] = a
+        log_cols, divisor, scale = self._log
+        out = np.where(log_cols, np.log1p(np.maximum(out, 0.0) / divisor) / scale, out)
+        # fmax maps NaN and -inf to 0; +inf ends at OBS_HIGH
+        return np.minimum(np.fmax(out, 0.0), OBS_HIGH).astype(np.float32)
 
 
 def view_from_sim(
@@ -220,13 +237,15 @@ def view_from_sim(
         n = st.l_n.astype(float)
         v_now = st.l_v + np.where(n > 0, (now[:, None] - st.l_t) * st.l_bw / np.maximum(n, 1), 0)
         left = np.maximum(st.l_sum_tag - n * v_now, 0.0)
-        kv = topo.model.kv_bytes_for(length)
-        share = measured / (n + 1.0)
-        transfer = np.where(share > 0, kv[:, None] / np.maximum(share, 1e-9), 1e6)
         view["bandwidth"] = measured[:, used] / nominal
         view["bytes_in_flight"] = left[:, used]
         view["flows"] = n[:, used]
-        view["transfer_s"] = (transfer + S.ch_latency_s[None, :])[:, used]
+        view["transfer_s"] = transfer_s(
+            topo.model.kv_bytes_for(length),
+            measured[:, used],
+            n[:, used],
+            np.array([topo.channel_latency_s(i) for i in used]),
+        )
     else:
         for k, *_ in _CHANNEL:
             view[k] = np.zeros((e_count, 0))
@@ -248,6 +267,21 @@ def view_from_sim(
     view["estimated_ttft_s"] = estimated_ttft(view, topo, pcl, used)
     view["ttft_ewma_s"] = np.nan_to_num(st.m_ttft_ewma, nan=0.0)
     return view
+
+
+def transfer_s(
+    kv_bytes: NDArray[np.float64],
+    bandwidth_bps: NDArray[np.float64],
+    flows: NDArray[np.float64],
+    latency_s: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """``[env, channel]`` seconds to send one request's KV (``kv_bytes`` ``[env]``, bytes)
+    alone at a fair share of the measured bandwidth (``bandwidth_bps`` bytes/s over
+    ``flows`` + 1 transfers), plus the channel's one-way latency; 1e6 s on a link that is
+    down."""
+    share = bandwidth_bps / (flows + 1.0)
+    t = np.where(share > 0, kv_bytes[:, None] / np.maximum(share, 1e-9), 1e6)
+    return t + latency_s[None, :]
 
 
 def estimated_ttft(

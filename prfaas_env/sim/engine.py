@@ -80,8 +80,8 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
     cl_f = np.stack([[c.rdma_gbps * GBPS for c in cl], topo.decode_kv_capacity_bytes()], axis=1)
     ch_f = np.array(
         [
-            (lk.rtt_ms / 2e3, np.inf if lk.process.is_constant else lk.process.step_s)
-            for lk in ch_links
+            (topo.channel_latency_s(i), np.inf if lk.process.is_constant else lk.process.step_s)
+            for i, lk in enumerate(ch_links)
         ],
         dtype=float,
     ).reshape(-1, len(CHF))

@@ -119,6 +119,10 @@ class Topology:
                 return i
         return -1
 
+    def channel_latency_s(self, channel: int) -> float:
+        """One-way latency of directed channel ``channel`` (half its link's RTT), s."""
+        return self.links[self.channels[channel][0]].rtt_ms / 2e3
+
     def cluster_index(self, name: str) -> int:
         """Index of the cluster called ``name`` (UnknownNameError lists the clusters)."""
         for i, c in enumerate(self.clusters):

@@ -1,0 +1,444 @@
+"""Live cluster state as plain data, turned into the view the simulator gives a policy.
+
+A deployed router does not see the simulator: it sees metrics that serving engines and the
+network already export. :class:`LiveState` defines that input as JSON-like data (one mapping
+per routing decision), builds the same *view* :func:`~prfaas_env.env.features.view_from_sim`
+builds, and derives the modelled entries (uncached tokens, prefill time, transfer time,
+estimated TTFT) with the same functions and cost tables as the simulator. The observation is
+then made by the environment's own :class:`~prfaas_env.env.features.ObservationEncoder`.
+
+State layout (``STATE_FORMAT`` 1; every number is >= 0; units in the key names)::
+
+    {
+      "request":  {"input_tokens": 12000, "expected_output_tokens": 1024},
+      "prefill":  {"<cluster>": {"cached_tokens", "queued_requests", "queued_tokens",
+                                 "wait_s", "busy_fraction"}},
+      "channels": {"<from datacenter>-><to datacenter>":
+                                {"bandwidth_gbps", "bytes_in_flight", "flows"}},
+      "decode":   {"<cluster>": {"free_slots", "kv_used", "admission_queue",
+                                 "admission_wait_s"}},
+      "recent":   {"ttft_ewma_s": 2.1}
+    }
+
+``request.input_tokens`` is required. Every other metric may be missing or ``null``: it is
+then replaced by its default (:data:`DEFAULTS`) and reported in :attr:`Parsed.problems`, so a
+router can fall back to a heuristic. ``expected_output_tokens`` defaults to the workload mean
+the policy was trained with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.env.features import ObservationEncoder, estimated_ttft, transfer_s
+from prfaas_env.sim.bandwidth import GBPS
+from prfaas_env.sim.costs import CostTables, build_tables, prefill_time
+from prfaas_env.sim.topology import Topology
+
+STATE_FORMAT = 1
+
+# state key -> (view key, meaning, what a real deployment reads it from)
+PREFILL_INPUTS: dict[str, tuple[str, str]] = {
+    "cached_tokens": (
+        "cached_tokens",
+        "prefix-cache match of this prompt in the cluster, tokens (Dynamo KV indexer overlap "
+        "blocks x block size; llm-d prefix-cache scorer; SGLang radix-tree match length)",
+    ),
+    "queued_requests": (
+        "queued_requests",
+        "requests waiting to start prefill, summed over the cluster's prefill instances "
+        "(vLLM vllm:num_requests_waiting; SGLang sglang:num_queue_reqs)",
+    ),
+    "queued_tokens": (
+        "queued_tokens",
+        "uncached prompt tokens of those waiting requests (Dynamo active_prefill_tokens)",
+    ),
+    "wait_s": (
+        "wait_s",
+        "seconds until the least-loaded prefill instance is free (router's estimate from its "
+        "running and queued prefill work)",
+    ),
+    "busy_fraction": (
+        "busy_fraction",
+        "share of prefill instances running a prefill now (vllm:num_requests_running > 0)",
+    ),
+}
+CHANNEL_INPUTS: dict[str, tuple[str, str]] = {
+    "bandwidth_gbps": (
+        "bandwidth",
+        "usable bandwidth of the link in this direction as last measured, Gbps (link "
+        "monitoring: probes or NIC counters); 0 means the link is down",
+    ),
+    "bytes_in_flight": (
+        "bytes_in_flight",
+        "KV bytes queued or in transit on the link (KV transfer engine statistics, e.g. "
+        "Mooncake Transfer Engine or NIXL)",
+    ),
+    "flows": ("flows", "concurrent KV transfers on the link (KV transfer engine statistics)"),
+}
+DECODE_INPUTS: dict[str, tuple[str, str]] = {
+    "free_slots": (
+        "free_slots",
+        "free decode slots over all slots: 1 - running sequences / (max_num_seqs x "
+        "instances) (vllm:num_requests_running)",
+    ),
+    "kv_used": (
+        "kv_used",
+        "KV-cache memory in use over capacity, mean over decode instances "
+        "(vllm:kv_cache_usage_perc; SGLang sglang:token_usage)",
+    ),
+    "admission_queue": (
+        "admission_queue",
+        "requests whose KV has arrived, waiting for a decode slot (vllm:num_requests_waiting "
+        "on decode instances)",
+    ),
+    "admission_wait_s": (
+        "admission_wait_s",
+        "seconds until a decode slot frees up, 0 when one is free (router's estimate)",
+    ),
+}
+REQUEST_INPUTS: dict[str, tuple[str, str]] = {
+    "input_tokens": ("input_tokens", "prompt length after tokenisation, tokens (required)"),
+    "expected_output_tokens": (
+        "expected_output_tokens",
+        "expected output length, tokens (default: the training workload's mean; e.g. the "
+        "running mean of vllm:request_generation_tokens)",
+    ),
+}
+RECENT_INPUTS: dict[str, tuple[str, str]] = {
+    "ttft_ewma_s": (
+        "ttft_ewma_s",
+        "moving average (weight 0.05 per completion) of observed TTFT, s "
+        "(from vllm:time_to_first_token_seconds)",
+    ),
+}
+# view entries a router derives rather than reads (with how)
+DERIVED: dict[str, str] = {
+    "uncached_tokens": "input_tokens - min(cached_tokens, input_tokens - 1)",
+    "prefill_s": "cost-model prefill time of the uncached tokens after the cached ones on one "
+    "instance of the cluster (the simulator's cost tables)",
+    "transfer_s": "KV bytes of the prompt / (bandwidth / (flows + 1)) + half the link RTT",
+    "estimated_ttft_s": "wait_s + prefill_s (+ transfer_s across datacenters), per route",
+    "bandwidth": "bandwidth_gbps / the link's nominal Gbps",
+}
+# value used when a metric is missing (the decision then comes from the fallback)
+DEFAULTS: dict[str, float] = {
+    "cached_tokens": 0.0,
+    "queued_requests": 0.0,
+    "queued_tokens": 0.0,
+    "wait_s": 0.0,
+    "busy_fraction": 0.0,
+    "bytes_in_flight": 0.0,
+    "flows": 0.0,
+    "free_slots": 1.0,
+    "kv_used": 0.0,
+    "admission_queue": 0.0,
+    "admission_wait_s": 0.0,
+    "ttft_ewma_s": 0.0,
+    # bandwidth_gbps defaults to the link's nominal bandwidth
+}
+_GROUPS = ("prefill", "channels", "decode")
+
+
+class LiveStateError(ValueError):
+    """A state that cannot be routed at all (no usable ``request.input_tokens``)."""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """States turned into a view: ``view`` (arrays, leading dimension = state), the action
+    mask ``[state, action]``, and per state the list of missing or invalid inputs."""
+
+    view: dict[str, NDArray[np.float64]]
+    mask: NDArray[np.bool_]
+    problems: list[list[str]]
+
+
+class LiveState:
+    """Converts live states (see the module docstring) of one topology to views and back.
+
+    Args:
+        topology: the deployment's topology (cluster, datacenter and link names must match
+            the state's keys).
+        expected_output_tokens: default for ``request.expected_output_tokens``.
+        admission_control: whether the action list ends with ``reject`` (always allowed).
+        tables: the topology's cost tables (built from its cost models when not given).
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        expected_output_tokens: float,
+        admission_control: bool = False,
+        tables: CostTables | None = None,
+    ) -> None:
+        self.topology = topology
+        self.encoder = ObservationEncoder(topology)
+        self.expected_output_tokens = float(expected_output_tokens)
+        self.admission_control = admission_control
+        names = [c.name for c in topology.clusters]
+        self._pcl = [names.index(n) for n in self.encoder.prefill_clusters]
+        self._used = list(self.encoder.channel_index)
+        self._nominal_gbps = np.array(
+            [topology.links[topology.channels[i][0]].bandwidth_gbps for i in self._used]
+        )
+        self._latency = np.array([topology.channel_latency_s(i) for i in self._used])
+        if tables is None:
+            tables = build_tables(topology.cost_models(), [c.max_batch for c in topology.clusters])
+        self._log_t = [tables.prefill_log_t[c] for c in self._pcl]
+        self._route_ch = np.array(
+            [self._used.index(r.channel) if r.channel >= 0 else -1 for r in topology.routes]
+        )
+        self.entities = {
+            "prefill": list(self.encoder.prefill_clusters),
+            "channels": list(self.encoder.channels),
+            "decode": list(self.encoder.decode_clusters),
+        }
+        self.inputs = {
+            "request": REQUEST_INPUTS,
+            "prefill": PREFILL_INPUTS,
+            "channels": CHANNEL_INPUTS,
+            "decode": DECODE_INPUTS,
+            "recent": RECENT_INPUTS,
+        }
+        # per entity group: (state key, view key, default per entity)
+        self._specs = {
+            group: [
+                (
+                    key,
+                    view_key,
+                    list(self._nominal_gbps)
+                    if key == "bandwidth_gbps"
+                    else [DEFAULTS[key]] * len(self.entities[group]),
+                )
+                for key, (view_key, _) in self.inputs[group].items()
+            ]
+            for group in _GROUPS
+        }
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.topology.routes) + (1 if self.admission_control else 0)
+
+    # ---- state -> view ------------------------------------------------------------------
+    def parse(self, states: Sequence[Mapping[str, Any]]) -> Parsed:
+        """Views, masks and problems of ``states`` (LiveStateError when a state has no usable
+        ``request.input_tokens``; the message names the state's index)."""
+        n = len(states)
+        raw: dict[str, NDArray[np.float64]] = {}
+        problems: list[list[str]] = [[] for _ in range(n)]
+        length = np.empty(n)
+        exp_out = np.empty(n)
+        recent = np.empty(n)
+        for i, st in enumerate(states):
+            if not _is_mapping(st):
+                raise LiveStateError(f"state {i}: expected a mapping, got {type(st).__name__}")
+            req = st.get("request")
+            tokens = req.get("input_tokens") if _is_mapping(req) else None
+            if not _is_number(tokens) or not tokens >= 1:
+                raise LiveStateError(
+                    f"state {i}: request.input_tokens must be a number >= 1, got {tokens!r}"
+                )
+            length[i] = float(tokens)
+            exp_out[i] = self._metric(
+                req, "expected_output_tokens", self.expected_output_tokens, "request", problems[i]
+            )
+            recent[i] = self._metric(
+                st.get("recent"), "ttft_ewma_s", DEFAULTS["ttft_ewma_s"], "recent", problems[i]
+            )
+        raw["input_tokens"] = length
+        raw["expected_output_tokens"] = exp_out
+        raw["ttft_ewma_s"] = recent
+        for group in _GROUPS:
+            names = self.entities[group]
+            spec = self._specs[group]
+            rows: list[float] = []  # flat [state][key][entity]
+            for i, st in enumerate(states):
+                section = st.get(group)
+                entities = [section.get(nm) if _is_mapping(section) else None for nm in names]
+                for key, _, defaults in spec:
+                    for e, d, nm in zip(entities, defaults, names, strict=True):
+                        v = e.get(key) if type(e) is dict else None
+                        if (type(v) is float or type(v) is int) and 0 <= v < math.inf:
+                            rows.append(v)  # the common case, without a call
+                        else:
+                            rows.append(self._metric(e, key, d, group, problems[i], nm))
+            values = np.array(rows, dtype=np.float64).reshape(n, len(spec), len(names))
+            for k, (_, view_key, _) in enumerate(spec):
+                raw[view_key] = values[:, k, :]
+        return self._complete(raw, problems)
+
+    @staticmethod
+    def _metric(
+        section: Any, key: str, default: float, group: str, problems: list[str], name: str = ""
+    ) -> float:
+        value = section.get(key) if _is_mapping(section) else None
+        if type(value) is float or type(value) is int:  # the common case, checked fast
+            if value >= 0 and value != math.inf:
+                return float(value)
+        where = f"{group}.{name}" if name else group
+        if value is None:
+            problems.append(f"missing {where}.{key}")
+            return default
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            problems.append(f"invalid {where}.{key}: {value!r} (expected a number >= 0)")
+            return default
+        return float(value)
+
+    def _complete(self, raw: dict[str, NDArray], problems: list[list[str]]) -> Parsed:
+        """Add the derived entries (see :data:`DERIVED`) to a view of inputs."""
+        length = raw["input_tokens"]
+        cached = np.minimum(raw["cached_tokens"], length[:, None] - 1)
+        view = dict(raw)
+        view["cached_tokens"] = cached
+        view["uncached_tokens"] = length[:, None] - cached
+        view["prefill_s"] = np.array(
+            [
+                [
+                    prefill_time(self._log_t[j], float(length[i] - cached[i, j]), cached[i, j])
+                    for j in range(len(self._pcl))
+                ]
+                for i in range(len(length))
+            ]
+        ).reshape(len(length), len(self._pcl))
+        gbps = raw["bandwidth"]  # read in Gbps, the view holds a fraction of nominal
+        view["bandwidth"] = gbps / self._nominal_gbps
+        view["transfer_s"] = transfer_s(
+            self.topology.model.kv_bytes_for(length), gbps * GBPS, raw["flows"], self._latency
+        )
+        view["estimated_ttft_s"] = estimated_ttft(view, self.topology, self._pcl, self._used)
+        return Parsed(view, self.mask(view), problems)
+
+    def mask(self, view: Mapping[str, NDArray]) -> NDArray[np.bool_]:
+        """``[state, action]`` allowed actions: routes over a link with no bandwidth are
+        not; reject (when present) always is. The environment's rule."""
+        bw = np.asarray(view["bandwidth"])
+        n = bw.shape[0]
+        ok = np.ones((n, self.num_actions), np.bool_)
+        for r, ch in enumerate(self._route_ch):
+            if ch >= 0:
+                ok[:, r] = bw[:, ch] > 0
+        return ok
+
+    # ---- view -> state ------------------------------------------------------------------
+    def state(self, view: Mapping[str, NDArray], i: int) -> dict[str, Any]:
+        """Row ``i`` of a view as a live state (the inverse of :meth:`parse` on its inputs);
+        used to write golden files and to test the two directions against each other."""
+        out: dict[str, Any] = {
+            "request": {
+                "input_tokens": round(float(view["input_tokens"][i])),
+                "expected_output_tokens": float(view["expected_output_tokens"][i]),
+            },
+            "recent": {"ttft_ewma_s": float(view["ttft_ewma_s"][i])},
+        }
+        for group in _GROUPS:
+            section: dict[str, Any] = {}
+            for j, name in enumerate(self.entities[group]):
+                entity = {}
+                for key, (view_key, _) in self.inputs[group].items():
+                    v = float(np.asarray(view[view_key])[i, j])
+                    if key == "bandwidth_gbps":
+                        v *= float(self._nominal_gbps[j])
+                    entity[key] = v
+                section[name] = entity
+            out[group] = section
+        return out
+
+    # ---- documentation ------------------------------------------------------------------
+    def feature_sources(self) -> list[dict[str, Any]]:
+        """Per observation entry (encoder order): its name, meaning, unit and normalisation,
+        and where a router gets it: ``state`` (the live-state path it is read from) with the
+        engine ``metric`` behind it, or ``derived`` (how it is computed from other inputs)."""
+        by_view = {
+            group: {vk: (sk, desc) for sk, (vk, desc) in inputs.items()}
+            for group, inputs in self.inputs.items()
+        }
+        group_of = {
+            "request": "request",
+            "prefill": "prefill",
+            "channel": "channels",
+            "decode": "decode",
+            "recent": "recent",
+            "route": "route",
+        }
+        out = []
+        for i, f in enumerate(self.encoder.features()):
+            head, key = f.name.rsplit(".", 1)
+            group, _, entity = head.partition("[")
+            entity = entity.rstrip("]")
+            sgroup = group_of[group]
+            entry: dict[str, Any] = {
+                "index": i,
+                "name": f.name,
+                "meaning": f.meaning,
+                "unit": f.unit,
+                "normalisation": f.normalisation,
+            }
+            found = by_view.get(sgroup, {}).get(key)
+            if found is not None:
+                skey, desc = found
+                parts = (sgroup, entity, skey)  # a JSON pointer (RFC 6901) into the state
+                entry["state"] = "".join(
+                    "/" + p.replace("~", "~0").replace("/", "~1") for p in parts if p
+                )
+                entry["metric"] = desc
+                if key in DERIVED:  # read in other units and converted
+                    entry["derived"] = DERIVED[key]
+            else:
+                entry["derived"] = DERIVED[key]
+            out.append(entry)
+        return out
+
+    # ---- schema -------------------------------------------------------------------------
+    def schema(self) -> dict[str, Any]:
+        """JSON Schema (draft 2020-12) of one state for this topology: the names of clusters
+        and channels are fixed; each metric is a number >= 0 or null (null or absent: the
+        decision comes from the fallback)."""
+
+        def metric(desc: str) -> dict[str, Any]:
+            return {"type": ["number", "null"], "minimum": 0, "description": desc}
+
+        def entity(inputs: dict[str, tuple[str, str]]) -> dict[str, Any]:
+            return {
+                "type": "object",
+                "properties": {k: metric(d) for k, (_, d) in inputs.items()},
+                "additionalProperties": False,
+            }
+
+        request = entity(REQUEST_INPUTS)
+        request["properties"]["input_tokens"] = {
+            "type": "number",
+            "minimum": 1,
+            "description": REQUEST_INPUTS["input_tokens"][1],
+        }
+        request["required"] = ["input_tokens"]
+        props: dict[str, Any] = {"request": request, "recent": entity(RECENT_INPUTS)}
+        for group in _GROUPS:
+            props[group] = {
+                "type": "object",
+                "properties": {n: entity(self.inputs[group]) for n in self.entities[group]},
+                "additionalProperties": False,
+            }
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "prfaas-env live state",
+            "description": f"Cluster state at one routing decision (state format {STATE_FORMAT})",
+            "type": "object",
+            "properties": props,
+            "required": ["request"],
+            "additionalProperties": False,
+        }
+
+
+def _is_mapping(x: Any) -> bool:
+    return type(x) is dict or isinstance(x, Mapping)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -1,0 +1,370 @@
+"""Export a trained run to a deployable bundle (see :mod:`prfaas_env.router.bundle`).
+
+    python -m prfaas_env.export --run runs/NAME --out bundles/NAME
+
+Steps: load the run's selected checkpoint; route ``seeds x decisions`` requests of its
+scenario (validation seeds 10000+) with it and record every view (10,000 decisions by
+default); build the policy graph (normalisation and masking inside) and write it as ONNX and
+TorchScript; check that both choose the SB3 policy's action on every recorded decision (export
+fails otherwise); write the golden file, the live-state schema, the manifest and, unless
+skipped, the distilled knobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.env.features import mean_output_tokens
+from prfaas_env.env.live import STATE_FORMAT, LiveState
+from prfaas_env.errors import ConfigError
+from prfaas_env.evaluation import heuristic_params
+from prfaas_env.export.graph import (
+    INPUT_NAMES,
+    ONNX_OPSET,
+    OUTPUT_NAMES,
+    PolicyGraph,
+    write_onnx,
+    write_torchscript,
+)
+from prfaas_env.export.record import Recording, record
+from prfaas_env.router.bundle import BUNDLE_FORMAT, content_hash, sha256
+
+# Heuristics a router can run per request with no state of its own (fallback candidates).
+STATELESS_FALLBACKS = (
+    "mooncake",
+    "prfaas_threshold",
+    "dynamo",
+    "llm_d",
+    "lmetric",
+    "least_loaded",
+    "sglang_cache_aware",
+    "always_local",
+    "always_remote",
+)
+RECORD_SEED = 10000  # recordings use train.py's validation seeds; distilled knobs are then
+# evaluated on its test seeds (20000+)
+TIE = 1e-4  # scores closer than this may order differently in float32 runtimes
+GOLDEN_MARGIN = 1e-3  # golden rows need this gap between the best and second allowed score
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How often each runtime picks the SB3 policy's action on the recorded decisions."""
+
+    decisions: int
+    onnx_agree: int
+    torchscript_agree: int
+    max_score_diff_onnx: float
+    max_score_diff_torchscript: float
+    real_disagreements: int  # disagreements where the SB3 scores are not tied (within TIE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decisions": self.decisions,
+            "onnx_agree": self.onnx_agree,
+            "torchscript_agree": self.torchscript_agree,
+            "max_abs_score_diff_onnx": self.max_score_diff_onnx,
+            "max_abs_score_diff_torchscript": self.max_score_diff_torchscript,
+            "disagreements_beyond_ties": self.real_disagreements,
+            "tie": TIE,
+        }
+
+
+def export_bundle(
+    run: str | Path,
+    out: str | Path,
+    checkpoint: str = "selected",
+    seeds: int = 5,
+    decisions: int = 2000,
+    fallback: str | None = None,
+    golden: int = 256,
+    distill: bool = True,
+    force: bool = False,
+    echo: Any = print,
+) -> dict[str, Any]:
+    """Write the bundle of run folder ``run`` into ``out``; returns the manifest.
+
+    Raises ConfigError (bad arguments, unreadable run) or RuntimeError (a runtime disagrees
+    with the SB3 policy, which would make the bundle untrustworthy).
+    """
+    from agents.run import load_run, run_scenario
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"--out {out}: exists and is not empty (pass --force to replace)")
+        if not (out / "manifest.json").is_file():
+            raise ConfigError(f"--out {out}: --force only replaces a bundle folder")
+        shutil.rmtree(out)
+    if seeds < 1 or decisions < 1:
+        raise ConfigError("--seeds and --decisions must be >= 1")
+    trained = load_run(run, checkpoint)
+    meta = trained.meta
+    scenario, env_cfg = run_scenario(meta)
+    agent = trained.policy(scenario, env_cfg, label=f"agent:{Path(run).name}")
+    live = LiveState(
+        scenario.topology, mean_output_tokens(scenario.workload), env_cfg.admission_control
+    )
+    out.mkdir(parents=True, exist_ok=True)
+
+    seed_list = list(range(RECORD_SEED, RECORD_SEED + seeds))
+    echo(f"recording {seeds} x {decisions} decisions of {scenario.source} ...")
+    rec = record(scenario, agent, live, seed_list, decisions, env_cfg.bandwidth_staleness_s)
+    obs = live.encoder.encode(rec.view)
+
+    norm = trained.normalizer
+    dict_obs = bool(meta["spaces"].get("dict_observation"))
+    graph = PolicyGraph(trained.model, norm.mean, norm.var, norm.epsilon, norm.clip, dict_obs)
+    actions = live.num_actions
+    echo("writing policy.onnx and policy.pt ...")
+    write_onnx(graph, actions, out / "policy.onnx")
+    write_torchscript(graph, actions, out / "policy.pt")
+    sb3_scores = _sb3_scores(agent, obs, rec.mask)
+    parity = check_parity(out, obs, rec.mask, rec.actions, sb3_scores)
+    echo(
+        f"parity on {parity.decisions} recorded decisions: ONNX {parity.onnx_agree}, "
+        f"TorchScript {parity.torchscript_agree} agree with the SB3 policy"
+    )
+    if parity.real_disagreements:
+        raise RuntimeError(
+            f"{out}: the exported graph disagrees with the SB3 policy on "
+            f"{parity.real_disagreements} of {parity.decisions} recorded decisions whose two "
+            f"best scores are more than {TIE} apart"
+        )
+    _write_golden(out / "golden.jsonl", live, rec, obs, sb3_scores, golden)
+    (out / "state.schema.json").write_text(json.dumps(live.schema(), indent=1) + "\n")
+
+    fb = fallback or _default_fallback(Path(run), scenario)
+    if fb not in STATELESS_FALLBACKS:
+        raise ConfigError(
+            f"--fallback {fb!r}: a fallback must be a stateless heuristic; allowed: "
+            f"{', '.join(STATELESS_FALLBACKS)}"
+        )
+    manifest = _manifest(meta, Path(run), checkpoint, live, graph, parity, scenario, fb)
+    if distill:
+        from prfaas_env.export.distill import distill_knobs, write_distilled
+
+        echo("distilling router knobs ...")
+        result = distill_knobs(scenario, live, rec, agent, env_cfg, seeds, decisions, echo)
+        write_distilled(out / "distilled.yaml", result, manifest["run"])
+    files = {p.name: sha256(p) for p in sorted(out.iterdir()) if p.name != "manifest.json"}
+    manifest["files"] = files
+    manifest["content_hash"] = content_hash(files)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _sb3_scores(agent: Any, obs: NDArray[np.float32], mask: NDArray[np.bool_]) -> NDArray:
+    """The SB3 policy's own scores (logits or Q-values) on encoder output ``obs``."""
+    import torch
+
+    policy = agent.model.policy
+    x = agent.normalizer.apply(obs)
+    inp: Any = (
+        {"observation": x, "action_mask": mask.astype(np.float32)}
+        if (agent.dict_observation)
+        else x
+    )
+    with torch.no_grad():
+        t, _ = policy.obs_to_tensor(inp)
+        s = (
+            policy.q_net(t)
+            if hasattr(policy, "q_net")
+            else (policy.get_distribution(t).distribution.logits)
+        )
+    return s.cpu().numpy().astype(np.float64)
+
+
+def check_parity(
+    bundle: Path,
+    obs: NDArray[np.float32],
+    mask: NDArray[np.bool_],
+    expected: NDArray[np.int64],
+    expected_scores: NDArray[np.float64],
+) -> Parity:
+    """Run ``policy.onnx`` (ONNX Runtime) and ``policy.pt`` (TorchScript) of ``bundle`` on
+    ``obs``/``mask`` and count agreement with ``expected`` actions."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(bundle / "policy.onnx"), providers=["CPUExecutionProvider"])
+    a_onnx, s_onnx = sess.run(None, {"observation": obs, "action_mask": mask})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated upstream
+        ts = torch.jit.load(str(bundle / "policy.pt"))
+    with torch.no_grad():
+        a_ts, s_ts = ts(torch.from_numpy(obs), torch.from_numpy(mask))
+    a_onnx, a_ts = np.asarray(a_onnx), a_ts.numpy()
+    untied = _margin(expected_scores, mask) > TIE
+    return Parity(
+        decisions=len(expected),
+        onnx_agree=int((a_onnx == expected).sum()),
+        torchscript_agree=int((a_ts == expected).sum()),
+        real_disagreements=int((((a_onnx != expected) | (a_ts != expected)) & untied).sum()),
+        max_score_diff_onnx=float(np.abs(s_onnx - expected_scores).max()),
+        max_score_diff_torchscript=float(np.abs(s_ts.numpy() - expected_scores).max()),
+    )
+
+
+def _margin(scores: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Gap between the best and the second-best allowed score per row (inf with one)."""
+    s = np.sort(np.where(mask, scores, -np.inf), axis=1)
+    gap = s[:, -1] - s[:, -2] if s.shape[1] > 1 else np.full(len(s), np.inf)
+    return np.where(np.isfinite(gap) | (s[:, -1] > -np.inf), gap, 0.0)
+
+
+def _write_golden(
+    path: Path,
+    live: LiveState,
+    rec: Recording,
+    obs: NDArray[np.float32],
+    scores: NDArray[np.float64],
+    count: int,
+) -> None:
+    """``count`` recorded decisions spread over the recording, skipping near-ties (a gap under
+    GOLDEN_MARGIN between the two best allowed scores), one JSON object per line."""
+    ok = np.flatnonzero(_margin(scores, rec.mask) > GOLDEN_MARGIN)
+    # prefer a mix of actions: take rows evenly from each action's candidates
+    picks: list[int] = []
+    by_action = [ok[rec.actions[ok] == a] for a in np.unique(rec.actions[ok])]
+    per = max(count // max(len(by_action), 1), 1)
+    for rows in by_action:
+        picks += list(rows[np.linspace(0, len(rows) - 1, min(per, len(rows))).astype(int)])
+    picks = sorted(set(picks))[:count]
+    with path.open("w") as f:
+        for i in picks:
+            line = {
+                "state": live.state(rec.view, int(i)),
+                "observation": [float(x) for x in obs[i]],
+                "action_mask": [bool(x) for x in rec.mask[i]],
+                "scores": [float(x) for x in scores[i]],
+                "action": int(rec.actions[i]),
+                "label": (*live.topology.route_labels(), "reject")[int(rec.actions[i])],
+            }
+            f.write(json.dumps(line) + "\n")
+
+
+def _default_fallback(run: Path, scenario: Any) -> str:
+    """The run's best heuristic on its validation seeds (baselines.json), among the stateless
+    ones; Mooncake's conductor when the run has no baselines."""
+    path = run / "baselines.json"
+    if path.is_file():
+        from agents.training import best_baseline
+
+        scores = json.loads(path.read_text())["scores"]
+        scores = {k: v for k, v in scores.items() if k in STATELESS_FALLBACKS}
+        if scores:
+            return best_baseline(scores, "ttft_p90_s")
+    return "mooncake"
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("prfaas-env", "torch", "stable-baselines3", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _manifest(
+    meta: dict[str, Any],
+    run: Path,
+    checkpoint: str,
+    live: LiveState,
+    graph: PolicyGraph,
+    parity: Parity,
+    scenario: Any,
+    fallback: str,
+) -> dict[str, Any]:
+    topo_raw = _portable_topology(scenario.raw["topology"])
+    routes = live.topology.routes
+    clusters = live.topology.clusters
+    actions = []
+    for i, r in enumerate(routes):
+        ch = live.topology.channels[r.channel] if r.channel >= 0 else None
+        actions.append(
+            {
+                "index": i,
+                "label": r.label(live.topology),
+                "prefill_cluster": clusters[r.prefill].name,
+                "decode_cluster": clusters[r.decode].name,
+                "kv_path": f"{ch[1]}->{ch[2]}" if ch else "rdma",
+            }
+        )
+    if live.admission_control:
+        actions.append({"index": len(routes), "label": "reject", "kv_path": None})
+    return {
+        "format": BUNDLE_FORMAT,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": {
+            "path": str(run),
+            "checkpoint": checkpoint,
+            "algo": meta["algo"],
+            "seed": meta["seed"],
+            "config": meta["config"],
+            "rate_multiplier": meta.get("rate_multiplier"),
+            "timesteps": meta.get("timesteps_done"),
+        },
+        "model": {
+            "onnx": "policy.onnx",
+            "opset": ONNX_OPSET,
+            "torchscript": "policy.pt",
+            "inputs": [
+                {"name": INPUT_NAMES[0], "dtype": "float32", "shape": ["batch", graph.size]},
+                {"name": INPUT_NAMES[1], "dtype": "bool", "shape": ["batch", len(actions)]},
+            ],
+            "outputs": [
+                {"name": OUTPUT_NAMES[0], "dtype": "int64", "shape": ["batch"]},
+                {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": ["batch", len(actions)]},
+            ],
+            "scores": graph.score_kind,
+            "normalisation": "inside the graph: clip((x - mean) / sqrt(var + eps), -clip, clip) "
+            "with the run's statistics; feed the encoder's output",
+            "mask": "input action_mask; the action is the argmax of the scores over allowed "
+            "actions (scores are returned before masking). A row with no allowed action "
+            "returns 0: the router falls back instead",
+        },
+        "observation": {
+            "size": live.encoder.size,
+            "expected_output_tokens": live.expected_output_tokens,
+            "admission_control": live.admission_control,
+            "clip": "every entry is clipped to [0, 10] after its normalisation",
+            "features": live.feature_sources(),
+        },
+        "state": {"format": STATE_FORMAT, "schema": "state.schema.json"},
+        "actions": actions,
+        "fallback": {
+            "policy": fallback,
+            "params": heuristic_params(scenario, fallback),
+            "used_when": "a metric is missing or invalid, the model fails, or no action is allowed",
+        },
+        "topology": topo_raw,
+        "slo": {"ttft_s": scenario.ttft_slo_s, "tpot_s": scenario.tpot_slo_s},
+        "parity": parity.to_dict(),
+        "golden": {"file": "golden.jsonl", "min_score_margin": GOLDEN_MARGIN},
+        "versions": _versions(),
+    }
+
+
+def _portable_topology(raw: dict[str, Any]) -> dict[str, Any]:
+    """The topology mapping without link bandwidth processes and outages (a router measures
+    bandwidth itself; a replayed CSV would also tie the bundle to a file)."""
+    out = json.loads(json.dumps(raw))
+    for link in out.get("links") or []:
+        if isinstance(link, dict):
+            link.pop("bandwidth", None)
+            link.pop("outages", None)
+    return out

@@ -1,0 +1,74 @@
+"""Recorded decisions: the views and masks a policy saw while routing, with its actions.
+
+Parity checks, golden files and knob distillation all need real router inputs, not random
+vectors: :func:`record` runs a policy on a scenario through
+:func:`~prfaas_env.evaluation.run_policy` (the evaluation path) and keeps every view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.env.live import LiveState
+from prfaas_env.evaluation import Run, run_policy
+from prfaas_env.policies import Policy, View
+from prfaas_env.sim.kernel import REJECT
+from prfaas_env.sim.scenario import Scenario
+
+
+@dataclass(frozen=True)
+class Recording:
+    """``view`` arrays stacked over decisions (leading dimension = decision; row order:
+    decision step, then seed), the full action mask and the recorded policy's actions."""
+
+    view: dict[str, NDArray[np.float64]]
+    mask: NDArray[np.bool_]
+    actions: NDArray[np.int64]
+    run: Run
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+class _Recorder(Policy):
+    def __init__(self, inner: Policy, live: LiveState) -> None:
+        super().__init__(inner.routes, inner.topology)
+        self.inner = inner
+        self.live = live
+        self.name = inner.name
+        self.views: list[View] = []
+        self.masks: list[NDArray[np.bool_]] = []
+        self.actions: list[NDArray[np.int64]] = []
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        self.inner.reset(num_envs, seed)
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        full = self.live.mask(view)  # the environment's mask, with reject when present
+        a = np.asarray(self.inner.act(view, full), np.int64)
+        n = self.routes.num_routes
+        self.views.append({k: np.array(v, dtype=np.float64) for k, v in view.items()})
+        self.masks.append(full)
+        self.actions.append(np.where(a == REJECT, n, a))  # as action indices
+        return np.where(a >= n, REJECT, a)  # as the simulator takes them
+
+
+def record(
+    scenario: Scenario,
+    policy: Policy,
+    live: LiveState,
+    seeds: Sequence[int],
+    decisions: int,
+    staleness_s: float = 0.0,
+) -> Recording:
+    """Run ``policy`` for ``decisions`` steps on each of ``seeds`` and keep what it saw."""
+    rec = _Recorder(policy, live)
+    run = run_policy(
+        scenario, lambda _sc: rec, policy.name, list(seeds), decisions, staleness_s=staleness_s
+    )
+    view = {k: np.concatenate([v[k] for v in rec.views]) for k in rec.views[0]}
+    return Recording(view, np.concatenate(rec.masks), np.concatenate(rec.actions), run)

@@ -1,0 +1,203 @@
+"""The reference router: a bundle's policy deciding on live cluster state, with a fallback.
+
+``Router.decide(state)`` takes one live state (plain JSON-like data, see
+:mod:`prfaas_env.env.live`), builds the view and the observation with the environment's own
+code, runs ``policy.onnx`` with ONNX Runtime and returns a :class:`Decision`. The fallback
+heuristic named in the manifest decides instead, and the decision says why, when:
+
+- a metric is missing, null or invalid (negative, NaN, not a number): ``missing ...`` /
+  ``invalid ...``; the fallback sees the view with defaults in their place;
+- the model fails to run or returns an action the mask forbids: ``model failed: ...``;
+- no action is allowed (every route's link is down): ``no allowed action``.
+
+A state without a usable ``request.input_tokens`` cannot be routed by anything and raises
+:class:`~prfaas_env.env.live.LiveStateError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.env.live import LiveStateError
+from prfaas_env.policies import Policy, RouteTable, make_policy
+from prfaas_env.router.bundle import Bundle, BundleError, load_bundle
+from prfaas_env.sim.kernel import REJECT
+
+__all__ = ["BundlePolicy", "Decision", "LiveStateError", "ModelRunner", "Router"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One routing decision: the action index and label, whether the model or the fallback
+    made it (``source``), why the fallback was used (``reason``, None for the model), and the
+    model's scores when it ran."""
+
+    action: int
+    label: str
+    source: str
+    reason: str | None = None
+    scores: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "label": self.label,
+            "source": self.source,
+            "reason": self.reason,
+            "scores": self.scores,
+        }
+
+
+class ModelRunner:
+    """``policy.onnx`` in an ONNX Runtime session: observations and masks in, actions and
+    scores out. One thread per session call (lowest latency for single decisions)."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        path = bundle.file("policy.onnx")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
+            raise BundleError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if set(inputs) != {"observation", "action_mask"}:
+            raise BundleError(
+                f"{path}: inputs are {sorted(inputs)}; expected observation and action_mask"
+            )
+        width = inputs["observation"].shape[1]
+        if width != len(bundle.features):
+            raise BundleError(
+                f"{path}: the model takes {width} observation features but manifest.json "
+                f"lists {len(bundle.features)}"
+            )
+        actions = inputs["action_mask"].shape[1]
+        if actions != len(bundle.actions):
+            raise BundleError(
+                f"{path}: the model scores {actions} actions but manifest.json lists "
+                f"{len(bundle.actions)}"
+            )
+
+    def run(
+        self, obs: NDArray[np.float32], mask: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        feed = {
+            "observation": np.asarray(obs, dtype=np.float32),
+            "action_mask": np.asarray(mask, dtype=np.bool_),
+        }
+        action, scores = self.session.run(None, feed)
+        return action, scores
+
+
+class Router:
+    """Routes live states with a bundle's policy (see the module docstring).
+
+    Args:
+        bundle: a bundle folder or a loaded :class:`Bundle`.
+        threads: ONNX Runtime intra-op threads.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, threads: int = 1) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.live = self.bundle.live
+        self.encoder = self.live.encoder
+        self.model = ModelRunner(self.bundle, threads)
+        self.labels = self.bundle.actions
+        fb = self.bundle.manifest["fallback"]
+        routes = RouteTable.from_topology(self.live.topology, self.live.admission_control)
+        try:
+            self.fallback: Policy = make_policy(
+                fb["policy"], routes, self.live.topology, **fb.get("params", {})
+            )
+        except Exception as exc:
+            raise BundleError(
+                f"{self.bundle.path}/manifest.json: fallback {fb.get('policy')!r}: {exc}"
+            ) from exc
+        self.fallback.reset(1)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One decision on each path (model and fallback), so the first real request does
+        not pay for lazy initialisation."""
+        golden = self.bundle.file("golden.jsonl")
+        first = golden.read_text().split("\n", 1)[0] if golden.is_file() else ""
+        states: list[Mapping[str, Any]] = [{"request": {"input_tokens": 1024}}]
+        if first.strip():
+            states.append(json.loads(first)["state"])
+        self.decide_many(states)
+
+    def act_view(
+        self, view: Mapping[str, NDArray], mask: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The model's actions and scores on a batch of views (no fallback); the path
+        ``evaluate.py --agent BUNDLE`` and the parity checks use."""
+        return self.model.run(self.encoder.encode(view), mask)
+
+    def decide(self, state: Mapping[str, Any]) -> Decision:
+        """Route one live state (LiveStateError when it has no usable input length)."""
+        return self.decide_many([state])[0]
+
+    def decide_many(self, states: Sequence[Mapping[str, Any]]) -> list[Decision]:
+        """Route a batch of live states in one model call."""
+        parsed = self.live.parse(states)
+        view, mask = parsed.view, parsed.mask
+        reasons: list[str | None] = ["; ".join(p) if p else None for p in parsed.problems]
+        width = mask.shape[1]
+        try:
+            actions, scores = self.act_view(view, mask)
+            chosen: list[int] = actions.tolist()
+            score_rows: list[list[float]] | None = scores.tolist()
+        except Exception as exc:  # any runtime failure must still produce a decision
+            failure = f"model failed: {type(exc).__name__}: {exc}"
+            chosen, score_rows = [0] * len(states), None
+            reasons = [r or failure for r in reasons]
+        allowed = mask.tolist()
+        for i, a in enumerate(chosen):
+            if reasons[i] is not None:
+                continue
+            if not any(allowed[i]):
+                reasons[i] = "no allowed action"
+            elif not (0 <= a < width and allowed[i][a]):
+                reasons[i] = f"model failed: chose forbidden action {a}"
+        need = [i for i, r in enumerate(reasons) if r is not None]
+        if need:
+            sub = {k: np.asarray(v)[need] for k, v in view.items()}
+            for i, a in zip(need, self.fallback.act(sub, mask[need]).tolist(), strict=True):
+                chosen[i] = a
+        return [
+            Decision(
+                action=a,
+                label=self.labels[a] if 0 <= a < len(self.labels) else "none",
+                source="model" if reasons[i] is None else "fallback",
+                reason=reasons[i],
+                scores=None if score_rows is None else score_rows[i],
+            )
+            for i, a in enumerate(chosen)
+        ]
+
+
+class BundlePolicy(Policy):
+    """A bundle's model as a routing :class:`~prfaas_env.policies.Policy` on simulator views
+    (``evaluate.py --agent BUNDLE``): the same encoder and ONNX graph a deployed router runs,
+    with no fallback (simulator views are complete)."""
+
+    def __init__(self, router: Router, routes: RouteTable, label: str) -> None:
+        super().__init__(routes, router.live.topology)
+        self.router = router
+        self.name = label
+
+    def act(self, view: Mapping[str, NDArray], mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        full = self.router.live.mask(view)
+        full[:, : mask.shape[1]] &= mask
+        actions, _ = self.router.act_view(view, full)
+        return np.where(actions >= self.routes.num_routes, REJECT, actions).astype(np.int64)
