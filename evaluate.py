@@ -226,12 +226,8 @@ def bundle_policy(root: Path, scenario: Any, env_cfg: Any) -> Any:
     from prfaas_env.router.core import BundlePolicy, Router
 
     router = Router(root)
-    sig = {
-        "features": router.bundle.features,
-        "actions": router.bundle.actions,
-        "dict_observation": env_cfg.dict_observation,
-    }
-    check_spaces(sig, scenario, env_cfg, str(root))
+    sig = {"features": router.bundle.features, "actions": router.bundle.actions}
+    check_spaces(sig, scenario, env_cfg, str(root), form=False)  # the graph takes the Box form
     routes = RouteTable.from_topology(scenario.topology, router.live.admission_control)
     return BundlePolicy(router, routes, f"bundle:{root.name}")
 

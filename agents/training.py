@@ -221,11 +221,24 @@ def _better(metric: str, a: float, b: float) -> bool:
     return a < b if EVAL_METRICS[metric] else a > b
 
 
-def _improves(keeps_up: bool, value: float, best_keeps_up: bool, best: float, metric: str) -> bool:
-    """Checkpoint selection: keeping up with the best heuristic's throughput comes first,
+def _improves(
+    keeps_up: bool,
+    value: float,
+    throughput: float,
+    best_keeps_up: bool,
+    best: float,
+    best_throughput: float,
+    metric: str,
+) -> bool:
+    """Checkpoint selection: keeping up with the best heuristic's throughput comes first;
+    among checkpoints that do not keep up, higher throughput (by more than 1 %) comes next;
     then ``metric``."""
     if keeps_up != best_keeps_up:
         return keeps_up
+    if not keeps_up and abs(throughput - best_throughput) > (1 - KEEP_UP) * max(
+        throughput, best_throughput
+    ):
+        return throughput > best_throughput
     return _better(metric, value, best)
 
 
@@ -342,13 +355,16 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         model.logger.dump(step)
         progress.set_postfix(**{ev.metric: f"{score[ev.metric]:.3g}", "vs_best": f"{rel:+.1%}"})
         # a checkpoint that serves fewer requests than the best heuristic (backlog) never
-        # beats one that keeps up, whatever its latency
+        # beats one that keeps up, whatever its latency; among backlogged ones, the one that
+        # serves more wins
         keeps_up = score["throughput_rps"] >= KEEP_UP * base_scores[best_name]["throughput_rps"]
         if best_so_far is None or _improves(
             keeps_up,
             score[ev.metric],
+            score["throughput_rps"],
             best_so_far.get("keeps_up", True),
             best_so_far["score"],
+            best_so_far["metrics"]["throughput_rps"],
             ev.metric,
         ):
             save_snapshot(model, vecnorm, out / "best", "model")

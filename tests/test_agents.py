@@ -309,10 +309,16 @@ def test_other_algorithms_train_and_evaluate(tmp_path: Path, algo: str, extra: d
 def test_checkpoint_selection_puts_throughput_before_latency() -> None:
     from agents.training import _improves, best_baseline
 
-    assert _improves(True, 9.0, False, 1.0, "ttft_p90_s")  # keeps up beats a backlog
-    assert not _improves(False, 1.0, True, 9.0, "ttft_p90_s")
-    assert _improves(True, 1.0, True, 2.0, "ttft_p90_s")
-    assert _improves(True, 0.9, True, 0.8, "slo_attainment")
+    p90 = "ttft_p90_s"
+    assert _improves(True, 9.0, 2.0, False, 1.0, 2.0, p90)  # keeps up beats a backlog
+    assert not _improves(False, 1.0, 2.0, True, 9.0, 2.0, p90)
+    assert _improves(True, 1.0, 2.0, True, 2.0, 2.0, p90)
+    assert _improves(True, 0.9, 2.0, True, 0.8, 2.0, "slo_attainment")
+    # neither keeps up: the one that serves more wins, whatever its latency ...
+    assert _improves(False, 9.0, 2.5, False, 6.0, 2.2, p90)
+    assert not _improves(False, 6.0, 2.2, False, 9.0, 2.5, p90)
+    # ... unless throughputs are within 1 %: then the metric decides
+    assert _improves(False, 6.0, 2.49, False, 9.0, 2.5, p90)
     scores = {
         "fast_but_drops": {"throughput_rps": 1.0, "ttft_p90_s": 0.5},
         "a": {"throughput_rps": 2.0, "ttft_p90_s": 3.0},

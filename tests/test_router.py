@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
+from jsonschema import Draft7Validator
 
 import evaluate as evaluate_cli
 from agents.training import best_baseline, train
@@ -67,28 +67,73 @@ def test_live_state_gives_the_simulators_view_exactly(name: str) -> None:
 
 
 def test_states_follow_the_published_schema() -> None:
+    """States written from simulator views are valid; the sidecar's compiled validator
+    (fastjsonschema) and the reference implementation (jsonschema) agree on every document."""
+    import fastjsonschema
+
     sc, live = live_of("multi_region")
-    validator = Draft202012Validator(live.schema())
+    schema = live.schema()
+    Draft7Validator.check_schema(schema)
+    reference = Draft7Validator(schema)
+    compiled = fastjsonschema.compile(schema)
+
+    def compiled_ok(doc: Any) -> bool:
+        try:
+            compiled(doc)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
+        return True
+
     sim = VecSimulator(sc, 2)
     sim.reset(seed=[1, 2])
     state = live.state(view_from_sim(sim), 0)
-    validator.validate(state)
-    bad = json.loads(json.dumps(state))
-    bad["prefill"][live.entities["prefill"][0]]["wait_s"] = -1
-    assert [list(e.absolute_path) for e in validator.iter_errors(bad)] == [
-        ["prefill", live.entities["prefill"][0], "wait_s"]
+    p0 = live.entities["prefill"][0]
+    docs: list[Any] = [state, {"request": {"input_tokens": 10}}, {"prefill": {}}, [1], "x"]
+    for path, value in (
+        (("prefill", p0, "wait_s"), -1),
+        (("prefill", p0, "wait_s"), None),
+        (("prefill", p0, "busy_fraction"), 1.5),
+        (("prefill", p0, "queued_tokens"), True),
+        (("prefill", p0, "queued_tokens"), "3"),
+        (("prefill", "nowhere"), {}),
+        (("prefill", p0, "typo"), 1),
+        (("request", "input_tokens"), 1.5),
+        (("request", "input_tokens"), 300_000),
+        (("request", "input_tokens"), 4.0),
+        (("decode",), []),
+        (("extra",), 1),
+    ):
+        doc = json.loads(json.dumps(state))
+        node = doc
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        docs.append(doc)
+    verdicts = [reference.is_valid(d) for d in docs]
+    assert verdicts == [compiled_ok(d) for d in docs]
+    # 4.0 is an integer in JSON Schema (the router accepts whole-number floats too)
+    assert verdicts == [True, True] + [False] * 4 + [True] + [False] * 7 + [True, False, False]
+    assert [list(e.absolute_path) for e in reference.iter_errors(docs[5])] == [
+        ["prefill", p0, "wait_s"]
     ]
-    assert not validator.is_valid({"prefill": {}})  # request is required
-    assert not validator.is_valid({"request": {"input_tokens": 10}, "prefill": {"nowhere": {}}})
 
 
 finite = st.floats(min_value=0, max_value=1e12, allow_nan=False)
-metric = st.one_of(st.none(), finite, st.integers(0, 10**9), st.just(-1.0), st.just("x"))
+metric = st.one_of(
+    st.none(),
+    finite,
+    st.integers(0, 10**9),
+    st.just(-1.0),
+    st.just("x"),
+    st.booleans(),
+    st.just(10**400),
+    st.sampled_from([float("nan"), float("inf"), 1.5, {}, []]),
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    tokens=st.integers(1, 300_000),
+    tokens=st.integers(1, 262_144),
     values=st.lists(metric, min_size=19, max_size=19),
     drop=st.sets(st.integers(0, 18)),
 )
@@ -116,9 +161,10 @@ def test_any_state_with_a_length_parses_to_a_bounded_observation(
             expect.add(f"missing {where}")
             continue
         node[k] = v
+        high = 1.0 if k in ("busy_fraction", "free_slots", "kv_used") else 2.0**53
         if v is None:
             expect.add(f"missing {where}")
-        elif not isinstance(v, (int, float)) or v < 0:
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= high:
             expect.add(f"invalid {where}")
     parsed = live.parse([state])
     got = {p.split(":")[0] for p in parsed.problems[0]}
@@ -132,7 +178,17 @@ LIVE_PAPER = live_of("paper_prfaas")
 
 def test_a_state_without_a_usable_length_is_refused() -> None:
     _, live = LIVE_PAPER
-    for bad in ({}, {"request": {}}, {"request": {"input_tokens": 0}}, [1], {"request": 5}):
+    for bad in (
+        {},
+        {"request": {}},
+        {"request": {"input_tokens": 0}},
+        {"request": {"input_tokens": 1.5}},
+        {"request": {"input_tokens": True}},
+        {"request": {"input_tokens": float("inf")}},
+        {"request": {"input_tokens": 300_000}},
+        [1],
+        {"request": 5},
+    ):
         with pytest.raises(LiveStateError, match="state 0"):
             live.parse([bad])  # type: ignore[list-item]
 
@@ -174,7 +230,7 @@ def test_bundle_has_every_file_and_a_full_manifest(bundle: Path) -> None:
     stateless = {k: v for k, v in scores.items() if k in STATELESS_FALLBACKS}
     assert m["fallback"]["policy"] == best_baseline(stateless, "ttft_p90_s")
     assert m["files"] == {p.name: sha256(p) for p in bundle.iterdir() if p.name != "manifest.json"}
-    assert m["content_hash"] == content_hash(m["files"])
+    assert m["content_hash"] == content_hash(m["files"], m)
     import onnx
 
     proto = onnx.load(str(bundle / "policy.onnx"))
@@ -201,13 +257,19 @@ def test_router_falls_back_with_a_reason(bundle: Path, monkeypatch: pytest.Monke
     del partial["prefill"]["pd"]["wait_s"]
     partial["decode"]["pd"]["kv_used"] = float("nan")
     d = router.decide(partial)
-    assert d.source == "fallback"
-    assert (
-        d.reason
-        == "missing prefill.pd.wait_s; invalid decode.pd.kv_used: nan (expected a number >= 0)"
+    assert d.source == "fallback" and d.scores is None
+    assert d.reason == (
+        "missing prefill.pd.wait_s; invalid decode.pd.kv_used: nan (expected a number in [0, 1])"
     )
     fb = router.fallback.act(router.live.parse([partial]).view, np.ones((1, 2), bool))
     assert d.action == int(fb[0])
+    # expected_output_tokens is optional: leaving it out is not a reason to fall back
+    del partial["request"]["expected_output_tokens"]
+    partial["prefill"]["pd"]["wait_s"] = 0.5
+    partial["decode"]["pd"]["kv_used"] = 0.5
+    assert router.decide(partial).source == "model"
+    partial["decode"]["pd"] = "full"  # an entity that is not a mapping is invalid, not missing
+    assert router.decide(partial).reason.startswith("invalid decode.pd: expected a mapping")
     down = json.loads(json.dumps(state))
     down["channels"]["remote->local"]["bandwidth_gbps"] = 0
     d = router.decide(down)
@@ -221,12 +283,15 @@ def test_router_falls_back_with_a_reason(bundle: Path, monkeypatch: pytest.Monke
     assert d.source == "fallback" and d.reason == "model failed: RuntimeError: session lost"
     with pytest.raises(LiveStateError):
         router.decide({"request": {"input_tokens": -3}})
+    monkeypatch.setattr(router.live, "mask", lambda v: np.zeros((len(v["bandwidth"]), 2), bool))
+    d = router.decide(state)  # nothing allowed: no route is named
+    assert (d.action, d.label, d.reason) == (-1, "none", "model failed: RuntimeError: session lost")
 
 
 def _rehash(root: Path) -> None:
     m = json.loads((root / "manifest.json").read_text())
     m["files"] = {n: sha256(root / n) for n in m["files"]}
-    m["content_hash"] = content_hash(m["files"])
+    m["content_hash"] = content_hash(m["files"], m)
     (root / "manifest.json").write_text(json.dumps(m))
 
 
@@ -248,12 +313,49 @@ def test_bad_bundles_are_refused_with_the_problem_named(bundle: Path, tmp_path: 
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"bundle format 99; this version .* reads format 1"):
         load_bundle(b)
-    b = copy("features")
-    m = json.loads((b / "manifest.json").read_text())
-    m["observation"]["features"] = m["observation"]["features"][:-1]
-    (b / "manifest.json").write_text(json.dumps(m))
+
+    def edit(name: str, change: Any, rehash: bool = True) -> Path:
+        b = copy(name)
+        m = json.loads((b / "manifest.json").read_text())
+        change(m)
+        (b / "manifest.json").write_text(json.dumps(m))
+        if rehash:
+            _rehash(b)
+        return b
+
+    b = edit("edited", lambda m: m["observation"].update(expected_output_tokens=1e9), False)
+    with pytest.raises(BundleError, match=r"content_hash does not match .* edited after export"):
+        load_bundle(b)
+    b = edit(
+        "features", lambda m: m["observation"].update(features=m["observation"]["features"][:-1])
+    )
     with pytest.raises(BundleError, match=r"lists 26 features, this version's encoder makes 27"):
         load_bundle(b)
+
+    def renormalise(m: dict) -> None:
+        m["observation"]["features"][0]["normalisation"] = "none"
+
+    b = edit("normalisation", renormalise)
+    with pytest.raises(BundleError, match=r"index 0: normalisation 'none' \(bundle\)"):
+        load_bundle(b)
+    b = edit("version", lambda m: m["versions"].update({"prfaas-env": "9.4.0"}))
+    with pytest.raises(BundleError, match=r"exported with prfaas-env 9.4.0; this is"):
+        load_bundle(b)
+    b = edit("stateful", lambda m: m["fallback"].update(policy="round_robin"))
+    with pytest.raises(BundleError, match=r"'round_robin' is not a stateless heuristic"):
+        load_bundle(b)
+    b = edit("malformed", lambda m: m.update(state=5))
+    with pytest.raises(BundleError, match=r"'state' must be a JSON object, got int"):
+        load_bundle(b)
+    # a golden file the model does not reproduce (e.g. a model swapped after export)
+    b = copy("golden")
+    lines = (b / "golden.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["action"] = 1 - first["action"]
+    (b / "golden.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    _rehash(b)
+    with pytest.raises(BundleError, match=r"golden.jsonl: line 1: the router does not reproduce"):
+        Router(b)
     # a model whose input width differs from the manifest's feature list
     b = copy("width")
     import onnx
@@ -332,7 +434,8 @@ def test_sidecar_endpoints_and_errors(bundle: Path) -> None:
     assert r.json()["bundle"] == json.loads((bundle / "manifest.json").read_text())["content_hash"]
     r = client.post("/route", json={"request": {"input_tokens": 900}})
     assert r.status_code == 200 and r.json()["source"] == "fallback"
-    assert r.json()["reason"].startswith("missing request.expected_output_tokens")
+    assert r.json()["reason"].startswith("missing recent.ttft_ewma_s; missing prefill.")
+    assert r.json()["scores"] is None
     r = client.post("/route", content=b"{not json")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     bad = json.loads(json.dumps(state))
@@ -343,12 +446,33 @@ def test_sidecar_endpoints_and_errors(bundle: Path) -> None:
     assert r.status_code == 422 and "extra" in r.json()["error"]
     r = client.post("/route", content=b" " * 70_000)
     assert r.status_code == 413
+    for body, status in (
+        (b'{"request": {"input_tokens": NaN}}', 400),
+        (b'{"request": {"input_tokens": 100}, "recent": {"ttft_ewma_s": Infinity}}', 400),
+        (b'{"request": {"input_tokens": 1' + b"0" * 5000 + b"}}", 400),
+        (b'{"a":' * 10_000, 400),
+        (b'{"request": {"input_tokens": 1' + b"0" * 400 + b"}}", 422),
+        (b'{"request": {"input_tokens": 1.5}}', 422),
+        (b'{"request": {"input_tokens": true}}', 422),
+        (b'{"request": {"input_tokens": 10}, "decode": {"pd": {"kv_used": 5}}}', 422),
+        (
+            b'{"request": {"input_tokens": 10}, "decode": {"pd": {"kv_used": 10'
+            + b"0" * 400
+            + b"}}}",
+            422,
+        ),
+        (b"[1, 2]", 422),
+        (b'"state"', 422),
+    ):
+        r = client.post("/route", content=body)
+        assert r.status_code == status, (body[:60], r.text[:200])
+        assert r.json()["error"]
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/schema").json()["required"] == ["request"]
     text = client.get("/metrics").text
     assert 'prfaas_router_decisions_total{source="model"} 1.0' in text
     assert 'prfaas_router_fallbacks_total{reason="missing"} 1.0' in text
-    assert 'prfaas_router_bad_requests_total{status="422"} 2.0' in text
+    assert 'prfaas_router_bad_requests_total{status="422"} 9.0' in text
     assert "prfaas_router_decision_seconds_count 2.0" in text
     assert client.get("/route").status_code == 405
 

@@ -150,19 +150,17 @@ class ObservationEncoder:
 
     def _build_layout(self) -> None:
         """Column positions of every view key and of every normaliser (computed once)."""
-        layout: list[tuple[str, int, NDArray[np.int64] | slice]] = []
+        layout: list[tuple[str, int, slice]] = []
         by_norm: dict[str, list[int]] = {}
         offset = 0
         for _, spec, entities in self._groups:
-            width = len(spec)
+            width, count = len(spec), len(entities)
             for k, (key, *_, norm) in enumerate(spec):
-                cols = offset + k + width * np.arange(len(entities))
-                sel: NDArray[np.int64] | slice = (
-                    slice(int(cols[0]), int(cols[0]) + 1) if len(cols) == 1 else cols
-                )
-                layout.append((key, len(entities), sel))
-                by_norm.setdefault(norm, []).extend(int(c) for c in cols)
-            offset += width * len(entities)
+                # entity-major within a group: a key's columns are `width` apart
+                first = offset + k
+                layout.append((key, count, slice(first, first + width * count, width)))
+                by_norm.setdefault(norm, []).extend(first + width * i for i in range(count))
+            offset += width * count
         self._layout = layout
         # every log normaliser is log1p(max(x, 0) / divisor) / scale; identity columns pass
         log_cols = np.zeros(offset, np.bool_)
@@ -182,7 +180,9 @@ class ObservationEncoder:
         n = np.shape(view["input_tokens"])[0]
         out = np.empty((n, self._width))
         for key, count, sel in self._layout:
-            a = np.asarray(view[key], dtype=np.float64)
+            a = view[key]
+            if type(a) is not np.ndarray:
+                a = np.asarray(a, dtype=np.float64)
             if a.ndim == 1:
                 a = a[:, None]
             if a.shape[1] != count:

@@ -20,10 +20,13 @@ State layout (``STATE_FORMAT`` 1; every number is >= 0; units in the key names):
       "recent":   {"ttft_ewma_s": 2.1}
     }
 
-``request.input_tokens`` is required. Every other metric may be missing or ``null``: it is
-then replaced by its default (:data:`DEFAULTS`) and reported in :attr:`Parsed.problems`, so a
-router can fall back to a heuristic. ``expected_output_tokens`` defaults to the workload mean
-the policy was trained with.
+``request.input_tokens`` is required: a whole number of tokens in [1, 262144] (the range the
+cost tables cover). Every other metric may be missing or ``null``, or invalid (not a finite
+number, negative, above 2^53, or a fraction above 1): it is then replaced by its default
+(:data:`DEFAULTS`) and reported in :attr:`Parsed.problems`, so a router can fall back to a
+heuristic. ``expected_output_tokens`` is optional and silent when absent: it defaults to the
+workload mean the policy was trained with (a constant in training). Keys this topology does
+not have are ignored here (the JSON Schema refuses them).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from numpy.typing import NDArray
 
 from prfaas_env.env.features import ObservationEncoder, estimated_ttft, transfer_s
 from prfaas_env.sim.bandwidth import GBPS
-from prfaas_env.sim.costs import CostTables, build_tables, prefill_time
+from prfaas_env.sim.costs import MAX_PROMPT_TOKENS, CostTables, build_tables, prefill_time
 from prfaas_env.sim.topology import Topology
 
 STATE_FORMAT = 1
@@ -144,6 +147,9 @@ DEFAULTS: dict[str, float] = {
     # bandwidth_gbps defaults to the link's nominal bandwidth
 }
 _GROUPS = ("prefill", "channels", "decode")
+_FRACTIONS = ("busy_fraction", "free_slots", "kv_used")
+_MAX_EXACT = float(2**53)  # the largest metric accepted (integers are exact up to here)
+_HIGH = dict.fromkeys(_FRACTIONS, 1.0)  # metrics with a smaller upper bound
 
 
 class LiveStateError(ValueError):
@@ -207,7 +213,7 @@ class LiveState:
             "decode": DECODE_INPUTS,
             "recent": RECENT_INPUTS,
         }
-        # per entity group: (state key, view key, default per entity)
+        # per entity group: (state key, view key, default per entity, upper bound)
         self._specs = {
             group: [
                 (
@@ -216,6 +222,7 @@ class LiveState:
                     list(self._nominal_gbps)
                     if key == "bandwidth_gbps"
                     else [DEFAULTS[key]] * len(self.entities[group]),
+                    _HIGH.get(key, _MAX_EXACT),
                 )
                 for key, (view_key, _) in self.inputs[group].items()
             ]
@@ -241,13 +248,24 @@ class LiveState:
                 raise LiveStateError(f"state {i}: expected a mapping, got {type(st).__name__}")
             req = st.get("request")
             tokens = req.get("input_tokens") if _is_mapping(req) else None
-            if not _is_number(tokens) or not tokens >= 1:
+            if not _is_prompt_length(tokens):
                 raise LiveStateError(
-                    f"state {i}: request.input_tokens must be a number >= 1, got {tokens!r}"
+                    f"state {i}: request.input_tokens must be a whole number of tokens in "
+                    f"[1, {MAX_PROMPT_TOKENS}], got {tokens!r}"
                 )
             length[i] = float(tokens)
-            exp_out[i] = self._metric(
-                req, "expected_output_tokens", self.expected_output_tokens, "request", problems[i]
+            out_tokens = req.get("expected_output_tokens")
+            # optional and silent when absent: training used the workload's constant mean
+            exp_out[i] = (
+                self.expected_output_tokens
+                if out_tokens is None
+                else self._metric(
+                    req,
+                    "expected_output_tokens",
+                    self.expected_output_tokens,
+                    "request",
+                    problems[i],
+                )
             )
             recent[i] = self._metric(
                 st.get("recent"), "ttft_ewma_s", DEFAULTS["ttft_ewma_s"], "recent", problems[i]
@@ -256,38 +274,48 @@ class LiveState:
         raw["expected_output_tokens"] = exp_out
         raw["ttft_ewma_s"] = recent
         for group in _GROUPS:
-            names = self.entities[group]
             spec = self._specs[group]
-            rows: list[float] = []  # flat [state][key][entity]
-            for i, st in enumerate(states):
-                section = st.get(group)
-                entities = [section.get(nm) if _is_mapping(section) else None for nm in names]
-                for key, _, defaults in spec:
-                    for e, d, nm in zip(entities, defaults, names, strict=True):
-                        v = e.get(key) if type(e) is dict else None
-                        if (type(v) is float or type(v) is int) and 0 <= v < math.inf:
-                            rows.append(v)  # the common case, without a call
-                        else:
-                            rows.append(self._metric(e, key, d, group, problems[i], nm))
-            values = np.array(rows, dtype=np.float64).reshape(n, len(spec), len(names))
-            for k, (_, view_key, _) in enumerate(spec):
-                raw[view_key] = values[:, k, :]
+            values = self._read_group(states, group, problems)
+            for k, (_, view_key, _, _) in enumerate(spec):
+                raw[view_key] = values[:, :, k]
         return self._complete(raw, problems)
+
+    def _read_group(
+        self, states: Sequence[Mapping[str, Any]], group: str, problems: list[list[str]]
+    ) -> NDArray[np.float64]:
+        """``[state, entity, key]`` values of an entity group, item by item, with defaults
+        in place of missing or invalid metrics (each reported in ``problems``)."""
+        names = self.entities[group]
+        spec = self._specs[group]
+        rows: list[float] = []  # flat [state][entity][key]
+        for i, st in enumerate(states):
+            section = st.get(group)
+            for j, name in enumerate(names):
+                e = section.get(name) if _is_mapping(section) else None
+                for key, _, defaults, high in spec:
+                    v = e.get(key) if type(e) is dict else None
+                    if (type(v) is float or type(v) is int) and 0 <= v <= high:
+                        rows.append(v)  # the common case, without a call
+                    else:
+                        rows.append(self._metric(e, key, defaults[j], group, problems[i], name))
+        return np.array(rows, dtype=np.float64).reshape(len(states), len(names), len(spec))
 
     @staticmethod
     def _metric(
         section: Any, key: str, default: float, group: str, problems: list[str], name: str = ""
     ) -> float:
-        value = section.get(key) if _is_mapping(section) else None
-        if type(value) is float or type(value) is int:  # the common case, checked fast
-            if value >= 0 and value != math.inf:
-                return float(value)
         where = f"{group}.{name}" if name else group
+        if section is not None and not _is_mapping(section):
+            problems.append(f"invalid {where}: expected a mapping, got {type(section).__name__}")
+            return default
+        value = section.get(key) if section is not None else None
         if value is None:
             problems.append(f"missing {where}.{key}")
             return default
-        if not _is_number(value) or not math.isfinite(value) or value < 0:
-            problems.append(f"invalid {where}.{key}: {value!r} (expected a number >= 0)")
+        high = _HIGH.get(key, _MAX_EXACT)
+        if not _is_number(value) or not 0 <= value <= high:
+            text = f"{value!r}" if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+            problems.append(f"invalid {where}.{key}: {text} (expected a number in [0, {high:g}])")
             return default
         return float(value)
 
@@ -298,13 +326,11 @@ class LiveState:
         view = dict(raw)
         view["cached_tokens"] = cached
         view["uncached_tokens"] = length[:, None] - cached
+        unc_rows, cached_rows = view["uncached_tokens"].tolist(), cached.tolist()
         view["prefill_s"] = np.array(
             [
-                [
-                    prefill_time(self._log_t[j], float(length[i] - cached[i, j]), cached[i, j])
-                    for j in range(len(self._pcl))
-                ]
-                for i in range(len(length))
+                [prefill_time(t, u, c) for t, u, c in zip(self._log_t, urow, crow, strict=True)]
+                for urow, crow in zip(unc_rows, cached_rows, strict=True)
             ]
         ).reshape(len(length), len(self._pcl))
         gbps = raw["bandwidth"]  # read in Gbps, the view holds a fraction of nominal
@@ -397,24 +423,31 @@ class LiveState:
 
     # ---- schema -------------------------------------------------------------------------
     def schema(self) -> dict[str, Any]:
-        """JSON Schema (draft 2020-12) of one state for this topology: the names of clusters
-        and channels are fixed; each metric is a number >= 0 or null (null or absent: the
-        decision comes from the fallback)."""
+        """JSON Schema (draft-07, which every common validator implements) of one state for
+        this topology: the names of clusters and channels are fixed; each metric is a number
+        in [0, 2^53] (fractions in [0, 1]) or null (null or absent: the decision comes from
+        the fallback); the prompt length is an integer in [1, 262144]."""
 
-        def metric(desc: str) -> dict[str, Any]:
-            return {"type": ["number", "null"], "minimum": 0, "description": desc}
+        def metric(key: str, desc: str) -> dict[str, Any]:
+            return {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "maximum": _HIGH.get(key, _MAX_EXACT),
+                "description": desc,
+            }
 
         def entity(inputs: dict[str, tuple[str, str]]) -> dict[str, Any]:
             return {
                 "type": "object",
-                "properties": {k: metric(d) for k, (_, d) in inputs.items()},
+                "properties": {k: metric(k, d) for k, (_, d) in inputs.items()},
                 "additionalProperties": False,
             }
 
         request = entity(REQUEST_INPUTS)
         request["properties"]["input_tokens"] = {
-            "type": "number",
+            "type": "integer",
             "minimum": 1,
+            "maximum": MAX_PROMPT_TOKENS,
             "description": REQUEST_INPUTS["input_tokens"][1],
         }
         request["required"] = ["input_tokens"]
@@ -426,7 +459,7 @@ class LiveState:
                 "additionalProperties": False,
             }
         return {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$schema": "http://json-schema.org/draft-07/schema#",
             "title": "prfaas-env live state",
             "description": f"Cluster state at one routing decision (state format {STATE_FORMAT})",
             "type": "object",
@@ -441,4 +474,11 @@ def _is_mapping(x: Any) -> bool:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A finite int or float (not a bool, not NaN or infinite)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return abs(x) <= _MAX_EXACT if isinstance(x, int) else math.isfinite(x)
+
+
+def _is_prompt_length(x: Any) -> bool:
+    return _is_number(x) and 1 <= x <= MAX_PROMPT_TOKENS and float(x).is_integer()

@@ -24,8 +24,12 @@ def spaces_signature(scenario: Scenario, env_cfg: EnvConfig) -> dict[str, Any]:
     }
 
 
-def check_spaces(run_sig: dict[str, Any], scenario: Scenario, env_cfg: EnvConfig, run: str) -> None:
-    """ConfigError saying which dimension differs when a run was trained on other spaces."""
+def check_spaces(
+    run_sig: dict[str, Any], scenario: Scenario, env_cfg: EnvConfig, run: str, form: bool = True
+) -> None:
+    """ConfigError saying which dimension differs when a run was trained on other spaces
+    (``form``: also compare the Box/Dict observation form, which an exported bundle does not
+    depend on)."""
     here = spaces_signature(scenario, env_cfg)
     src = scenario.source
     a, b = run_sig["features"], here["features"]
@@ -46,7 +50,7 @@ def check_spaces(run_sig: dict[str, Any], scenario: Scenario, env_cfg: EnvConfig
             f"({', '.join(run_sig['actions'])}), the config {len(here['actions'])} "
             f"({', '.join(here['actions'])})"
         )
-    if bool(run_sig.get("dict_observation")) != here["dict_observation"]:
+    if form and bool(run_sig.get("dict_observation")) != here["dict_observation"]:
         raise ConfigError(
             f"{run} does not match {src}: env.observation.dict is "
             f"{run_sig.get('dict_observation')} in the run, {here['dict_observation']} in the "

@@ -5,9 +5,11 @@
 Steps: load the run's selected checkpoint; route ``seeds x decisions`` requests of its
 scenario (validation seeds 10000+) with it and record every view (10,000 decisions by
 default); build the policy graph (normalisation and masking inside) and write it as ONNX and
-TorchScript; check that both choose the SB3 policy's action on every recorded decision (export
-fails otherwise); write the golden file, the live-state schema, the manifest and, unless
-skipped, the distilled knobs.
+TorchScript; check that both choose the SB3 policy's action on the recorded decisions (export
+fails on any disagreement where the two best scores are more than 1e-4 apart; closer pairs may
+order differently in float32); write the golden file, the live-state schema, the manifest
+and, unless skipped, the distilled knobs. The bundle is written into a temporary sibling
+folder that replaces ``out`` only once complete.
 """
 
 from __future__ import annotations
@@ -36,20 +38,13 @@ from prfaas_env.export.graph import (
     write_torchscript,
 )
 from prfaas_env.export.record import Recording, record
-from prfaas_env.router.bundle import BUNDLE_FORMAT, content_hash, sha256
-
-# Heuristics a router can run per request with no state of its own (fallback candidates).
-STATELESS_FALLBACKS = (
-    "mooncake",
-    "prfaas_threshold",
-    "dynamo",
-    "llm_d",
-    "lmetric",
-    "least_loaded",
-    "sglang_cache_aware",
-    "always_local",
-    "always_remote",
+from prfaas_env.router.bundle import (
+    BUNDLE_FORMAT,
+    STATELESS_FALLBACKS,
+    content_hash,
+    sha256,
 )
+
 RECORD_SEED = 10000  # recordings use train.py's validation seeds; distilled knobs are then
 # evaluated on its test seeds (20000+)
 TIE = 1e-4  # scores closer than this may order differently in float32 runtimes
@@ -104,9 +99,13 @@ def export_bundle(
             raise ConfigError(f"--out {out}: exists and is not empty (pass --force to replace)")
         if not (out / "manifest.json").is_file():
             raise ConfigError(f"--out {out}: --force only replaces a bundle folder")
-        shutil.rmtree(out)
-    if seeds < 1 or decisions < 1:
-        raise ConfigError("--seeds and --decisions must be >= 1")
+    if seeds < 1 or decisions < 1 or golden < 1:
+        raise ConfigError("--seeds, --decisions and --golden must be >= 1")
+    if fallback is not None and fallback not in STATELESS_FALLBACKS:
+        raise ConfigError(
+            f"--fallback {fallback!r}: a fallback must be a stateless heuristic; allowed: "
+            f"{', '.join(STATELESS_FALLBACKS)}"
+        )
     trained = load_run(run, checkpoint)
     meta = trained.meta
     scenario, env_cfg = run_scenario(meta)
@@ -114,13 +113,60 @@ def export_bundle(
     live = LiveState(
         scenario.topology, mean_output_tokens(scenario.workload), env_cfg.admission_control
     )
-    out.mkdir(parents=True, exist_ok=True)
+    fb = fallback or _default_fallback(Path(run))
+    # everything is written into a sibling folder, which replaces `out` only when complete
+    work = out.with_name(f".{out.name}.partial")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        manifest = _write_bundle(
+            work,
+            trained,
+            agent,
+            live,
+            scenario,
+            env_cfg,
+            Path(run),
+            checkpoint,
+            fb,
+            seeds,
+            decisions,
+            golden,
+            distill,
+            echo,
+        )
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    return manifest
 
+
+def _write_bundle(
+    out: Path,
+    trained: Any,
+    agent: Any,
+    live: LiveState,
+    scenario: Any,
+    env_cfg: Any,
+    run: Path,
+    checkpoint: str,
+    fallback: str,
+    seeds: int,
+    decisions: int,
+    golden: int,
+    distill: bool,
+    echo: Any,
+) -> dict[str, Any]:
     seed_list = list(range(RECORD_SEED, RECORD_SEED + seeds))
     echo(f"recording {seeds} x {decisions} decisions of {scenario.source} ...")
     rec = record(scenario, agent, live, seed_list, decisions, env_cfg.bandwidth_staleness_s)
     obs = live.encoder.encode(rec.view)
 
+    meta = trained.meta
     norm = trained.normalizer
     dict_obs = bool(meta["spaces"].get("dict_observation"))
     graph = PolicyGraph(trained.model, norm.mean, norm.var, norm.epsilon, norm.clip, dict_obs)
@@ -136,20 +182,13 @@ def export_bundle(
     )
     if parity.real_disagreements:
         raise RuntimeError(
-            f"{out}: the exported graph disagrees with the SB3 policy on "
-            f"{parity.real_disagreements} of {parity.decisions} recorded decisions whose two "
-            f"best scores are more than {TIE} apart"
+            f"the exported graph disagrees with the SB3 policy on {parity.real_disagreements} "
+            f"of {parity.decisions} recorded decisions whose two best scores are more than "
+            f"{TIE} apart"
         )
     _write_golden(out / "golden.jsonl", live, rec, obs, sb3_scores, golden)
     (out / "state.schema.json").write_text(json.dumps(live.schema(), indent=1) + "\n")
-
-    fb = fallback or _default_fallback(Path(run), scenario)
-    if fb not in STATELESS_FALLBACKS:
-        raise ConfigError(
-            f"--fallback {fb!r}: a fallback must be a stateless heuristic; allowed: "
-            f"{', '.join(STATELESS_FALLBACKS)}"
-        )
-    manifest = _manifest(meta, Path(run), checkpoint, live, graph, parity, scenario, fb)
+    manifest = _manifest(meta, run, checkpoint, live, graph, parity, scenario, fallback)
     if distill:
         from prfaas_env.export.distill import distill_knobs, write_distilled
 
@@ -158,7 +197,7 @@ def export_bundle(
         write_distilled(out / "distilled.yaml", result, manifest["run"])
     files = {p.name: sha256(p) for p in sorted(out.iterdir()) if p.name != "manifest.json"}
     manifest["files"] = files
-    manifest["content_hash"] = content_hash(files)
+    manifest["content_hash"] = content_hash(files, manifest)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -253,7 +292,7 @@ def _write_golden(
             f.write(json.dumps(line) + "\n")
 
 
-def _default_fallback(run: Path, scenario: Any) -> str:
+def _default_fallback(run: Path) -> str:
     """The run's best heuristic on its validation seeds (baselines.json), among the stateless
     ones; Mooncake's conductor when the run has no baselines."""
     path = run / "baselines.json"
@@ -270,8 +309,10 @@ def _default_fallback(run: Path, scenario: Any) -> str:
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    out = {}
-    for pkg in ("prfaas-env", "torch", "stable-baselines3", "onnx", "onnxruntime", "numpy"):
+    from prfaas_env import __version__
+
+    out = {"prfaas-env": __version__}
+    for pkg in ("torch", "stable-baselines3", "onnx", "onnxruntime", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

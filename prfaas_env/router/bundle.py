@@ -19,16 +19,30 @@ of the encoder would compute differently; each message names the file and the pr
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prfaas_env import __version__ as PACKAGE_VERSION
 from prfaas_env.env.live import STATE_FORMAT, LiveState
 from prfaas_env.errors import ConfigError, load_folder_json
 from prfaas_env.sim.topology import parse_topology
 
 BUNDLE_FORMAT = 1
 REQUIRED_FILES = ("policy.onnx", "policy.pt", "state.schema.json", "golden.jsonl")
+# Heuristics a router can run per request with no state of its own (fallback candidates).
+STATELESS_FALLBACKS = (
+    "mooncake",
+    "prfaas_threshold",
+    "dynamo",
+    "llm_d",
+    "lmetric",
+    "least_loaded",
+    "sglang_cache_aware",
+    "always_local",
+    "always_remote",
+)
 
 
 class BundleError(ConfigError):
@@ -63,10 +77,28 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_hash(files: dict[str, str]) -> str:
-    """One hash over the per-file hashes (names sorted), identifying the bundle's content."""
+def content_hash(files: dict[str, str], manifest: dict[str, Any]) -> str:
+    """One hash over the per-file hashes (names sorted) and the manifest's own content
+    (without ``files`` and ``content_hash``), identifying everything the router reads."""
+    body = {k: v for k, v in manifest.items() if k not in ("files", "content_hash")}
     text = "".join(f"{name}:{digest}\n" for name, digest in sorted(files.items()))
+    text += json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _section(manifest: dict[str, Any], key: str, kind: type, where: Path) -> Any:
+    value = manifest.get(key)
+    if not isinstance(value, kind):
+        raise BundleError(
+            f"{where}: {key!r} must be a JSON {'object' if kind is dict else 'array'}, got "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def _release(version: str) -> str:
+    """``major.minor`` of a version string."""
+    return ".".join(str(version).split(".")[:2])
 
 
 def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
@@ -82,9 +114,15 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
             f"{mpath}: bundle format {fmt!r}; this version of prfaas-env reads format "
             f"{BUNDLE_FORMAT} (re-export the run with this version)"
         )
-    for key in ("observation", "actions", "fallback", "topology", "files", "model", "state"):
-        if key not in manifest:
-            raise BundleError(f"{mpath}: key {key!r} is missing")
+    for key in ("observation", "fallback", "topology", "files", "model", "state", "versions"):
+        _section(manifest, key, dict, mpath)
+    _section(manifest, "actions", list, mpath)
+    exported = str(manifest["versions"].get("prfaas-env"))
+    if _release(exported) != _release(PACKAGE_VERSION):
+        raise BundleError(
+            f"{mpath}: exported with prfaas-env {exported}; this is {PACKAGE_VERSION} "
+            f"(bundles load within one major.minor release; re-export the run)"
+        )
     if manifest["state"].get("format") != STATE_FORMAT:
         raise BundleError(
             f"{mpath}: state.format {manifest['state'].get('format')!r}; this version reads "
@@ -102,29 +140,55 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
             raise BundleError(
                 f"{p}: SHA-256 differs from manifest.json (the file was changed after export)"
             )
-    if manifest.get("content_hash") != content_hash(files):
-        raise BundleError(f"{mpath}: content_hash does not match the listed files")
+    if manifest.get("content_hash") != content_hash(files, manifest):
+        raise BundleError(
+            f"{mpath}: content_hash does not match the manifest and the listed files (the "
+            f"manifest was edited after export)"
+        )
+    fallback = manifest["fallback"].get("policy")
+    if fallback not in STATELESS_FALLBACKS:
+        raise BundleError(
+            f"{mpath}: fallback.policy {fallback!r} is not a stateless heuristic; allowed: "
+            f"{', '.join(STATELESS_FALLBACKS)}"
+        )
+    obs = manifest["observation"]
+    out_tokens = obs.get("expected_output_tokens")
+    if not isinstance(out_tokens, (int, float)) or not out_tokens > 0:
+        raise BundleError(f"{mpath}: observation.expected_output_tokens must be a number > 0")
     try:
         topo = parse_topology(manifest["topology"], f"{mpath}: topology")
     except ConfigError as exc:
         raise BundleError(str(exc)) from exc
-    live = LiveState(
-        topo,
-        float(manifest["observation"]["expected_output_tokens"]),
-        bool(manifest["observation"].get("admission_control", False)),
-    )
+    live = LiveState(topo, float(out_tokens), bool(obs.get("admission_control", False)))
     bundle = Bundle(root, manifest, live)
-    here = [f.name for f in live.encoder.features()]
-    if bundle.features != here:
-        first = next(
-            (i for i, (a, b) in enumerate(zip(bundle.features, here, strict=False)) if a != b),
-            min(len(here), len(bundle.features)),
-        )
-        raise BundleError(
-            f"{mpath}: the manifest lists {len(bundle.features)} features, this version's "
-            f"encoder makes {len(here)} for the bundle's topology (first difference at index "
-            f"{first}); re-export the run with this version"
-        )
+    _check_features(obs.get("features"), live, mpath)
     if bundle.actions != [*topo.route_labels(), *(["reject"] if live.admission_control else [])]:
         raise BundleError(f"{mpath}: actions {bundle.actions} do not match the topology's routes")
     return bundle
+
+
+def _check_features(listed: Any, live: LiveState, mpath: Path) -> None:
+    """The manifest's features must be what this version's encoder makes for the topology:
+    same names, units, normalisations and state paths, in the same order."""
+    keys = ("name", "unit", "normalisation", "state")
+    here = [{k: f.get(k) for k in keys} for f in live.feature_sources()]
+    if not isinstance(listed, list) or not all(isinstance(f, dict) for f in listed):
+        raise BundleError(f"{mpath}: observation.features must be an array of objects")
+    there = [{k: f.get(k) for k in keys} for f in listed]
+    if there == here:
+        return
+    first = next(
+        (i for i, (a, b) in enumerate(zip(there, here, strict=False)) if a != b),
+        min(len(here), len(there)),
+    )
+    detail = ""
+    if first < min(len(here), len(there)):
+        diff = [k for k in keys if there[first][k] != here[first][k]]
+        detail = (
+            f": {diff[0]} {there[first][diff[0]]!r} (bundle) vs {here[first][diff[0]]!r} (here)"
+        )
+    raise BundleError(
+        f"{mpath}: the manifest lists {len(there)} features, this version's encoder makes "
+        f"{len(here)} for the bundle's topology; first difference at index {first}{detail}; "
+        f"re-export the run with this version"
+    )

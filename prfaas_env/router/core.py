@@ -8,7 +8,8 @@ heuristic named in the manifest decides instead, and the decision says why, when
 - a metric is missing, null or invalid (negative, NaN, not a number): ``missing ...`` /
   ``invalid ...``; the fallback sees the view with defaults in their place;
 - the model fails to run or returns an action the mask forbids: ``model failed: ...``;
-- no action is allowed (every route's link is down): ``no allowed action``.
+- no action is allowed (every route's link is down): ``no allowed action``; the decision
+  is then action -1, label ``none``.
 
 A state without a usable ``request.input_tokens`` cannot be routed by anything and raises
 :class:`~prfaas_env.env.live.LiveStateError`.
@@ -37,7 +38,8 @@ __all__ = ["BundlePolicy", "Decision", "LiveStateError", "ModelRunner", "Router"
 class Decision:
     """One routing decision: the action index and label, whether the model or the fallback
     made it (``source``), why the fallback was used (``reason``, None for the model), and the
-    model's scores when it ran."""
+    model's scores (only when the model decided). When no action is allowed the action is
+    -1 and the label ``none``."""
 
     action: int
     label: str
@@ -75,6 +77,9 @@ class ModelRunner:
             raise BundleError(
                 f"{path}: inputs are {sorted(inputs)}; expected observation and action_mask"
             )
+        for name, kind in (("observation", "tensor(float)"), ("action_mask", "tensor(bool)")):
+            if inputs[name].type != kind:
+                raise BundleError(f"{path}: input {name} is {inputs[name].type}; expected {kind}")
         width = inputs["observation"].shape[1]
         if width != len(bundle.features):
             raise BundleError(
@@ -124,17 +129,34 @@ class Router:
                 f"{self.bundle.path}/manifest.json: fallback {fb.get('policy')!r}: {exc}"
             ) from exc
         self.fallback.reset(1)
-        self._warm_up()
+        self._self_test()
 
-    def _warm_up(self) -> None:
-        """One decision on each path (model and fallback), so the first real request does
-        not pay for lazy initialisation."""
-        golden = self.bundle.file("golden.jsonl")
-        first = golden.read_text().split("\n", 1)[0] if golden.is_file() else ""
-        states: list[Mapping[str, Any]] = [{"request": {"input_tokens": 1024}}]
-        if first.strip():
-            states.append(json.loads(first)["state"])
-        self.decide_many(states)
+    def _self_test(self, lines: int = 32) -> None:
+        """Replay the first golden lines (BundleError unless the model decides each as
+        recorded) and one state the fallback decides; this also warms both paths up, so
+        the first real request does not pay for lazy initialisation."""
+        path = self.bundle.file("golden.jsonl")
+        golden = []
+        try:
+            for text in path.read_text().splitlines()[:lines]:
+                g = json.loads(text)
+                golden.append((g["state"], int(g["action"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"{path}: unreadable golden line: {exc}") from exc
+        if not golden:
+            raise BundleError(f"{path}: no golden lines")
+        try:
+            got = self.decide_many([state for state, _ in golden])
+        except LiveStateError as exc:
+            raise BundleError(f"{path}: {exc}") from exc
+        for i, (d, (_, want)) in enumerate(zip(got, golden, strict=True)):
+            if d.source != "model" or d.action != want:
+                why = d.reason or f"action {d.action}"
+                raise BundleError(
+                    f"{path}: line {i + 1}: the router does not reproduce the recorded action "
+                    f"{want} ({why})"
+                )
+        self.decide({"request": {"input_tokens": 1024}})
 
     def act_view(
         self, view: Mapping[str, NDArray], mask: NDArray[np.bool_]
@@ -169,21 +191,25 @@ class Router:
                 reasons[i] = "no allowed action"
             elif not (0 <= a < width and allowed[i][a]):
                 reasons[i] = f"model failed: chose forbidden action {a}"
-        need = [i for i, r in enumerate(reasons) if r is not None]
+        need = [i for i, r in enumerate(reasons) if r is not None and any(allowed[i])]
         if need:
             sub = {k: np.asarray(v)[need] for k, v in view.items()}
-            for i, a in zip(need, self.fallback.act(sub, mask[need]).tolist(), strict=True):
+            try:
+                picked = self.fallback.act(sub, mask[need]).tolist()
+            except Exception as exc:  # a server fault, not the client's: say so plainly
+                raise RuntimeError(f"fallback {self.fallback.name} failed: {exc}") from exc
+            for i, a in zip(need, picked, strict=True):
                 chosen[i] = a
-        return [
-            Decision(
-                action=a,
-                label=self.labels[a] if 0 <= a < len(self.labels) else "none",
-                source="model" if reasons[i] is None else "fallback",
-                reason=reasons[i],
-                scores=None if score_rows is None else score_rows[i],
-            )
-            for i, a in enumerate(chosen)
-        ]
+        out = []
+        for i, a in enumerate(chosen):
+            if reasons[i] is None:
+                rows = score_rows[i] if score_rows is not None else None
+                out.append(Decision(a, self.labels[a], "model", None, rows))
+            elif any(allowed[i]):
+                out.append(Decision(a, self.labels[a], "fallback", reasons[i]))
+            else:  # nothing can be chosen: say so rather than name a forbidden route
+                out.append(Decision(-1, "none", "fallback", reasons[i]))
+        return out
 
 
 class BundlePolicy(Policy):

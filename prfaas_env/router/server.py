@@ -13,12 +13,14 @@ Endpoints:
   requests by status, and a decision-latency histogram (time inside the router, s).
 - ``GET /schema``: the JSON Schema of the state.
 
-Stack: Starlette on uvicorn. A router's sidecar sits on the request path, so it must add
-little latency and never fall over on bad input; uvicorn is the ASGI server the Python
-serving engines use (vLLM, SGLang), and Starlette adds routing without a validation layer of
-its own, so requests are checked once, against the same JSON Schema the bundle publishes for
-hosts in other languages (``jsonschema``). Decisions take well under a millisecond of CPU, so
-they run inline on the event loop rather than in a thread pool.
+Stack: Starlette on uvicorn (with httptools and uvloop). A router's sidecar sits on the
+request path, so it must add little latency and never fall over on bad input; uvicorn is the
+ASGI server the Python serving engines use (vLLM, SGLang), and Starlette adds routing without a
+validation layer of its own, so each request is checked once, against the same JSON Schema the
+bundle publishes for hosts in other languages, compiled to Python by ``fastjsonschema`` (8 us
+per state here, against 280 us for the interpreting ``jsonschema``). Decisions take well
+under a millisecond of CPU, so they run inline on the event loop rather than in a thread
+pool.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import time
 from typing import Any
 
-from jsonschema import Draft202012Validator
+import fastjsonschema
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -48,6 +50,10 @@ MAX_BODY = 1 << 16  # bytes; a state is ~1 KB per cluster
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _reason_kind(reason: str) -> str:
     for kind in ("missing", "invalid", "model failed", "no allowed action"):
         if reason.startswith(kind):
@@ -59,7 +65,7 @@ def create_app(router: Router) -> Starlette:
     """The sidecar app for ``router`` (metrics registry per app, so tests can make several)."""
     disable_created_metrics()  # the *_created series only add noise for a sidecar
     schema = router.live.schema()
-    validator = Draft202012Validator(schema)
+    validate = fastjsonschema.compile(schema)
     registry = CollectorRegistry()
     decisions = Counter(
         "prfaas_router_decisions",
@@ -69,7 +75,7 @@ def create_app(router: Router) -> Starlette:
     )
     fallbacks = Counter(
         "prfaas_router_fallbacks",
-        "Decisions made by the fallback heuristic, by reason",
+        "Decisions made by the fallback heuristic, by the kind of their first reason",
         ["reason"],
         registry=registry,
     )
@@ -99,17 +105,24 @@ def create_app(router: Router) -> Starlette:
         return JSONResponse({"error": message, **extra}, status_code=status)
 
     async def route(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return refuse(413, f"body of {len(body)} bytes exceeds {MAX_BODY}")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return refuse(413, f"body of {declared} bytes exceeds {MAX_BODY}")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # capped even without a Content-Length
+            size += len(chunk)
+            if size > MAX_BODY:
+                return refuse(413, f"body exceeds {MAX_BODY} bytes")
+            chunks.append(chunk)
         try:
-            state = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return refuse(400, f"body is not valid JSON: {exc}")
-        error = next(iter(validator.iter_errors(state)), None)
-        if error is not None:
-            path = "/" + "/".join(str(p) for p in error.absolute_path)
-            return refuse(422, f"{path}: {error.message}", path=path)
+            state = json.loads(b"".join(chunks), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # bad JSON, NaN/Infinity, huge numbers
+            return refuse(400, f"body is not valid JSON: {str(exc)[:200]}")
+        try:
+            validate(state)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            path = "/" + "/".join(str(p) for p in exc.path[1:])  # path[0] is "data"
+            return refuse(422, f"{path}: {exc.message}", path=path)
         start = time.perf_counter()
         try:
             decision = router.decide(state)
