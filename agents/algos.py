@@ -1,7 +1,7 @@
 """Agent settings (``configs/agents/ALGO.yaml``) and the model factories for PPO, DQN and
 MaskablePPO.
 
-An agent file has four sections::
+An agent file has these sections::
 
     num_envs: 64                      # copies of the scenario stepped together
     normalize: {observation: true, reward: true, clip: 10.0}
@@ -9,6 +9,7 @@ An agent file has four sections::
     hyperparameters: {...}            # keyword arguments of the SB3 algorithm class
     evaluation: {every_steps: 50000, seeds: 3, decisions: 2000, metric: ttft_p90_s}
     checkpoint_every_steps: 100000
+    pretrain: {policy: mooncake, decisions: 200000, epochs: 5}   # optional (agents/pretrain.py)
 
 Every hyperparameter is checked against the algorithm's constructor, so a misspelt key is an
 error naming the file, the key and the allowed keys rather than a crash inside SB3.
@@ -27,8 +28,10 @@ from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from agents.pretrain import PretrainSettings
 from prfaas_env.env.config import CONFIG_DIR
 from prfaas_env.errors import ConfigError, UnknownNameError, check_keys, load_yaml_mapping, number
+from prfaas_env.policies import policy_names
 
 AGENT_CONFIG_DIR = CONFIG_DIR / "agents"  # shipped inside the package (configs/agents/)
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
@@ -88,6 +91,7 @@ class AgentConfig:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     evaluation: EvalSettings = EvalSettings()
     checkpoint_every_steps: int = 100_000
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain data (written to ``run.json``)."""
@@ -104,6 +108,7 @@ class AgentConfig:
             "hyperparameters": dict(self.hyperparameters),
             "evaluation": self.evaluation.__dict__.copy(),
             "checkpoint_every_steps": self.checkpoint_every_steps,
+            "pretrain": self.pretrain.__dict__.copy(),
         }
 
 
@@ -136,6 +141,7 @@ def parse_agent_config(
             "hyperparameters",
             "evaluation",
             "checkpoint_every_steps",
+            "pretrain",
         ],
     )
     if raw.get("algo", algo) != algo:
@@ -170,6 +176,19 @@ def parse_agent_config(
             f"{where}: evaluation.metric: {metric!r} is not allowed; allowed: "
             f"{', '.join(EVAL_METRICS)}"
         )
+    pre = _section(raw, "pretrain", where, ["policy", "decisions", "epochs", "batch_size"])
+    teacher = pre.get("policy")
+    if teacher is not None:
+        if teacher not in policy_names():
+            raise ConfigError(
+                f"{where}: pretrain.policy: {teacher!r} is not a heuristic; allowed: "
+                f"{', '.join(policy_names())}"
+            )
+        if algo == "dqn":
+            raise ConfigError(
+                f"{where}: pretrain: behaviour cloning needs an actor-critic algorithm "
+                f"(ppo or maskable_ppo), not dqn"
+            )
     for flag in ("observation", "reward"):
         if not isinstance(norm.get(flag, True), bool):
             raise ConfigError(f"{where}: normalize.{flag}: expected true or false")
@@ -197,6 +216,16 @@ def parse_agent_config(
         ),
         checkpoint_every_steps=number(
             raw, "checkpoint_every_steps", where, minimum=1, integer=True, default=100_000
+        ),
+        pretrain=PretrainSettings(
+            policy=teacher,
+            decisions=number(
+                pre, "decisions", f"{where}: pretrain", minimum=1, integer=True, default=200_000
+            ),
+            epochs=number(pre, "epochs", f"{where}: pretrain", minimum=1, integer=True, default=5),
+            batch_size=number(
+                pre, "batch_size", f"{where}: pretrain", minimum=1, integer=True, default=1024
+            ),
         ),
     )
 

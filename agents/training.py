@@ -41,6 +41,7 @@ from agents.callbacks import (
     TimingCallback,
     save_snapshot,
 )
+from agents.pretrain import behaviour_clone
 from agents.run import (
     RUN_FORMAT,
     ObsNormalizer,
@@ -52,8 +53,15 @@ from agents.vec_env import SB3VecEnv
 from prfaas_env.env.config import EnvConfig, held_out_config, resolve_config
 from prfaas_env.env.spaces import check_spaces, spaces_signature
 from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping
-from prfaas_env.evaluation import METRICS, Run, heuristic, interval, run_policy
-from prfaas_env.policies import policy_names
+from prfaas_env.evaluation import (
+    METRICS,
+    Run,
+    heuristic,
+    heuristic_params,
+    interval,
+    run_policy,
+)
+from prfaas_env.policies import RouteTable, make_policy, policy_names
 from prfaas_env.report import table
 from prfaas_env.sim.scenario import Scenario
 
@@ -295,6 +303,18 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         echo(f"resuming {out} at {model.num_timesteps:,} of {a.timesteps:,} timesteps")
     else:
         model = make_model(ctx.agent, timed, ctx.seed, tensorboard_log=tb)
+    pretrained: dict[str, Any] | None = (meta or {}).get("pretrain")
+    if meta is None and ctx.agent.pretrain.policy is not None:
+        t = time.perf_counter()
+        name, topo = ctx.agent.pretrain.policy, ctx.scenario.topology
+        teacher = make_policy(
+            name,
+            RouteTable.from_topology(topo, ctx.env_cfg.admission_control),
+            topo,
+            **heuristic_params(ctx.scenario, name),
+        )
+        pretrained = behaviour_clone(model, timed, venv.env, teacher, ctx.agent.pretrain, echo)
+        pretrained["seconds"] = time.perf_counter() - t
     start_steps = int(model.num_timesteps)
 
     run_meta: dict[str, Any] = {
@@ -312,6 +332,7 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         "agent": {"raw": _raw_of(ctx.agent), "resolved": ctx.agent.to_dict()},
         "versions": _versions(),
         "history": (meta or {}).get("history", []),
+        "pretrain": pretrained,
     }
     _write_json(out / "run.json", run_meta)
 

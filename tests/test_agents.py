@@ -112,6 +112,10 @@ def test_agent_config_errors_name_the_key() -> None:
         parse_agent_config("dqn", {"evaluation": {"metric": "reward"}}, "f.yaml")
     with pytest.raises(ConfigError, match="unknown key"):
         parse_agent_config("dqn", {"learning_rate": 1e-3}, "f.yaml")
+    with pytest.raises(ConfigError, match=r"pretrain.policy: 'oracle' is not a heuristic"):
+        parse_agent_config("ppo", {"pretrain": {"policy": "oracle"}}, "f.yaml")
+    with pytest.raises(ConfigError, match=r"pretrain: behaviour cloning needs an actor-critic"):
+        parse_agent_config("dqn", {"pretrain": {"policy": "mooncake"}}, "f.yaml")
 
 
 def test_unknown_algorithm_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,6 +136,7 @@ def quick_args(tmp_path: Path, out: str, **kw: Any) -> TrainArgs:
         "evaluation.seeds": 1,
         "evaluation.decisions": 60,
         "checkpoint_every_steps": 256,
+        "pretrain.policy": None,  # behaviour cloning has its own test
     }
     defaults: dict[str, Any] = {
         "out": tmp_path / out,
@@ -325,3 +330,19 @@ def test_checkpoint_selection_puts_throughput_before_latency() -> None:
         "b": {"throughput_rps": 1.99, "ttft_p90_s": 2.0},
     }
     assert best_baseline(scores, "ttft_p90_s") == "b"
+
+
+def test_pretraining_clones_the_heuristic(tmp_path: Path) -> None:
+    """Behaviour cloning a threshold rule (a function of the prompt length alone, so a small
+    MLP can represent it) makes the untrained agent act like it before PPO starts."""
+    overrides = {
+        **quick_args(tmp_path, "x").overrides,
+        "pretrain.policy": "prfaas_threshold",
+        "pretrain.decisions": 6000,
+        "pretrain.epochs": 8,
+        "pretrain.batch_size": 256,
+    }
+    meta = train(quick_args(tmp_path, "bc", timesteps=16 * 8, overrides=overrides), echo=print)
+    assert meta["pretrain"]["agreement"] >= 0.9
+    assert meta["pretrain"]["decisions"] >= 6000
+    assert json.loads((tmp_path / "bc" / "run.json").read_text())["pretrain"] == meta["pretrain"]
