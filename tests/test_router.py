@@ -216,6 +216,8 @@ def test_bundle_has_every_file_and_a_full_manifest(bundle: Path) -> None:
     }
     assert m["parity"]["decisions"] == 10_000
     assert m["parity"]["disagreements_beyond_ties"] == 0
+    assert m["parity"]["max_abs_score_diff_onnx"] < 1e-4
+    assert m["parity"]["max_abs_score_diff_torchscript"] < 1e-4
     assert m["parity"]["onnx_agree"] >= 9_990 and m["parity"]["torchscript_agree"] >= 9_990
     feats = m["observation"]["features"]
     assert len(feats) == m["observation"]["size"] == 27

@@ -203,7 +203,7 @@ def _write_bundle(
 
 
 def _sb3_scores(agent: Any, obs: NDArray[np.float32], mask: NDArray[np.bool_]) -> NDArray:
-    """The SB3 policy's own scores (logits or Q-values) on encoder output ``obs``."""
+    """The SB3 policy's own scores (log-probabilities or Q-values) on encoder output ``obs``."""
     import torch
 
     policy = agent.model.policy

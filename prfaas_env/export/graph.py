@@ -6,8 +6,8 @@ normalisation) and the action mask, and returns the greedy action and the raw sc
     inputs   observation  float32 [batch, features]   ObservationEncoder output
              action_mask  bool    [batch, actions]    True where the action is allowed
     outputs  action       int64   [batch]             argmax of the allowed scores
-             scores       float32 [batch, actions]    logits (PPO, MaskablePPO) or Q-values
-                                                      (DQN), before masking
+             scores       float32 [batch, actions]    log-probabilities (PPO, MaskablePPO)
+                                                      or Q-values (DQN), before masking
 
 The training run's observation normalisation ``clip((x - mean) / sqrt(var + eps), -c, c)`` is
 folded into the graph, so hosts feed encoder output directly. A row whose mask allows nothing
@@ -75,7 +75,7 @@ class PolicyGraph(nn.Module):
 
     @property
     def score_kind(self) -> str:
-        return "q_values" if self.q_values else "logits"
+        return "q_values" if self.q_values else "log_probabilities"
 
     def forward(
         self, observation: torch.Tensor, action_mask: torch.Tensor
@@ -89,7 +89,8 @@ class PolicyGraph(nn.Module):
         if self.q_values:
             scores = self.q_net(x)
         else:
-            scores = self.head(self.mlp.forward_actor(self.features(x)))
+            # log-probabilities, as SB3's categorical distribution holds them
+            scores = torch.log_softmax(self.head(self.mlp.forward_actor(self.features(x))), dim=1)
         allowed = torch.where(action_mask, scores, torch.full_like(scores, float("-inf")))
         return torch.argmax(allowed, dim=1), scores
 
