@@ -30,10 +30,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
 
 from prfaas_env.env.vector import PrfaaSVectorEnv
-
-
-class AutoresetModeError(ValueError):
-    """A vector environment was handed to a library in an autoreset mode it cannot use."""
+from prfaas_env.integrations import require_autoreset
 
 
 class SB3VecEnv(VecEnv):
@@ -46,12 +43,7 @@ class SB3VecEnv(VecEnv):
     """
 
     def __init__(self, env: PrfaaSVectorEnv) -> None:
-        if env.autoreset_mode != AutoresetMode.SAME_STEP:
-            raise AutoresetModeError(
-                f"stable-baselines3 needs autoreset_mode=SAME_STEP (it resets finished envs "
-                f"inside step); this env uses {env.autoreset_mode.name}. Build it with "
-                f"PrfaaSVectorEnv(..., autoreset_mode='SAME_STEP') or SB3VecEnv.from_config()."
-            )
+        require_autoreset(env, AutoresetMode.SAME_STEP, "stable-baselines3 (SB3VecEnv)")
         self.env = env
         self._actions: NDArray[np.int64] | None = None
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)

@@ -16,13 +16,14 @@ import train as train_cli
 from agents.algos import load_agent_config, parse_agent_config
 from agents.run import AgentPolicy, load_run
 from agents.training import TrainArgs, train
-from agents.vec_env import AutoresetModeError, SB3VecEnv
+from agents.vec_env import SB3VecEnv
 from prfaas_env.env.config import resolve_config
 from prfaas_env.env.features import view_from_sim
 from prfaas_env.env.single import PrfaaSEnv
 from prfaas_env.env.vector import PrfaaSVectorEnv
 from prfaas_env.errors import ConfigError
 from prfaas_env.evaluation import METRICS
+from prfaas_env.integrations import AutoresetModeError
 from tests.sim_scenarios import base
 
 SHORT_EPISODES = 40

@@ -28,6 +28,7 @@ class PrfaaSEnv(gym.Env):
         config: str | Path | dict[str, Any] | None = None,
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
+        dict_observation: bool | None = None,
     ) -> None:
         self._vec = PrfaaSVectorEnv(
             1,
@@ -36,6 +37,7 @@ class PrfaaSEnv(gym.Env):
             render_mode=render_mode,
             max_episode_steps=max_episode_steps,
             parallel=False,
+            dict_observation=dict_observation,
         )
         self.render_mode = render_mode
         self.observation_space = self._vec.single_observation_space

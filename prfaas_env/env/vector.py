@@ -56,6 +56,8 @@ class PrfaaSVectorEnv(VectorEnv):
         max_episode_steps: overrides ``env.max_decisions`` of the config.
         parallel: split envs over numba's threads (default: from 256 envs up).
         rate_multiplier: scales the scenario's arrival rate (e.g. to train under heavy load).
+        dict_observation: overrides ``env.observation.dict`` of the config (the
+            ``{"observation", "action_mask"}`` form, for libraries that mask actions).
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -72,12 +74,15 @@ class PrfaaSVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         parallel: bool | None = None,
         rate_multiplier: float | None = None,
+        dict_observation: bool | None = None,
     ) -> None:
         self.scenario, cfg = resolve_config(config)
         if rate_multiplier is not None:
             self.scenario = self.scenario.with_rate(float(rate_multiplier))
         if max_episode_steps is not None:
             cfg = replace(cfg, max_decisions=int(max_episode_steps))
+        if dict_observation is not None:
+            cfg = replace(cfg, dict_observation=bool(dict_observation))
         self.config: EnvConfig = cfg
         self.autoreset_mode = parse_autoreset(autoreset_mode)
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}

@@ -1,0 +1,144 @@
+"""The environment in other RL stacks: Gymnasium wrappers, TorchRL, RLlib, a plain PPO loop."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import prfaas_env  # noqa: F401  (registers PrfaaS-v0)
+from prfaas_env.env.single import PrfaaSEnv
+from prfaas_env.env.vector import PrfaaSVectorEnv
+from prfaas_env.integrations import AutoresetModeError
+from tests.sim_scenarios import base
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+
+@pytest.fixture
+def short(tmp_path: Path) -> str:
+    """The paper scenario with 30-decision episodes, as a file."""
+    d = base()
+    d["env"] = {"max_decisions": 30}
+    p = tmp_path / "short.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return str(p)
+
+
+# ---- Gymnasium wrappers -------------------------------------------------------------------------
+def test_vector_wrappers_normalise_flatten_and_record(short: str) -> None:
+    env = PrfaaSVectorEnv(4, short, dict_observation=True)
+    env = gym.wrappers.vector.FlattenObservation(env)
+    assert env.single_observation_space.shape == (27 + 2,)  # observation + action mask
+    env = gym.wrappers.vector.RecordEpisodeStatistics(env)
+    env = gym.wrappers.vector.NormalizeObservation(env)
+    obs, _ = env.reset(seed=0)
+    episodes, seen = [], []
+    for _ in range(200):
+        obs, *_, info = env.step(env.action_space.sample())
+        seen.append(obs)
+        if "episode" in info:
+            episodes += list(info["episode"]["l"][info["_episode"]])
+    assert episodes and set(episodes) == {30}  # every episode ran its 30 decisions
+    late = np.concatenate(seen[100:])
+    assert np.isfinite(late).all()
+    varying = late.std(0) > 0  # normalised features have roughly zero mean, unit spread
+    assert np.abs(late.mean(0)[varying]).max() < 1.0
+
+
+def test_single_env_wrappers(short: str) -> None:
+    env = PrfaaSEnv(short, dict_observation=True)
+    env = gym.wrappers.FlattenObservation(env)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env = gym.wrappers.NormalizeObservation(env)
+    env.reset(seed=1)
+    for _ in range(30):
+        obs, _, _, trunc, info = env.step(env.action_space.sample())
+    assert trunc and info["episode"]["l"] == 30 and obs.shape == (29,)
+
+
+# ---- TorchRL ------------------------------------------------------------------------------------
+def test_torchrl_wrapper_passes_its_spec_check(short: str) -> None:
+    from torchrl.envs.utils import check_env_specs
+
+    from prfaas_env.integrations.torchrl import make_env, wrap
+
+    env = make_env(3, short, dict_observation=True)
+    check_env_specs(env)
+    td = env.rollout(max_steps=40, break_when_any_done=False)  # TorchRL resets finished envs
+    assert td.batch_size == (3, 40)
+    assert td["observation"].shape == (3, 40, 27) and td["action_mask"].shape == (3, 40, 2)
+    assert td["next", "truncated"].any()
+    with pytest.raises(
+        AutoresetModeError, match=r"TorchRL .* autoreset_mode=DISABLED, got NEXT_STEP"
+    ):
+        wrap(PrfaaSVectorEnv(2, short))
+
+
+# ---- RLlib --------------------------------------------------------------------------------------
+def test_rllib_trains_with_masking_on_the_vector_env(short: str) -> None:
+    ray = pytest.importorskip("ray")
+    from ray.rllib.core.columns import Columns
+
+    from prfaas_env.integrations.rllib import env_config, ppo_config
+
+    with pytest.raises(AutoresetModeError, match=r"autoreset_mode=NEXT_STEP .*got SAME_STEP"):
+        env_config(short, autoreset_mode="SAME_STEP")
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        algo = ppo_config(
+            env_config(short),
+            num_envs_per_env_runner=4,
+            training={"train_batch_size_per_learner": 256, "minibatch_size": 64, "num_epochs": 1},
+        ).build_algo()
+        for _ in range(2):
+            result = algo.train()
+        runners = result["env_runners"]
+        assert runners["num_env_steps_sampled_lifetime"] >= 512
+        assert np.isfinite(runners["episode_return_mean"])  # 30-decision episodes finished
+        # the mask reaches the logits: a forbidden action gets (almost) no probability
+        module = algo.get_module()
+        obs = torch.rand(2, 27)
+        mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        out = module.forward_inference({Columns.OBS: {"observation": obs, "action_mask": mask}})[
+            Columns.ACTION_DIST_INPUTS
+        ]
+        probs = torch.softmax(out, dim=1)
+        assert probs[0, 1] < 1e-6 and probs[1, 0] < 1e-6
+        algo.stop()
+    finally:
+        ray.shutdown()
+
+
+def test_rllib_example_settings_are_checked(tmp_path: Path) -> None:
+    import rllib_ppo
+
+    s = rllib_ppo.load_settings(rllib_ppo.DEFAULT_FILE, ["env_runners.num_env_runners=4"])
+    assert s["env_runners"]["num_env_runners"] == 4 and s["env"]["masked"] is True
+    with pytest.raises(SystemExit, match=r"expected SECTION\.KEY=VALUE"):
+        rllib_ppo.load_settings(rllib_ppo.DEFAULT_FILE, ["nope=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {}\n")
+    with pytest.raises(SystemExit, match="unknown section"):
+        rllib_ppo.load_settings(bad, [])
+
+
+# ---- a plain PyTorch PPO loop -------------------------------------------------------------------
+def test_plain_ppo_loop_runs_and_times_itself(short: str) -> None:
+    import plain_ppo
+
+    out = plain_ppo.train(
+        plain_ppo.Args(
+            config=short, timesteps=2 * 8 * 32, num_envs=8, num_steps=32, minibatch_size=64
+        ),
+        log=lambda s: None,
+    )
+    assert out["timesteps"] == 512
+    assert out["env_s"] > 0 and out["inference_s"] > 0 and out["update_s"] > 0
+    assert np.isfinite(out["last_p90_ttft_s"])  # 30-decision episodes finished and were read
