@@ -167,18 +167,24 @@ def save_snapshot(model: Any, vecnorm: VecNormalize | None, folder: Path, stem: 
 
 
 class PeriodicCallback(BaseCallback):
-    """Every ``every`` timesteps calls ``action(num_timesteps)``; the time it takes is counted
-    in ``spent_s`` (so throughput figures can leave it out)."""
+    """Every ``every`` timesteps calls ``action(num_timesteps)`` (and once before the first
+    step when ``at_start``); the time it takes is counted in ``spent_s`` (so throughput
+    figures can leave it out)."""
 
-    def __init__(self, every: int, action: Callable[[int], None]) -> None:
+    def __init__(self, every: int, action: Callable[[int], None], at_start: bool = False) -> None:
         super().__init__()
         self.every = every
         self.action = action
+        self.at_start = at_start
         self.spent_s = 0.0
         self._next = every
 
     def _on_training_start(self) -> None:
         self._next = (self.num_timesteps // self.every + 1) * self.every
+        if self.at_start:
+            t = time.perf_counter()
+            self.action(self.num_timesteps)
+            self.spent_s += time.perf_counter() - t
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:

@@ -400,7 +400,9 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
     def checkpoint_now(step: int) -> None:
         save_snapshot(model, vecnorm, out / "checkpoints", "latest")
 
-    periodic_eval = PeriodicCallback(ev.every_steps, evaluate_now)
+    # a cloned policy is a candidate too: PPO must improve on it to replace it
+    cloned = meta is None and pretrained is not None
+    periodic_eval = PeriodicCallback(ev.every_steps, evaluate_now, at_start=cloned)
     periodic_ckpt = PeriodicCallback(ctx.agent.checkpoint_every_steps, checkpoint_now)
     callbacks = [progress, timing, EnvMetricsCallback(), periodic_eval, periodic_ckpt]
     remaining = max(a.timesteps - start_steps, 0)

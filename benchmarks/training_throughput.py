@@ -6,7 +6,9 @@ Both train PPO on the same scenario with the same settings (``configs/agents/ppo
 64 envs x 64 steps per rollout, 64 x 64 tanh MLPs for policy and value, 4 epochs of 1024-sample
 minibatches, observation and reward normalisation; no behaviour cloning, no periodic
 evaluation) on one thread, and the table gives environment steps per second and how the wall
-time splits between stepping the environment, policy inference and gradient updates.
+time splits between stepping the environment, policy inference and gradient updates. One
+difference: SB3's VecNormalize clips normalised values to [-10, 10], Gymnasium's wrappers
+do not.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ The loop drives :class:`~prfaas_env.env.vector.PrfaaSVectorEnv` directly in its 
 observation and ignores its action), under Gymnasium's own vector wrappers for observation
 and reward normalisation and episode statistics (which need that mode). Settings match
 ``configs/agents/ppo.yaml`` (64 envs x 64 steps per rollout, 64 x 64 tanh MLPs, 4 epochs of
-1024-sample minibatches, clip 0.2, entropy 0.01) so that its training throughput can be
-compared with stable-baselines3's (``benchmarks/training_throughput.py``).
+1024-sample minibatches, clip 0.2, entropy 0.01; written out below, not read from the file) so
+that its training throughput can be compared with stable-baselines3's
+(``benchmarks/training_throughput.py``). One difference: SB3's ``VecNormalize`` clips
+normalised observations and rewards to [-10, 10], Gymnasium's wrappers do not.
 
 Episodes end only by truncation (the decision limit), which is not terminal: the last step of
 an episode bootstraps from the value of its final observation, and the reset step that
@@ -25,10 +27,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import AutoresetMode
 from torch import nn
 from torch.distributions import Categorical
 
 from prfaas_env.env.vector import PrfaaSVectorEnv
+from prfaas_env.integrations import require_autoreset
 
 
 @dataclass
@@ -82,9 +86,36 @@ class Agent(nn.Module):
         return action, dist.log_prob(action), dist.entropy(), self.value(x)
 
 
+def advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    terminated: torch.Tensor,
+    resets: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """Generalised advantage estimates ``[step, env]`` under NEXT_STEP autoreset.
+
+    ``values`` and ``resets`` have one more row than ``rewards`` (the state after the
+    rollout); ``resets[t]`` marks a step that only reset its env. After a truncation the next
+    observation is the episode's final one, so the truncated step bootstraps from its value;
+    the chain stops there (the reset step that follows is no transition) and at termination.
+    """
+    steps = len(rewards)
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[1])
+    for t in reversed(range(steps)):
+        delta = rewards[t] + gamma * values[t + 1] * (1 - terminated[t]) - values[t]
+        keep = (1 - terminated[t]) * (1 - resets[t + 1])
+        last = delta + gamma * lam * keep * last
+        adv[t] = last
+    return adv
+
+
 def make_env(args: Args) -> gym.vector.VectorEnv:
     """The native vector env under Gymnasium's vector wrappers."""
     env = PrfaaSVectorEnv(args.num_envs, args.config, rate_multiplier=args.rate_multiplier)
+    require_autoreset(env, AutoresetMode.NEXT_STEP, "this loop (and Gymnasium's vector wrappers)")
     env = gym.wrappers.vector.RecordEpisodeStatistics(env)
     env = gym.wrappers.vector.NormalizeObservation(env)
     return gym.wrappers.vector.NormalizeReward(env, gamma=args.gamma)
@@ -134,28 +165,23 @@ def train(args: Args, log: Any = print) -> dict[str, float]:
             next_obs = torch.as_tensor(obs, dtype=torch.float32)
             next_reset = torch.as_tensor(term | trunc, dtype=torch.float32)
         t0 = time.perf_counter()
-        with torch.no_grad():  # generalised advantage estimation
+        with torch.no_grad():
             values = torch.cat([val_buf, agent.value(next_obs)[None]])
             resets = torch.cat([reset_buf, next_reset[None]])
-            adv = torch.zeros_like(rew_buf)
-            last = torch.zeros(n)
-            for t in reversed(range(steps)):
-                # after a truncation the next observation is the final one: bootstrap from it,
-                # but do not chain through the reset step that follows
-                delta = rew_buf[t] + args.gamma * values[t + 1] * (1 - term_buf[t]) - values[t]
-                keep = (1 - term_buf[t]) * (1 - resets[t + 1])
-                last = delta + args.gamma * args.gae_lambda * keep * last
-                adv[t] = last
+            adv = advantages(rew_buf, values, term_buf, resets, args.gamma, args.gae_lambda)
             returns = adv + val_buf
         valid = (reset_buf.reshape(-1) == 0).nonzero().squeeze(1).numpy()
         b_obs, b_act = obs_buf.reshape(-1, obs_size), act_buf.reshape(-1)
         b_logp, b_adv = logp_buf.reshape(-1), adv.reshape(-1)
         b_ret = returns.reshape(-1)
         order = valid.copy()
+        rng = np.random.default_rng(args.seed + it)
         for _ in range(args.update_epochs):
-            np.random.default_rng(args.seed + it).shuffle(order)
+            rng.shuffle(order)
             for s in range(0, len(order), args.minibatch_size):
                 mb = torch.as_tensor(order[s : s + args.minibatch_size])
+                if len(mb) < 2:  # the advantage normalisation needs two samples
+                    continue
                 _, logp, entropy, value = agent.act(b_obs[mb], b_act[mb])
                 ratio = (logp - b_logp[mb]).exp()
                 a = b_adv[mb]

@@ -45,19 +45,34 @@ def load_settings(path: Path, overrides: list[str]) -> dict[str, Any]:
     return raw
 
 
+ENV_KEYS = {"config", "rate_multiplier", "max_episode_steps", "autoreset_mode", "masked"}
+
+
 def build(settings: dict[str, Any]) -> Any:
-    """The RLlib algorithm for ``settings`` (Ray must be initialised)."""
+    """The RLlib algorithm for ``settings`` (Ray must be initialised): ``env`` goes to
+    ``env_config``, ``env_runners``, ``learners`` and ``training`` to the PPOConfig methods of
+    those names (so any of their arguments can be set), ``network.hidden`` to the module."""
     from prfaas_env.integrations.rllib import env_config, ppo_config
 
-    runners = settings.get("env_runners", {})
-    return ppo_config(
-        env_config(**settings.get("env", {})),
-        num_env_runners=int(runners.get("num_env_runners", 0)),
-        num_envs_per_env_runner=int(runners.get("num_envs_per_env_runner", 64)),
-        num_learners=int(settings.get("learners", {}).get("num_learners", 0)),
+    env = settings.get("env", {})
+    unknown = set(env) - ENV_KEYS
+    if unknown:
+        raise SystemExit(f"env: unknown key(s) {sorted(unknown)}; allowed: {sorted(ENV_KEYS)}")
+    runners = dict(settings.get("env_runners", {}))
+    learners = dict(settings.get("learners", {}))
+    cfg = ppo_config(
+        env_config(**env),
+        num_env_runners=int(runners.pop("num_env_runners", 0)),
+        num_envs_per_env_runner=int(runners.pop("num_envs_per_env_runner", 64)),
+        num_learners=int(learners.pop("num_learners", 0)),
         hidden=tuple(settings.get("network", {}).get("hidden", (64, 64))),
         training=settings.get("training", {}),
-    ).build_algo()
+    )
+    try:  # the remaining keys are PPOConfig arguments (RLlib names any it does not know)
+        cfg = cfg.env_runners(**runners).learners(**learners)
+    except TypeError as exc:
+        raise SystemExit(f"env_runners/learners: {exc}") from exc
+    return cfg.build_algo()
 
 
 def main(argv: list[str] | None = None) -> int:

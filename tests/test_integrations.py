@@ -74,7 +74,10 @@ def test_torchrl_wrapper_passes_its_spec_check(short: str) -> None:
     td = env.rollout(max_steps=40, break_when_any_done=False)  # TorchRL resets finished envs
     assert td.batch_size == (3, 40)
     assert td["observation"].shape == (3, 40, 27) and td["action_mask"].shape == (3, 40, 2)
-    assert td["next", "truncated"].any()
+    # every env truncates at its 30th decision and, reset by TorchRL, goes on from there
+    steps = td["next", "truncated"][..., 0].nonzero()[:, 1]
+    assert sorted(set(steps.tolist())) == [29] and len(steps) == 3
+    assert not td["truncated"][:, 30:].any()
     with pytest.raises(
         AutoresetModeError, match=r"TorchRL .* autoreset_mode=DISABLED, got NEXT_STEP"
     ):
@@ -130,6 +133,40 @@ def test_rllib_example_settings_are_checked(tmp_path: Path) -> None:
 
 
 # ---- a plain PyTorch PPO loop -------------------------------------------------------------------
+def test_plain_ppo_advantages_under_next_step_autoreset() -> None:
+    """Hand-computed GAE for one env: steps 0-1 of an episode truncated at step 1, the reset
+    step 2 (no transition), then step 3 of the next episode; gamma 0.5, lambda 0.5."""
+    from plain_ppo import advantages
+
+    rewards = torch.tensor([[1.0], [2.0], [0.0], [4.0]])
+    values = torch.tensor([[10.0], [20.0], [30.0], [40.0], [50.0]])
+    terminated = torch.zeros(4, 1)
+    resets = torch.tensor([[0.0], [0.0], [1.0], [0.0], [0.0]])
+    adv = advantages(rewards, values, terminated, resets, 0.5, 0.5)
+    d3 = 4 + 0.5 * 50 - 40  # bootstraps from the state after the rollout
+    d2 = 0 + 0.5 * 40 - 30  # the reset step (left out of the loss by the loop)
+    d1 = 2 + 0.5 * 30 - 20  # truncated: bootstraps from the final observation's value
+    d0 = 1 + 0.5 * 20 - 10
+    expected = [d0 + 0.25 * d1, d1, d2 + 0.25 * d3, d3]  # no chaining across the reset
+    assert adv[:, 0].tolist() == pytest.approx(expected)
+    terminated[1] = 1.0  # a termination: no bootstrap, no chaining
+    adv = advantages(rewards, values, terminated, resets, 0.5, 0.5)
+    assert adv[1, 0].item() == pytest.approx(2 - 20)
+
+
+def test_plain_ppo_refuses_other_autoreset_modes(
+    short: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plain_ppo
+
+    real = plain_ppo.PrfaaSVectorEnv
+    monkeypatch.setattr(
+        plain_ppo, "PrfaaSVectorEnv", lambda *a, **k: real(*a, autoreset_mode="SAME_STEP", **k)
+    )
+    with pytest.raises(AutoresetModeError, match="NEXT_STEP"):
+        plain_ppo.make_env(plain_ppo.Args(config=short, num_envs=2))
+
+
 def test_plain_ppo_loop_runs_and_times_itself(short: str) -> None:
     import plain_ppo
 
