@@ -65,6 +65,7 @@ def test_single_env_wrappers(short: str) -> None:
 
 # ---- TorchRL ------------------------------------------------------------------------------------
 def test_torchrl_wrapper_passes_its_spec_check(short: str) -> None:
+    pytest.importorskip("torchrl")  # extra [torchrl]; the set-up command installs it
     from torchrl.envs.utils import check_env_specs
 
     from prfaas_env.integrations.torchrl import make_env, wrap
@@ -86,7 +87,7 @@ def test_torchrl_wrapper_passes_its_spec_check(short: str) -> None:
 
 # ---- RLlib --------------------------------------------------------------------------------------
 def test_rllib_trains_with_masking_on_the_vector_env(short: str) -> None:
-    ray = pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")  # extra [rllib]; the set-up command installs it
     from ray.rllib.core.columns import Columns
 
     from prfaas_env.integrations.rllib import env_config, ppo_config
@@ -120,7 +121,7 @@ def test_rllib_trains_with_masking_on_the_vector_env(short: str) -> None:
 
 
 def test_rllib_example_settings_are_checked(tmp_path: Path) -> None:
-    import rllib_ppo
+    import rllib_ppo  # reads YAML only; Ray is imported when training starts
 
     s = rllib_ppo.load_settings(rllib_ppo.DEFAULT_FILE, ["env_runners.num_env_runners=4"])
     assert s["env_runners"]["num_env_runners"] == 4 and s["env"]["masked"] is True
