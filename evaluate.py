@@ -222,14 +222,12 @@ def bundle_policy(root: Path, scenario: Any, env_cfg: Any) -> Any:
     """An exported bundle as a policy on ``scenario`` (ConfigError when its features or
     actions differ from the config's)."""
     from prfaas_env.env.spaces import check_spaces
-    from prfaas_env.policies import RouteTable
     from prfaas_env.router.core import BundlePolicy, Router
 
     router = Router(root)
     sig = {"features": router.bundle.features, "actions": router.bundle.actions}
     check_spaces(sig, scenario, env_cfg, str(root), form=False)  # the graph takes the Box form
-    routes = RouteTable.from_topology(scenario.topology, router.live.admission_control)
-    return BundlePolicy(router, routes, f"bundle:{root.name}")
+    return BundlePolicy(router, router.live.routes, f"bundle:{root.name}")
 
 
 def print_analytic(scenario: Any) -> None:

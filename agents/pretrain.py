@@ -38,7 +38,6 @@ from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
 from prfaas_env.env.features import mean_output_tokens, view_from_sim
 from prfaas_env.policies import Policy
-from prfaas_env.sim.kernel import REJECT
 
 TAIL = 300  # value targets need this many steps before an episode or rollout end (0.99^300 =
 # 5 % of the return is cut off there); at most half the rollout
@@ -107,12 +106,10 @@ def behaviour_clone(
     actions, masks = [], []
     rewards = np.zeros((steps, n))
     dones = np.zeros((steps, n), np.bool_)
-    reject = heuristic.routes.num_routes
     for t in range(steps):
         view = view_from_sim(native.sim, staleness, mean_out)
         mask = native.action_masks()
-        a = np.asarray(heuristic.act(view, mask), np.int64)
-        actions.append(np.where(a == REJECT, reject, a))
+        actions.append(np.asarray(heuristic.act(view, mask), np.int64))
         masks.append(mask)
         obs, rew, dones[t], _ = venv.step(actions[-1])
         # raw rewards, normalised afterwards with the final statistics (the value network

@@ -36,7 +36,6 @@ from prfaas_env.env.features import ObservationEncoder
 from prfaas_env.env.spaces import check_spaces
 from prfaas_env.errors import ConfigError, load_folder_json
 from prfaas_env.policies import Policy, RouteTable
-from prfaas_env.sim.kernel import REJECT
 from prfaas_env.sim.scenario import Scenario
 
 RUN_FORMAT = 1
@@ -88,10 +87,9 @@ class ObsNormalizer:
         return cls(mean, var, float(d["epsilon"]), float(d["clip"]))
 
 
-def masked_greedy(model: BaseAlgorithm, obs: Any, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
-    """The highest-scoring allowed action per row: largest logit (policy-gradient models) or
-    Q-value (DQN) among those ``mask`` allows. This is how the runtime applies the action
-    mask to a model that was trained without one."""
+def policy_scores(model: BaseAlgorithm, obs: Any) -> NDArray[np.float64]:
+    """``[row, action]`` scores of a model on model inputs: log-probabilities (policy-gradient
+    models, as their categorical distribution holds them) or Q-values (DQN)."""
     policy = model.policy
     with torch.no_grad():
         obs_t, _ = policy.obs_to_tensor(obs)
@@ -99,7 +97,14 @@ def masked_greedy(model: BaseAlgorithm, obs: Any, mask: NDArray[np.bool_]) -> ND
             scores = policy.q_net(obs_t)
         else:
             scores = policy.get_distribution(obs_t).distribution.logits
-    s = scores.cpu().numpy().astype(np.float64)
+    return scores.cpu().numpy().astype(np.float64)
+
+
+def masked_greedy(model: BaseAlgorithm, obs: Any, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """The highest-scoring allowed action per row (:func:`policy_scores` among those ``mask``
+    allows). This is how the runtime applies the action mask to a model that was trained
+    without one."""
+    s = policy_scores(model, obs)
     if mask.shape[1] < s.shape[1]:  # a route mask without the always-allowed reject column
         mask = np.pad(mask, ((0, 0), (0, s.shape[1] - mask.shape[1])), constant_values=True)
     s = np.where(mask[:, : s.shape[1]], s, -np.inf)
@@ -135,8 +140,7 @@ class AgentPolicy(Policy):
         return obs
 
     def act(self, view: dict[str, NDArray], mask: NDArray[np.bool_]) -> NDArray[np.int64]:
-        a = masked_greedy(self.model, self.observe(view, mask), mask)
-        return np.where(a >= self.routes.num_routes, REJECT, a).astype(np.int64)
+        return masked_greedy(self.model, self.observe(view, mask), mask)
 
 
 @dataclass

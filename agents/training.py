@@ -13,7 +13,6 @@ Data separation:
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from agents.run import (
     read_meta,
 )
 from agents.vec_env import SB3VecEnv
+from prfaas_env import package_versions
 from prfaas_env.env.config import EnvConfig, held_out_config, resolve_config
 from prfaas_env.env.spaces import check_spaces, spaces_signature
 from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping
@@ -251,19 +251,7 @@ def _improves(
 
 
 def _versions() -> dict[str, str]:
-    import gymnasium
-    import stable_baselines3
-
-    import prfaas_env
-
-    return {
-        "python": platform.python_version(),
-        "prfaas_env": getattr(prfaas_env, "__version__", "0.1.0"),
-        "gymnasium": gymnasium.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
+    return package_versions("gymnasium", "stable-baselines3", "torch", "numpy")
 
 
 def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from prfaas_env.env.features import mean_output_tokens, view_from_sim
 from prfaas_env.errors import ConfigError, NotApplicableError
 from prfaas_env.policies import Policy, RouteTable, make_policy, policy_names
-from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
+from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator, routes_from_actions
 from prfaas_env.sim.scenario import Scenario
 
 METRICS = RESULT_METRICS
@@ -149,7 +149,8 @@ def run_policy(
     sim.reset(seed=list(seeds))
     mean_out = mean_output_tokens(scenario.workload)
     for step in range(decisions):
-        sim.step(policy.act(view_from_sim(sim, staleness_s, mean_out), sim.route_mask()))
+        actions = policy.act(view_from_sim(sim, staleness_s, mean_out), sim.route_mask())
+        sim.step(routes_from_actions(actions, policy.routes.num_routes))
         if progress is not None and (step + 1) % 100 == 0:
             progress(100)
     if progress is not None:

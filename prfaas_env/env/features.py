@@ -244,7 +244,7 @@ def view_from_sim(
             topo.model.kv_bytes_for(length),
             measured[:, used],
             n[:, used],
-            np.array([topo.channel_latency_s(i) for i in used]),
+            S.ch_latency_s[used],  # from Topology.channel_latency_s, packed once
         )
     else:
         for k, *_ in _CHANNEL:

@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env.env.features import ObservationEncoder, estimated_ttft, transfer_s
+from prfaas_env.policies.base import RouteTable
 from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS, CostTables, build_tables, prefill_time
 from prfaas_env.sim.topology import Topology
@@ -198,9 +199,7 @@ class LiveState:
         if tables is None:
             tables = build_tables(topology.cost_models(), [c.max_batch for c in topology.clusters])
         self._log_t = [tables.prefill_log_t[c] for c in self._pcl]
-        self._route_ch = np.array(
-            [self._used.index(r.channel) if r.channel >= 0 else -1 for r in topology.routes]
-        )
+        self.routes = RouteTable.from_topology(topology, admission_control)
         self.entities = {
             "prefill": list(self.encoder.prefill_clusters),
             "channels": list(self.encoder.channels),
@@ -231,7 +230,7 @@ class LiveState:
 
     @property
     def num_actions(self) -> int:
-        return len(self.topology.routes) + (1 if self.admission_control else 0)
+        return self.routes.num_actions
 
     # ---- state -> view ------------------------------------------------------------------
     def parse(self, states: Sequence[Mapping[str, Any]]) -> Parsed:
@@ -344,13 +343,7 @@ class LiveState:
     def mask(self, view: Mapping[str, NDArray]) -> NDArray[np.bool_]:
         """``[state, action]`` allowed actions: routes over a link with no bandwidth are
         not; reject (when present) always is. The environment's rule."""
-        bw = np.asarray(view["bandwidth"])
-        n = bw.shape[0]
-        ok = np.ones((n, self.num_actions), np.bool_)
-        for r, ch in enumerate(self._route_ch):
-            if ch >= 0:
-                ok[:, r] = bw[:, ch] > 0
-        return ok
+        return self.routes.allowed(view)
 
     # ---- view -> state ------------------------------------------------------------------
     def state(self, view: Mapping[str, NDArray], i: int) -> dict[str, Any]:

@@ -24,8 +24,7 @@ from prfaas_env.env.features import (
     mean_output_tokens,
     view_from_sim,
 )
-from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator
-from prfaas_env.sim.kernel import REJECT
+from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator, routes_from_actions
 
 MODES = {m.value: m for m in AutoresetMode} | {m.name: m for m in AutoresetMode}
 SUMMARY_KEYS = (*RESULT_METRICS, "cache_hit_fraction", "rejected", "completed")
@@ -197,7 +196,7 @@ class PrfaaSVectorEnv(VectorEnv):
             if self.autoreset_mode == AutoresetMode.NEXT_STEP
             else (np.zeros(self.num_envs, np.bool_))
         )
-        routes = np.where(a >= len(self.route_labels), REJECT, a).astype(np.int64)
+        routes = routes_from_actions(a, len(self.route_labels))
         self.sim.step(routes, active=~resetting)
         self._steps[~resetting] += 1
         totals = self._totals()

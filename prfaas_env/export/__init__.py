@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from prfaas_env import package_versions
 from prfaas_env.env.features import mean_output_tokens
 from prfaas_env.env.live import STATE_FORMAT, LiveState
 from prfaas_env.errors import ConfigError
@@ -174,7 +175,9 @@ def _write_bundle(
     echo("writing policy.onnx and policy.pt ...")
     write_onnx(graph, actions, out / "policy.onnx")
     write_torchscript(graph, actions, out / "policy.pt")
-    sb3_scores = _sb3_scores(agent, obs, rec.mask)
+    from agents.run import policy_scores
+
+    sb3_scores = policy_scores(agent.model, agent.observe(rec.view, rec.mask))
     parity = check_parity(out, obs, rec.mask, rec.actions, sb3_scores)
     echo(
         f"parity on {parity.decisions} recorded decisions: ONNX {parity.onnx_agree}, "
@@ -200,27 +203,6 @@ def _write_bundle(
     manifest["content_hash"] = content_hash(files, manifest)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def _sb3_scores(agent: Any, obs: NDArray[np.float32], mask: NDArray[np.bool_]) -> NDArray:
-    """The SB3 policy's own scores (log-probabilities or Q-values) on encoder output ``obs``."""
-    import torch
-
-    policy = agent.model.policy
-    x = agent.normalizer.apply(obs)
-    inp: Any = (
-        {"observation": x, "action_mask": mask.astype(np.float32)}
-        if (agent.dict_observation)
-        else x
-    )
-    with torch.no_grad():
-        t, _ = policy.obs_to_tensor(inp)
-        s = (
-            policy.q_net(t)
-            if hasattr(policy, "q_net")
-            else (policy.get_distribution(t).distribution.logits)
-        )
-    return s.cpu().numpy().astype(np.float64)
 
 
 def check_parity(
@@ -307,17 +289,7 @@ def _default_fallback(run: Path) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    from prfaas_env import __version__
-
-    out = {"prfaas-env": __version__}
-    for pkg in ("torch", "stable-baselines3", "onnx", "onnxruntime", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return package_versions("torch", "stable-baselines3", "onnx", "onnxruntime", "numpy")
 
 
 def _manifest(

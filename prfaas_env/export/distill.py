@@ -29,7 +29,7 @@ from prfaas_env.env.config import EnvConfig
 from prfaas_env.env.live import LiveState
 from prfaas_env.evaluation import METRICS, heuristic, heuristic_params, run_policy
 from prfaas_env.export.record import Recording
-from prfaas_env.policies import RouteTable, make_policy
+from prfaas_env.policies import make_policy
 from prfaas_env.sim.scenario import Scenario
 
 EVAL_SEED = 20000  # test seeds (recordings use validation seeds)
@@ -88,7 +88,7 @@ def best_knobs(
 ) -> tuple[dict[str, Any], float, float]:
     """(best setting, its agreement, the default setting's agreement) for knob family
     ``name`` on the recorded decisions."""
-    routes = RouteTable.from_topology(scenario.topology, live.admission_control)
+    routes = live.routes
     base = heuristic_params(scenario, name)
     defaults = _defaults(name)
     target = rec.actions

@@ -16,7 +16,6 @@ from numpy.typing import NDArray
 from prfaas_env.env.live import LiveState
 from prfaas_env.evaluation import Run, run_policy
 from prfaas_env.policies import Policy, View
-from prfaas_env.sim.kernel import REJECT
 from prfaas_env.sim.scenario import Scenario
 
 
@@ -50,11 +49,10 @@ class _Recorder(Policy):
     def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
         full = self.live.mask(view)  # the environment's mask, with reject when present
         a = np.asarray(self.inner.act(view, full), np.int64)
-        n = self.routes.num_routes
         self.views.append({k: np.array(v, dtype=np.float64) for k, v in view.items()})
         self.masks.append(full)
-        self.actions.append(np.where(a == REJECT, n, a))  # as action indices
-        return np.where(a >= n, REJECT, a)  # as the simulator takes them
+        self.actions.append(a)
+        return a
 
 
 def record(

@@ -69,6 +69,15 @@ class RouteTable:
             reject=len(topo.routes) if admission_control else -1,
         )
 
+    def allowed(self, view: View) -> NDArray[np.bool_]:
+        """``[env, action]`` the environment's rule on a view: a route over a link whose
+        measured bandwidth is 0 cannot be used; reject (when present) always can."""
+        bw = np.asarray(view["bandwidth"])
+        ok = np.ones((bw.shape[0], self.num_actions), np.bool_)
+        remote = self.channel >= 0
+        ok[:, remote] = bw[:, self.channel[remote]] > 0
+        return ok
+
     def per_route(self, view: View, key: str) -> NDArray[np.float64]:
         """``[env, route]`` values of a per-prefill-cluster, per-decode-cluster or per-channel
         view entry (channel entries are 0 on RDMA routes)."""
@@ -96,7 +105,8 @@ _DECODE_KEYS = {"free_slots", "kv_used", "admission_queue", "admission_wait_s"}
 
 
 class Policy:
-    """A router: ``act(view, mask)`` returns one action per env.
+    """A router: ``act(view, mask)`` returns one action index per env (the environment's
+    action space: a route, or the reject action when the route table has one).
 
     ``topology`` is given to every policy; those that model costs need it. Subclasses set
     ``name`` and implement :meth:`scores` (lower is better; the allowed route

@@ -12,27 +12,17 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from prfaas_env.router.bundle import BundleError
 from prfaas_env.router.core import LiveStateError, Router
 
 
 def check_golden(router: Router) -> tuple[int, int, float]:
-    """Replay the bundle's golden file: (lines, lines whose action matches, largest
-    observation difference). Every line's state must be decided by the model."""
-    lines = router.bundle.file("golden.jsonl").read_text().splitlines()
-    states = [json.loads(x) for x in lines if x.strip()]
-    if not states:
-        raise BundleError(f"{router.bundle.file('golden.jsonl')}: empty")
-    decisions = router.decide_many([g["state"] for g in states])
-    obs = router.encoder.encode(router.live.parse([g["state"] for g in states]).view)
-    want = np.array([g["observation"] for g in states], np.float32)
-    ok = sum(
-        d.action == g["action"] and d.source == "model"
-        for d, g in zip(decisions, states, strict=True)
-    )
-    return len(states), ok, float(np.abs(obs - want).max())
+    """Replay the bundle's whole golden file: (lines, lines decided by the model as recorded,
+    largest observation difference)."""
+    total, wrong, diff = router.replay_golden()
+    for message in wrong[:5]:
+        print(message, file=sys.stderr)
+    return total, total - len(wrong), diff
 
 
 def main(argv: list[str] | None = None) -> int:

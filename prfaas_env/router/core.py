@@ -29,7 +29,6 @@ from numpy.typing import NDArray
 from prfaas_env.env.live import LiveStateError
 from prfaas_env.policies import Policy, RouteTable, make_policy
 from prfaas_env.router.bundle import Bundle, BundleError, load_bundle
-from prfaas_env.sim.kernel import REJECT
 
 __all__ = ["BundlePolicy", "Decision", "LiveStateError", "ModelRunner", "Router"]
 
@@ -119,7 +118,7 @@ class Router:
         self.model = ModelRunner(self.bundle, threads)
         self.labels = self.bundle.actions
         fb = self.bundle.manifest["fallback"]
-        routes = RouteTable.from_topology(self.live.topology, self.live.admission_control)
+        routes = self.live.routes
         try:
             self.fallback: Policy = make_policy(
                 fb["policy"], routes, self.live.topology, **fb.get("params", {})
@@ -131,31 +130,41 @@ class Router:
         self.fallback.reset(1)
         self._self_test()
 
-    def _self_test(self, lines: int = 32) -> None:
-        """Replay the first golden lines (BundleError unless the model decides each as
-        recorded) and one state the fallback decides; this also warms both paths up, so
-        the first real request does not pay for lazy initialisation."""
+    def replay_golden(self, lines: int | None = None) -> tuple[int, list[str], float]:
+        """Route the bundle's golden states (the first ``lines``, or all): the number
+        replayed, a message per line the model does not decide as recorded, and the largest
+        difference between the router's observations and the recorded ones."""
         path = self.bundle.file("golden.jsonl")
-        golden = []
         try:
-            for text in path.read_text().splitlines()[:lines]:
-                g = json.loads(text)
-                golden.append((g["state"], int(g["action"])))
+            golden = [json.loads(t) for t in path.read_text().splitlines()[:lines] if t.strip()]
+            states = [g["state"] for g in golden]
+            want = [int(g["action"]) for g in golden]
+            recorded = np.array([g["observation"] for g in golden], np.float32)
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{path}: unreadable golden line: {exc}") from exc
         if not golden:
             raise BundleError(f"{path}: no golden lines")
         try:
-            got = self.decide_many([state for state, _ in golden])
+            got = self.decide_many(states)
+            obs = self.encoder.encode(self.live.parse(states).view)
         except LiveStateError as exc:
             raise BundleError(f"{path}: {exc}") from exc
-        for i, (d, (_, want)) in enumerate(zip(got, golden, strict=True)):
-            if d.source != "model" or d.action != want:
-                why = d.reason or f"action {d.action}"
-                raise BundleError(
-                    f"{path}: line {i + 1}: the router does not reproduce the recorded action "
-                    f"{want} ({why})"
-                )
+        wrong = [
+            f"line {i + 1}: the router does not reproduce the recorded action {w} "
+            f"({d.reason or f'action {d.action}'})"
+            for i, (d, w) in enumerate(zip(got, want, strict=True))
+            if d.source != "model" or d.action != w
+        ]
+        diff = float(np.abs(obs - recorded).max()) if recorded.shape == obs.shape else np.inf
+        return len(golden), wrong, diff
+
+    def _self_test(self, lines: int = 32) -> None:
+        """Replay the first golden lines (BundleError unless the model decides each as
+        recorded) and one state the fallback decides; this also warms both paths up, so
+        the first real request does not pay for lazy initialisation."""
+        _, wrong, _ = self.replay_golden(lines)
+        if wrong:
+            raise BundleError(f"{self.bundle.file('golden.jsonl')}: {wrong[0]}")
         self.decide({"request": {"input_tokens": 1024}})
 
     def act_view(
@@ -226,4 +235,4 @@ class BundlePolicy(Policy):
         full = self.router.live.mask(view)
         full[:, : mask.shape[1]] &= mask
         actions, _ = self.router.act_view(view, full)
-        return np.where(actions >= self.routes.num_routes, REJECT, actions).astype(np.int64)
+        return np.asarray(actions, np.int64)

@@ -58,6 +58,15 @@ RESULT_METRICS = (
     "offload_fraction",
     "link_utilisation",
 )
+
+
+def routes_from_actions(actions: NDArray[np.int64], num_routes: int) -> NDArray[np.int64]:
+    """Simulator routes of environment actions: indices ``>= num_routes`` (the reject
+    action) become ``REJECT``."""
+    a = np.asarray(actions, np.int64)
+    return np.where(a >= num_routes, REJECT, a).astype(np.int64)
+
+
 PARALLEL_MIN_ENVS = 256  # below this, thread start-up costs more than it saves
 
 
