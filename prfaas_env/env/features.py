@@ -116,10 +116,10 @@ class ObservationEncoder:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         cl = topology.clusters
-        self.prefill_clusters = [c.name for c in cl if c.prefill_instances > 0]
-        self.decode_clusters = [c.name for c in cl if c.role == "pd"]
+        self.prefill_clusters = [cl[i].name for i in topology.prefill_index]
+        self.decode_clusters = [cl[i].name for i in topology.decode_index]
         # only channels some route uses carry information for the decision
-        self.channel_index = sorted({r.channel for r in topology.routes if r.channel >= 0})
+        self.channel_index = list(topology.route_channels)
         self.channels = [
             f"{topology.channels[i][1]}->{topology.channels[i][2]}" for i in self.channel_index
         ]
@@ -214,7 +214,7 @@ def view_from_sim(
         "expected_output_tokens": np.full(e_count, expected_output),
     }
     # prefill clusters
-    pcl = [i for i, c in enumerate(topo.clusters) if c.prefill_instances > 0]
+    pcl = list(topo.prefill_index)
     cached = st.obs_cached[:, pcl].astype(float)
     wait = np.maximum(st.p_free - now[:, None], 0.0)
     cols: dict[str, list[NDArray]] = {k: [] for k, *_ in _PREFILL}
@@ -230,7 +230,7 @@ def view_from_sim(
     for k in ("queued_requests", "queued_tokens", "wait_s", "busy_fraction"):
         view[k] = np.stack(cols[k], axis=1)
     # channels that some route uses
-    used = sorted({r.channel for r in topo.routes if r.channel >= 0})
+    used = list(topo.route_channels)
     nominal = np.array([topo.links[topo.channels[i][0]].bandwidth_gbps * GBPS for i in used])
     if used:
         measured = _measured_bandwidth(sim, staleness_s)
@@ -250,7 +250,7 @@ def view_from_sim(
         for k, *_ in _CHANNEL:
             view[k] = np.zeros((e_count, 0))
     # decode clusters
-    dcl = [i for i, c in enumerate(topo.clusters) if c.role == "pd"]
+    dcl = topo.decode_index
     dcols: dict[str, list[NDArray]] = {k: [] for k, *_ in _DECODE}
     for c in dcl:
         sl = slice(S.cl_d0[c], S.cl_d0[c] + S.cl_nd[c])

@@ -189,9 +189,8 @@ class LiveState:
         self.encoder = ObservationEncoder(topology)
         self.expected_output_tokens = float(expected_output_tokens)
         self.admission_control = admission_control
-        names = [c.name for c in topology.clusters]
-        self._pcl = [names.index(n) for n in self.encoder.prefill_clusters]
-        self._used = list(self.encoder.channel_index)
+        self._pcl = list(topology.prefill_index)
+        self._used = list(topology.route_channels)
         self._nominal_gbps = np.array(
             [topology.links[topology.channels[i][0]].bandwidth_gbps for i in self._used]
         )

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.env.features import ObservationEncoder
 from prfaas_env.errors import ConfigError
 from prfaas_env.sim.topology import Topology
 
@@ -51,11 +50,9 @@ class RouteTable:
     @classmethod
     def from_topology(cls, topo: Topology, admission_control: bool = False) -> RouteTable:
         """The route table of ``topo`` in the environment's action order."""
-        enc = ObservationEncoder(topo)
-        names = [c.name for c in topo.clusters]
-        pre = [enc.prefill_clusters.index(names[r.prefill]) for r in topo.routes]
-        dec = [enc.decode_clusters.index(names[r.decode]) for r in topo.routes]
-        ch = [enc.channel_index.index(r.channel) if r.channel >= 0 else -1 for r in topo.routes]
+        pre = [topo.prefill_index.index(r.prefill) for r in topo.routes]
+        dec = [topo.decode_index.index(r.decode) for r in topo.routes]
+        ch = [topo.route_channels.index(r.channel) if r.channel >= 0 else -1 for r in topo.routes]
         off = [
             topo.clusters[r.prefill].datacenter != topo.clusters[r.decode].datacenter
             for r in topo.routes

@@ -89,6 +89,11 @@ class Topology:
     source: str = ""
     routes: tuple[Route, ...] = field(init=False)
     channels: tuple[tuple[int, str, str], ...] = field(init=False)  # (link, from dc, to dc)
+    # the entities a router sees, as indices in topology order: clusters with a prefill
+    # pool, PD clusters, and the directed channels some route uses
+    prefill_index: tuple[int, ...] = field(init=False)
+    decode_index: tuple[int, ...] = field(init=False)
+    route_channels: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         chans: list[tuple[int, str, str]] = []
@@ -111,6 +116,16 @@ class Topology:
         if not routes:
             raise ConfigError(f"{self.source}: topology has no route from a prefill pool to a PD")
         object.__setattr__(self, "routes", tuple(routes))
+        cl = self.clusters
+        object.__setattr__(
+            self, "prefill_index", tuple(i for i, c in enumerate(cl) if c.prefill_instances)
+        )
+        object.__setattr__(
+            self, "decode_index", tuple(i for i, c in enumerate(cl) if c.role == "pd")
+        )
+        object.__setattr__(
+            self, "route_channels", tuple(sorted({r.channel for r in routes if r.channel >= 0}))
+        )
 
     def channel_index(self, src: str, dst: str) -> int:
         """Index of the directed channel from datacenter ``src`` to ``dst``, or -1."""
