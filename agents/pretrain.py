@@ -155,10 +155,9 @@ def behaviour_clone(
             policy.optimizer.step()
             loss_value = float(loss.detach())
     policy.set_training_mode(False)
-    with torch.no_grad():
-        obs_t, _ = policy.obs_to_tensor(_take(obs_all, held_out))
-        logits = policy.get_distribution(obs_t).distribution.logits.numpy()
-    greedy = np.where(mask_all[held_out], logits, -np.inf).argmax(1)
+    from agents.run import masked_greedy  # agents.run imports this module's settings
+
+    greedy = masked_greedy(model, _take(obs_all, held_out), mask_all[held_out])
     agreement = float(np.mean(greedy == act_all[held_out]))
     echo(
         f"pretraining: agreement with {heuristic.name} {agreement:.3f} on {len(held_out):,} "

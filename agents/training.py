@@ -55,18 +55,19 @@ from prfaas_env.env.spaces import check_spaces, spaces_signature
 from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping
 from prfaas_env.evaluation import (
     METRICS,
+    TEST_SEED,
+    VALIDATION_SEED,
     Run,
     heuristic,
     heuristic_params,
     interval,
     run_policy,
+    seed_range,
 )
 from prfaas_env.policies import RouteTable, make_policy, policy_names
 from prfaas_env.report import table
 from prfaas_env.sim.scenario import Scenario
 
-VALIDATION_SEED = 10_000
-TEST_SEED = 20_000
 # A router keeps up when it completes at least this share of the best throughput on the same
 # requests (used to pick the best heuristic and to rank checkpoints).
 KEEP_UP = 0.99
@@ -261,7 +262,7 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, a.threads))
     ev = ctx.agent.evaluation
-    val_seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + ev.seeds))
+    val_seeds = seed_range(VALIDATION_SEED, ev.seeds)
 
     venv = SB3VecEnv.from_config(
         ctx.config, ctx.agent.num_envs, rate_multiplier=ctx.rate_multiplier
@@ -449,7 +450,7 @@ def final_evaluation(
     held-out scenario; prints the table and writes ``final_eval.json``."""
     ev = ctx.agent.evaluation
     decisions = a.final_decisions or ev.decisions
-    seeds = list(range(TEST_SEED, TEST_SEED + a.final_seeds))
+    seeds = seed_range(TEST_SEED, a.final_seeds)
     trained = load_run(out, "selected")
     pol = trained.policy(ctx.eval_scenario, ctx.eval_env_cfg)
     runs = {

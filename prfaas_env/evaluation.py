@@ -59,6 +59,16 @@ _T95 = (
 
 PolicyFactory = Callable[[Scenario], Policy]
 
+# Seed ranges kept apart: training evaluates checkpoints on validation seeds and reports
+# final tables on test seeds; exports record on validation seeds.
+VALIDATION_SEED = 10_000
+TEST_SEED = 20_000
+
+
+def seed_range(first: int, count: int) -> list[int]:
+    """``count`` consecutive seeds from ``first``."""
+    return list(range(first, first + count))
+
 
 @dataclass
 class Run:

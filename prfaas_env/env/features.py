@@ -146,7 +146,7 @@ class ObservationEncoder:
     @property
     def size(self) -> int:
         """Length of the observation vector."""
-        return len(self.features())
+        return self._width
 
     def _build_layout(self) -> None:
         """Column positions of every view key and of every normaliser (computed once)."""

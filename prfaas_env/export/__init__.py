@@ -29,7 +29,7 @@ from prfaas_env import package_versions
 from prfaas_env.env.features import mean_output_tokens
 from prfaas_env.env.live import STATE_FORMAT, LiveState
 from prfaas_env.errors import ConfigError
-from prfaas_env.evaluation import heuristic_params
+from prfaas_env.evaluation import VALIDATION_SEED, heuristic_params, seed_range
 from prfaas_env.export.graph import (
     INPUT_NAMES,
     ONNX_OPSET,
@@ -46,8 +46,6 @@ from prfaas_env.router.bundle import (
     sha256,
 )
 
-RECORD_SEED = 10000  # recordings use train.py's validation seeds; distilled knobs are then
-# evaluated on its test seeds (20000+)
 TIE = 1e-4  # scores closer than this may order differently in float32 runtimes
 GOLDEN_MARGIN = 1e-3  # golden rows need this gap between the best and second allowed score
 
@@ -162,7 +160,7 @@ def _write_bundle(
     distill: bool,
     echo: Any,
 ) -> dict[str, Any]:
-    seed_list = list(range(RECORD_SEED, RECORD_SEED + seeds))
+    seed_list = seed_range(VALIDATION_SEED, seeds)  # distilled knobs use the test seeds
     echo(f"recording {seeds} x {decisions} decisions of {scenario.source} ...")
     rec = record(scenario, agent, live, seed_list, decisions, env_cfg.bandwidth_staleness_s)
     obs = live.encoder.encode(rec.view)

@@ -27,12 +27,18 @@ import yaml
 
 from prfaas_env.env.config import EnvConfig
 from prfaas_env.env.live import LiveState
-from prfaas_env.evaluation import METRICS, heuristic, heuristic_params, run_policy
+from prfaas_env.evaluation import (
+    METRICS,
+    TEST_SEED,
+    heuristic,
+    heuristic_params,
+    run_policy,
+    seed_range,
+)
 from prfaas_env.export.record import Recording
 from prfaas_env.policies import make_policy
 from prfaas_env.sim.scenario import Scenario
 
-EVAL_SEED = 20000  # test seeds (recordings use validation seeds)
 SUMMARY = ("throughput_rps", "ttft_p90_s", "ttft_p99_s", "ttft_mean_s", "slo_attainment")
 _TOKENS = [float(x) for x in np.unique(np.round(np.geomspace(16, 131072, 53)))]
 
@@ -134,7 +140,7 @@ def distill_knobs(
     """Distil every knob family of :data:`KNOBS` from ``rec`` (the policy's recorded
     decisions) and evaluate each result, its default and ``agent`` on ``seeds`` test seeds
     x ``decisions`` requests."""
-    eval_seeds = list(range(EVAL_SEED, EVAL_SEED + seeds))
+    eval_seeds = seed_range(TEST_SEED, seeds)
     stale = env_cfg.bandwidth_staleness_s
 
     def evaluate(factory: Any, label: str) -> dict[str, float | None]:

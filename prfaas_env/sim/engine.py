@@ -158,6 +158,9 @@ class VecSimulator:
         self.static = build_static(scenario, tables)
         self.workload_params = wl.params(scenario.workload, topo.block_tokens)
         self.num_routes = len(topo.routes)
+        # routes over a cross-datacenter channel, and those channels (for route_mask)
+        self._remote_routes = [i for i, r in enumerate(topo.routes) if r.channel >= 0]
+        self._remote_channels = [topo.routes[i].channel for i in self._remote_routes]
         cl = topo.clusters
         dims = (
             int(self.static.cl_np.sum()),
@@ -287,9 +290,7 @@ class VecSimulator:
         """``[env, route]`` True where the route can be used now: a route over a link whose
         usable bandwidth is 0 (an outage) cannot."""
         ok = np.ones((self.num_envs, self.num_routes), np.bool_)
-        for r, ch in enumerate(self.static.route_ch):
-            if ch >= 0:
-                ok[:, r] = self.state.l_bw[:, ch] > 0
+        ok[:, self._remote_routes] = self.state.l_bw[:, self._remote_channels] > 0
         return ok
 
     def pending(self) -> dict[str, NDArray]:

@@ -267,7 +267,7 @@ _INITIAL = {
 
 class Static(NamedTuple):
     """Topology constants in the form compiled code reads; packed fields by name:
-    ``route_p/d/ch/offload`` (per route), ``cl_p0/np/d0/nd/max_batch`` and
+    ``route_p/d/ch`` (per route), ``cl_p0/np/d0/nd/max_batch`` and
     ``cl_rdma_bps/kv_cap`` (per cluster), ``ch_latency_s/step_s`` (per channel)."""
 
     route: NDArray[np.int64]  # [routes, 4]
