@@ -199,23 +199,10 @@ def read_policy_params(path: str | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     from prfaas_env.errors import load_yaml_mapping
+    from prfaas_env.evaluation import check_policies_section
 
     raw = load_yaml_mapping(path)
-    section = raw.get("policies")
-    if not isinstance(section, dict):
-        raise ConfigError(f"--policy-params {path}: expected a 'policies:' mapping")
-    known = policy_names()
-    for name, value in section.items():
-        if name not in known:
-            raise ConfigError(
-                f"--policy-params {path}: policies.{name}: unknown policy; known: "
-                f"{', '.join(known)}"
-            )
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"--policy-params {path}: policies.{name}: expected a mapping of parameter -> value"
-            )
-    return section
+    return check_policies_section(raw.get("policies"), f"--policy-params {path}: policies")
 
 
 def bundle_policy(root: Path, scenario: Any, env_cfg: Any) -> Any:

@@ -96,8 +96,13 @@ def _json_float(x: float) -> float | None:
 def policy_params(sc: Scenario, name: str) -> dict[str, Any]:
     """The parameters the scenario file sets for policy ``name`` (its ``policies:`` section,
     ``{policy name: {parameter: value}}``); ConfigError for an unknown policy name."""
-    section = (sc.raw or {}).get("policies") or {}
-    where = f"{sc.source}: policies"
+    section = check_policies_section((sc.raw or {}).get("policies") or {}, f"{sc.source}: policies")
+    return dict(section.get(name) or {})
+
+
+def check_policies_section(section: Any, where: str) -> dict[str, dict[str, Any]]:
+    """A ``policies:`` mapping ``{policy name: {parameter: value}}``, checked (ConfigError
+    naming ``where`` and the key for an unknown policy or a value that is not a mapping)."""
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: expected a mapping of policy name -> parameters")
     for key, value in section.items():
@@ -105,7 +110,7 @@ def policy_params(sc: Scenario, name: str) -> dict[str, Any]:
             raise ConfigError(f"{where}.{key}: unknown policy; known: {', '.join(policy_names())}")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}.{key}: expected a mapping of parameter -> value")
-    return dict(section.get(name) or {})
+    return section
 
 
 def heuristic_params(sc: Scenario, name: str) -> dict[str, Any]:

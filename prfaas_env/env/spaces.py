@@ -4,6 +4,7 @@ config and names the first difference."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prfaas_env.env.config import EnvConfig
@@ -24,6 +25,14 @@ def spaces_signature(scenario: Scenario, env_cfg: EnvConfig) -> dict[str, Any]:
     }
 
 
+def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Index of the first entry where ``a`` and ``b`` differ (the shorter length when one is
+    a prefix of the other)."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
 def check_spaces(
     run_sig: dict[str, Any], scenario: Scenario, env_cfg: EnvConfig, run: str, form: bool = True
 ) -> None:
@@ -34,9 +43,7 @@ def check_spaces(
     src = scenario.source
     a, b = run_sig["features"], here["features"]
     if a != b:
-        first = next(
-            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-        )
+        first = first_difference(a, b)
         got_a = a[first] if first < len(a) else "(none)"
         got_b = b[first] if first < len(b) else "(none)"
         raise ConfigError(

@@ -26,6 +26,7 @@ from typing import Any
 
 from prfaas_env import __version__ as PACKAGE_VERSION
 from prfaas_env.env.live import STATE_FORMAT, LiveState
+from prfaas_env.env.spaces import first_difference
 from prfaas_env.errors import ConfigError, load_folder_json
 from prfaas_env.sim.topology import parse_topology
 
@@ -177,10 +178,7 @@ def _check_features(listed: Any, live: LiveState, mpath: Path) -> None:
     there = [{k: f.get(k) for k in keys} for f in listed]
     if there == here:
         return
-    first = next(
-        (i for i, (a, b) in enumerate(zip(there, here, strict=False)) if a != b),
-        min(len(here), len(there)),
-    )
+    first = first_difference(there, here)
     detail = ""
     if first < min(len(here), len(there)):
         diff = [k for k in keys if there[first][k] != here[first][k]]
