@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ import evaluate as evaluate_cli
 from agents.training import best_baseline, train
 from prfaas_env.env.config import resolve_config
 from prfaas_env.env.features import mean_output_tokens, view_from_sim
-from prfaas_env.env.live import LiveState, LiveStateError
+from prfaas_env.env.live import LiveState, LiveStateError, Parsed
 from prfaas_env.export import STATELESS_FALLBACKS, export_bundle
 from prfaas_env.export.distill import best_knobs
 from prfaas_env.export.record import record
@@ -285,7 +286,13 @@ def test_router_falls_back_with_a_reason(bundle: Path, monkeypatch: pytest.Monke
     assert d.source == "fallback" and d.reason == "model failed: RuntimeError: session lost"
     with pytest.raises(LiveStateError):
         router.decide({"request": {"input_tokens": -3}})
-    monkeypatch.setattr(router.live, "mask", lambda v: np.zeros((len(v["bandwidth"]), 2), bool))
+    parse = router.live.parse
+
+    def all_links_down(states: Any) -> Parsed:
+        p = parse(states)
+        return dataclasses.replace(p, mask=np.zeros_like(p.mask))
+
+    monkeypatch.setattr(router.live, "parse", all_links_down)
     d = router.decide(state)  # nothing allowed: no route is named
     assert (d.action, d.label, d.reason) == (-1, "none", "model failed: RuntimeError: session lost")
 

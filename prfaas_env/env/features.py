@@ -17,14 +17,16 @@ carries the workload's mean instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
 from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.jit import entry_point
+from prfaas_env.sim.observe import derive, normalise
 from prfaas_env.sim.topology import Topology
 from prfaas_env.sim.workload import Workload
 
@@ -89,6 +91,7 @@ _ROUTE = (
         "seconds",
     ),
 )
+_SCALAR_GROUPS = ("request", "recent")  # one value per env (view entries are [env])
 _RECENT = (("ttft_ewma_s", "moving average of recent TTFT (weight 0.05)", "s", "seconds"),)
 # (divisor, scale) of each log normaliser: log1p(max(x, 0) / divisor) / scale
 _LOG_FORM = {
@@ -131,6 +134,8 @@ class ObservationEncoder:
             ("route", _ROUTE, topology.route_labels()),
             ("recent", _RECENT, [""]),
         )
+        self._scalar_keys: set[str] = set()
+        self._normalise: Callable[..., None] | None = None  # compiled entry, resolved once
         self._build_layout()
 
     def features(self) -> list[Feature]:
@@ -153,15 +158,18 @@ class ObservationEncoder:
         layout: list[tuple[str, int, slice]] = []
         by_norm: dict[str, list[int]] = {}
         offset = 0
-        for _, spec, entities in self._groups:
+        for group, spec, entities in self._groups:
             width, count = len(spec), len(entities)
             for k, (key, *_, norm) in enumerate(spec):
                 # entity-major within a group: a key's columns are `width` apart
                 first = offset + k
                 layout.append((key, count, slice(first, first + width * count, width)))
                 by_norm.setdefault(norm, []).extend(first + width * i for i in range(count))
+                if group in _SCALAR_GROUPS:
+                    self._scalar_keys.add(key)
             offset += width * count
         self._layout = layout
+        self._slices = {key: sel for key, _, sel in layout}
         # every log normaliser is log1p(max(x, 0) / divisor) / scale; identity columns pass
         log_cols = np.zeros(offset, np.bool_)
         divisor = np.ones(offset)
@@ -172,6 +180,19 @@ class ObservationEncoder:
                 divisor[cols], scale[cols] = _LOG_FORM[norm]
         self._log = (log_cols, divisor, scale)
         self._width = offset
+
+    def column(self, key: str) -> slice:
+        """The columns of view entry ``key`` in the layout :meth:`encode` writes (one per
+        entity, as a slice; request and recent entries have one column)."""
+        return self._slices[key]
+
+    def view_of(self, values: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
+        """The view whose entries are the columns of ``values`` (``[n, size]`` in physical
+        units, laid out as :meth:`encode` lays them out); entries share its memory."""
+        return {
+            key: values[:, sel.start] if key in self._scalar_keys else values[:, sel]
+            for key, sel in self._slices.items()
+        }
 
     def encode(self, view: dict[str, NDArray]) -> NDArray[np.float32]:
         """``[env, size]`` float32 observations from a view (arrays keyed as in
@@ -188,10 +209,24 @@ class ObservationEncoder:
             if a.shape[1] != count:
                 raise ValueError(f"view[{key!r}]: expected {count} entities, got {a.shape[1]}")
             out[:, sel] = a
-        log_cols, divisor, scale = self._log
-        out = np.where(log_cols, np.log1p(np.maximum(out, 0.0) / divisor) / scale, out)
-        # fmax maps NaN and -inf to 0; +inf ends at OBS_HIGH
-        return np.minimum(np.fmax(out, 0.0), OBS_HIGH).astype(np.float32)
+        return self.normalise(out)
+
+    def normalise(self, values: NDArray[np.float64]) -> NDArray[np.float32]:
+        """``[n, size]`` float32 observations from the same entries in physical units, already
+        in the encoder's columns (see :meth:`column`): each column's normaliser, then a clip
+        to [0, OBS_HIGH] (NaN and -inf give 0, +inf gives OBS_HIGH)."""
+        if values.dtype != np.float64 or values.ndim != 2 or values.shape[1] != self._width:
+            raise ValueError(
+                f"normalise: expected float64 values of shape [n, {self._width}], got "
+                f"{values.dtype} of shape {values.shape}"
+            )
+        values = np.ascontiguousarray(values)
+        out = np.empty(values.shape, np.float32)
+        args = (values, *self._log, OBS_HIGH, out)
+        if self._normalise is None:
+            self._normalise = entry_point(normalise, args)
+        self._normalise(*args)
+        return out
 
 
 def view_from_sim(
@@ -200,7 +235,8 @@ def view_from_sim(
     """The router's view of every env of ``sim`` at its pending decision (physical units).
 
     ``staleness_s``: link bandwidth is reported as measured at the last multiple of this many
-    seconds (0: live), as a router polling a monitoring system would see it.
+    seconds (0: live), as a router polling a monitoring system would see it. The derived
+    entries come from :func:`prfaas_env.sim.observe.derive`, as a deployed router's do.
     """
     st, S, topo = sim.state, sim.static, sim.scenario.topology
     now = st.now
@@ -215,7 +251,6 @@ def view_from_sim(
     }
     # prefill clusters
     pcl = list(topo.prefill_index)
-    cached = st.obs_cached[:, pcl].astype(float)
     wait = np.maximum(st.p_free - now[:, None], 0.0)
     cols: dict[str, list[NDArray]] = {k: [] for k, *_ in _PREFILL}
     for c in pcl:
@@ -224,31 +259,24 @@ def view_from_sim(
         cols["queued_tokens"].append(st.p_qtok[:, sl].sum(1))
         cols["wait_s"].append(wait[:, sl].min(1))
         cols["busy_fraction"].append((wait[:, sl] > 0).mean(1))
-    view["cached_tokens"] = cached
-    view["uncached_tokens"] = length[:, None] - cached
-    view["prefill_s"] = st.obs_prefill_s[:, pcl].copy()
+    view["cached_tokens"] = st.obs_cached[:, pcl].astype(float)
+    view["prefill_s"] = st.obs_prefill_s[:, pcl].copy()  # the kernel's, from the cost tables
     for k in ("queued_requests", "queued_tokens", "wait_s", "busy_fraction"):
         view[k] = np.stack(cols[k], axis=1)
     # channels that some route uses
     used = list(topo.route_channels)
-    nominal = np.array([topo.links[topo.channels[i][0]].bandwidth_gbps * GBPS for i in used])
     if used:
         measured = _measured_bandwidth(sim, staleness_s)
         n = st.l_n.astype(float)
         v_now = st.l_v + np.where(n > 0, (now[:, None] - st.l_t) * st.l_bw / np.maximum(n, 1), 0)
         left = np.maximum(st.l_sum_tag - n * v_now, 0.0)
-        view["bandwidth"] = measured[:, used] / nominal
+        bandwidth_bps = measured[:, used]
         view["bytes_in_flight"] = left[:, used]
         view["flows"] = n[:, used]
-        view["transfer_s"] = transfer_s(
-            topo.model.kv_bytes_for(length),
-            measured[:, used],
-            n[:, used],
-            S.ch_latency_s[used],  # from Topology.channel_latency_s, packed once
-        )
     else:
-        for k, *_ in _CHANNEL:
-            view[k] = np.zeros((e_count, 0))
+        bandwidth_bps = np.zeros((e_count, 0))
+        view["bytes_in_flight"] = np.zeros((e_count, 0))
+        view["flows"] = np.zeros((e_count, 0))
     # decode clusters
     dcl = topo.decode_index
     dcols: dict[str, list[NDArray]] = {k: [] for k, *_ in _DECODE}
@@ -264,41 +292,27 @@ def view_from_sim(
         dcols["admission_wait_s"].append(np.where(has_slot, 0.0, np.minimum(soonest, 1e6)))
     for k in dcols:
         view[k] = np.stack(dcols[k], axis=1)
-    view["estimated_ttft_s"] = estimated_ttft(view, topo, pcl, used)
+    # derived entries
+    view["uncached_tokens"] = np.empty((e_count, len(pcl)))
+    view["bandwidth"] = np.empty((e_count, len(used)))
+    view["transfer_s"] = np.empty((e_count, len(used)))
+    view["estimated_ttft_s"] = np.empty((e_count, len(topo.routes)))
+    derive(
+        sim.derive_params,
+        length,
+        view["cached_tokens"],
+        view["wait_s"],
+        bandwidth_bps,
+        view["flows"],
+        view["uncached_tokens"],
+        view["prefill_s"],
+        view["bandwidth"],
+        view["transfer_s"],
+        view["estimated_ttft_s"],
+        False,
+    )
     view["ttft_ewma_s"] = np.nan_to_num(st.m_ttft_ewma, nan=0.0)
     return view
-
-
-def transfer_s(
-    kv_bytes: NDArray[np.float64],
-    bandwidth_bps: NDArray[np.float64],
-    flows: NDArray[np.float64],
-    latency_s: NDArray[np.float64],
-) -> NDArray[np.float64]:
-    """``[env, channel]`` seconds to send one request's KV (``kv_bytes`` ``[env]``, bytes)
-    alone at a fair share of the measured bandwidth (``bandwidth_bps`` bytes/s over
-    ``flows`` + 1 transfers), plus the channel's one-way latency; 1e6 s on a link that is
-    down."""
-    share = bandwidth_bps / (flows + 1.0)
-    t = np.where(share > 0, kv_bytes[:, None] / np.maximum(share, 1e-9), 1e6)
-    return t + latency_s[None, :]
-
-
-def estimated_ttft(
-    view: dict[str, NDArray], topo: Topology, pcl: list[int], used: list[int]
-) -> NDArray[np.float64]:
-    """``[env, route]`` TTFT estimate from a view: wait for the least-loaded prefill instance
-    + unloaded prefill of the uncached tokens + the KV transfer (cross-datacenter routes), s.
-    ``pcl``/``used``: the view's prefill clusters and channels (topology indices, in view
-    order). Mooncake's conductor ranks routes by the same estimate."""
-    cols = []
-    for r in topo.routes:
-        p = pcl.index(r.prefill)
-        est = np.asarray(view["wait_s"])[:, p] + np.asarray(view["prefill_s"])[:, p]
-        if r.channel >= 0:
-            est = est + np.asarray(view["transfer_s"])[:, used.index(r.channel)]
-        cols.append(est)
-    return np.stack(cols, axis=1)
 
 
 def mean_output_tokens(w: Workload) -> float:

@@ -32,17 +32,19 @@ not have are ignored here (the JSON Schema refuses them).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.env.features import ObservationEncoder, estimated_ttft, transfer_s
+from prfaas_env.env.features import ObservationEncoder
 from prfaas_env.policies.base import RouteTable
-from prfaas_env.sim.bandwidth import GBPS
-from prfaas_env.sim.costs import MAX_PROMPT_TOKENS, CostTables, build_tables, prefill_time
+from prfaas_env.sim.costs import MAX_PROMPT_TOKENS, CostTables, build_tables
+from prfaas_env.sim.jit import entry_point
+from prfaas_env.sim.observe import Columns, derive_params, place
 from prfaas_env.sim.topology import Topology
 
 STATE_FORMAT = 1
@@ -159,12 +161,23 @@ class LiveStateError(ValueError):
 
 @dataclass(frozen=True)
 class Parsed:
-    """States turned into a view: ``view`` (arrays, leading dimension = state), the action
-    mask ``[state, action]``, and per state the list of missing or invalid inputs."""
+    """States turned into observation inputs: ``values`` ``[state, encoder size]`` (every
+    view entry in physical units, in the observation encoder's columns), the action mask
+    ``[state, action]``, and per state the list of missing or invalid inputs. ``view`` is
+    the same entries keyed by name (sharing ``values``' memory)."""
 
-    view: dict[str, NDArray[np.float64]]
+    values: NDArray[np.float64]
     mask: NDArray[np.bool_]
     problems: list[list[str]]
+    encoder: ObservationEncoder = field(repr=False)
+
+    @cached_property
+    def view(self) -> dict[str, NDArray[np.float64]]:
+        return self.encoder.view_of(self.values)
+
+    def observation(self) -> NDArray[np.float32]:
+        """``[state, encoder size]`` float32 observations (the encoder's normalisation)."""
+        return self.encoder.normalise(self.values)
 
 
 class LiveState:
@@ -189,15 +202,12 @@ class LiveState:
         self.encoder = ObservationEncoder(topology)
         self.expected_output_tokens = float(expected_output_tokens)
         self.admission_control = admission_control
-        self._pcl = list(topology.prefill_index)
-        self._used = list(topology.route_channels)
+        links, channels = topology.links, topology.channels
         self._nominal_gbps = np.array(
-            [topology.links[topology.channels[i][0]].bandwidth_gbps for i in self._used]
+            [links[channels[i][0]].bandwidth_gbps for i in topology.route_channels]
         )
-        self._latency = np.array([topology.channel_latency_s(i) for i in self._used])
         if tables is None:
             tables = build_tables(topology.cost_models(), [c.max_batch for c in topology.clusters])
-        self._log_t = [tables.prefill_log_t[c] for c in self._pcl]
         self.routes = RouteTable.from_topology(topology, admission_control)
         self.entities = {
             "prefill": list(self.encoder.prefill_clusters),
@@ -211,21 +221,40 @@ class LiveState:
             "decode": DECODE_INPUTS,
             "recent": RECENT_INPUTS,
         }
-        # per entity group: (state key, view key, default per entity, upper bound)
-        self._specs = {
-            group: [
-                (
-                    key,
-                    view_key,
-                    list(self._nominal_gbps)
-                    if key == "bandwidth_gbps"
-                    else [DEFAULTS[key]] * len(self.entities[group]),
-                    _HIGH.get(key, _MAX_EXACT),
-                )
-                for key, (view_key, _) in self.inputs[group].items()
-            ]
-            for group in _GROUPS
-        }
+        # every entity metric in reading order: (group, entity, state key, default, upper
+        # bound); where each number read goes is in self._dest (see observe.place)
+        self._reads: list[tuple[str, str, str, float, float]] = []
+        c = self.encoder.column
+        dest = [c(k).start for k in ("input_tokens", "expected_output_tokens", "ttft_ewma_s")]
+        for group in _GROUPS:
+            for j, name in enumerate(self.entities[group]):
+                for key, (view_key, _) in self.inputs[group].items():
+                    if key == "bandwidth_gbps":
+                        default = float(self._nominal_gbps[j])
+                        dest.append(-1 - j)
+                    else:
+                        default = DEFAULTS[key]
+                        dest.append(c(view_key).start + j * c(view_key).step)
+                    self._reads.append((group, name, key, default, _HIGH.get(key, _MAX_EXACT)))
+        self._dest = np.array(dest, np.int64)
+
+        def span(key: str) -> tuple[int, int, int]:
+            sel = c(key)
+            return (sel.start, sel.stop, sel.step)
+
+        self._columns = Columns(
+            length=span("input_tokens"),
+            cached=span("cached_tokens"),
+            wait_s=span("wait_s"),
+            flows=span("flows"),
+            uncached=span("uncached_tokens"),
+            prefill_s=span("prefill_s"),
+            bandwidth=span("bandwidth"),
+            transfer_s=span("transfer_s"),
+            estimated_ttft_s=span("estimated_ttft_s"),
+        )
+        self._params = derive_params(topology, tables)
+        self._place: Callable[..., None] | None = None  # compiled entry, resolved once
 
     @property
     def num_actions(self) -> int:
@@ -233,14 +262,13 @@ class LiveState:
 
     # ---- state -> view ------------------------------------------------------------------
     def parse(self, states: Sequence[Mapping[str, Any]]) -> Parsed:
-        """Views, masks and problems of ``states`` (LiveStateError when a state has no usable
-        ``request.input_tokens``; the message names the state's index)."""
+        """Observation inputs, masks and problems of ``states`` (LiveStateError when a state
+        has no usable ``request.input_tokens``; the message names the state's index)."""
         n = len(states)
-        raw: dict[str, NDArray[np.float64]] = {}
         problems: list[list[str]] = [[] for _ in range(n)]
-        length = np.empty(n)
-        exp_out = np.empty(n)
-        recent = np.empty(n)
+        nch = len(self.entities["channels"])
+        # per state: input tokens, expected output tokens, TTFT average, then self._reads
+        flat: list[float] = []
         for i, st in enumerate(states):
             if not _is_mapping(st):
                 raise LiveStateError(f"state {i}: expected a mapping, got {type(st).__name__}")
@@ -251,10 +279,10 @@ class LiveState:
                     f"state {i}: request.input_tokens must be a whole number of tokens in "
                     f"[1, {MAX_PROMPT_TOKENS}], got {tokens!r}"
                 )
-            length[i] = float(tokens)
             out_tokens = req.get("expected_output_tokens")
+            flat.append(tokens)
             # optional and silent when absent: training used the workload's constant mean
-            exp_out[i] = (
+            flat.append(
                 self.expected_output_tokens
                 if out_tokens is None
                 else self._metric(
@@ -265,38 +293,50 @@ class LiveState:
                     problems[i],
                 )
             )
-            recent[i] = self._metric(
-                st.get("recent"), "ttft_ewma_s", DEFAULTS["ttft_ewma_s"], "recent", problems[i]
+            flat.append(
+                self._metric(
+                    st.get("recent"), "ttft_ewma_s", DEFAULTS["ttft_ewma_s"], "recent", problems[i]
+                )
             )
-        raw["input_tokens"] = length
-        raw["expected_output_tokens"] = exp_out
-        raw["ttft_ewma_s"] = recent
-        for group in _GROUPS:
-            spec = self._specs[group]
-            values = self._read_group(states, group, problems)
-            for k, (_, view_key, _, _) in enumerate(spec):
-                raw[view_key] = values[:, :, k]
-        return self._complete(raw, problems)
+            self._read(st, flat, problems[i])
+        read = np.array(flat, np.float64).reshape(n, self._dest.size)
+        values = np.zeros((n, self.encoder.size))
+        mask = np.empty((n, self.routes.num_actions), np.bool_)
+        args = (
+            self._params,
+            self._columns,
+            read,
+            self._dest,
+            values,
+            np.zeros((n, nch)),
+            self.routes.channel,
+            mask,
+        )
+        if self._place is None:
+            self._place = entry_point(place, args)
+        self._place(*args)  # every argument is a C-ordered array of fixed dtype and rank
+        return Parsed(values, mask, problems, self.encoder)
 
-    def _read_group(
-        self, states: Sequence[Mapping[str, Any]], group: str, problems: list[list[str]]
-    ) -> NDArray[np.float64]:
-        """``[state, entity, key]`` values of an entity group, item by item, with defaults
-        in place of missing or invalid metrics (each reported in ``problems``)."""
-        names = self.entities[group]
-        spec = self._specs[group]
-        rows: list[float] = []  # flat [state][entity][key]
-        for i, st in enumerate(states):
-            section = st.get(group)
-            for j, name in enumerate(names):
-                e = section.get(name) if _is_mapping(section) else None
-                for key, _, defaults, high in spec:
-                    v = e.get(key) if type(e) is dict else None
-                    if (type(v) is float or type(v) is int) and 0 <= v <= high:
-                        rows.append(v)  # the common case, without a call
-                    else:
-                        rows.append(self._metric(e, key, defaults[j], group, problems[i], name))
-        return np.array(rows, dtype=np.float64).reshape(len(states), len(names), len(spec))
+    def _read(self, st: Mapping[str, Any], out: list[float], problems: list[str]) -> None:
+        """Append every entity metric of one state to ``out`` (``self._reads`` order), with
+        defaults in place of missing or invalid ones (each reported in ``problems``)."""
+        group = name = ""
+        section: Any = None
+        e: Any = None
+        for g, nm, key, default, high in self._reads:
+            if g != group:
+                group, section = g, st.get(g)
+                if not _is_mapping(section):
+                    section = None
+                name = ""
+            if nm != name:
+                name = nm
+                e = section.get(nm) if section is not None else None
+            v = e.get(key) if type(e) is dict else None
+            if (type(v) is float or type(v) is int) and 0 <= v <= high:
+                out.append(v)  # the common case, without a call
+            else:
+                out.append(self._metric(e, key, default, group, problems, name))
 
     @staticmethod
     def _metric(
@@ -316,28 +356,6 @@ class LiveState:
             problems.append(f"invalid {where}.{key}: {text} (expected a number in [0, {high:g}])")
             return default
         return float(value)
-
-    def _complete(self, raw: dict[str, NDArray], problems: list[list[str]]) -> Parsed:
-        """Add the derived entries (see :data:`DERIVED`) to a view of inputs."""
-        length = raw["input_tokens"]
-        cached = np.minimum(raw["cached_tokens"], length[:, None] - 1)
-        view = dict(raw)
-        view["cached_tokens"] = cached
-        view["uncached_tokens"] = length[:, None] - cached
-        unc_rows, cached_rows = view["uncached_tokens"].tolist(), cached.tolist()
-        view["prefill_s"] = np.array(
-            [
-                [prefill_time(t, u, c) for t, u, c in zip(self._log_t, urow, crow, strict=True)]
-                for urow, crow in zip(unc_rows, cached_rows, strict=True)
-            ]
-        ).reshape(len(length), len(self._pcl))
-        gbps = raw["bandwidth"]  # read in Gbps, the view holds a fraction of nominal
-        view["bandwidth"] = gbps / self._nominal_gbps
-        view["transfer_s"] = transfer_s(
-            self.topology.model.kv_bytes_for(length), gbps * GBPS, raw["flows"], self._latency
-        )
-        view["estimated_ttft_s"] = estimated_ttft(view, self.topology, self._pcl, self._used)
-        return Parsed(view, self.mask(view), problems)
 
     def mask(self, view: Mapping[str, NDArray]) -> NDArray[np.bool_]:
         """``[state, action]`` allowed actions: routes over a link with no bandwidth are

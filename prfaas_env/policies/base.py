@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env.errors import ConfigError
+from prfaas_env.sim.observe import allowed
 from prfaas_env.sim.topology import Topology
 
 View = dict[str, NDArray[Any]]
@@ -69,10 +70,9 @@ class RouteTable:
     def allowed(self, view: View) -> NDArray[np.bool_]:
         """``[env, action]`` the environment's rule on a view: a route over a link whose
         measured bandwidth is 0 cannot be used; reject (when present) always can."""
-        bw = np.asarray(view["bandwidth"])
-        ok = np.ones((bw.shape[0], self.num_actions), np.bool_)
-        remote = self.channel >= 0
-        ok[:, remote] = bw[:, self.channel[remote]] > 0
+        bw = np.asarray(view["bandwidth"], np.float64)
+        ok = np.empty((bw.shape[0], self.num_actions), np.bool_)
+        allowed(bw, self.channel, ok)
         return ok
 
     def per_route(self, view: View, key: str) -> NDArray[np.float64]:

@@ -32,6 +32,8 @@ from prfaas_env.router.bundle import Bundle, BundleError, load_bundle
 
 __all__ = ["BundlePolicy", "Decision", "LiveStateError", "ModelRunner", "Router"]
 
+_OUTPUTS = ["action", "scores"]  # policy.onnx's outputs, in the order ModelRunner returns
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -76,6 +78,9 @@ class ModelRunner:
             raise BundleError(
                 f"{path}: inputs are {sorted(inputs)}; expected observation and action_mask"
             )
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(outputs) != sorted(_OUTPUTS):
+            raise BundleError(f"{path}: outputs are {outputs}; expected {' and '.join(_OUTPUTS)}")
         for name, kind in (("observation", "tensor(float)"), ("action_mask", "tensor(bool)")):
             if inputs[name].type != kind:
                 raise BundleError(f"{path}: input {name} is {inputs[name].type}; expected {kind}")
@@ -99,7 +104,7 @@ class ModelRunner:
             "observation": np.asarray(obs, dtype=np.float32),
             "action_mask": np.asarray(mask, dtype=np.bool_),
         }
-        action, scores = self.session.run(None, feed)
+        action, scores = self.session.run(_OUTPUTS, feed)
         return action, scores
 
 
@@ -146,7 +151,7 @@ class Router:
             raise BundleError(f"{path}: no golden lines")
         try:
             got = self.decide_many(states)
-            obs = self.encoder.encode(self.live.parse(states).view)
+            obs = self.live.parse(states).observation()
         except LiveStateError as exc:
             raise BundleError(f"{path}: {exc}") from exc
         wrong = [
@@ -181,11 +186,11 @@ class Router:
     def decide_many(self, states: Sequence[Mapping[str, Any]]) -> list[Decision]:
         """Route a batch of live states in one model call."""
         parsed = self.live.parse(states)
-        view, mask = parsed.view, parsed.mask
+        mask = parsed.mask
         reasons: list[str | None] = ["; ".join(p) if p else None for p in parsed.problems]
         width = mask.shape[1]
         try:
-            actions, scores = self.act_view(view, mask)
+            actions, scores = self.model.run(parsed.observation(), mask)
             chosen: list[int] = actions.tolist()
             score_rows: list[list[float]] | None = scores.tolist()
         except Exception as exc:  # any runtime failure must still produce a decision
@@ -202,7 +207,7 @@ class Router:
                 reasons[i] = f"model failed: chose forbidden action {a}"
         need = [i for i, r in enumerate(reasons) if r is not None and any(allowed[i])]
         if need:
-            sub = {k: np.asarray(v)[need] for k, v in view.items()}
+            sub = {k: np.asarray(v)[need] for k, v in parsed.view.items()}
             try:
                 picked = self.fallback.act(sub, mask[need]).tolist()
             except Exception as exc:  # a server fault, not the client's: say so plainly

@@ -17,7 +17,6 @@ pending request and advances every env to its next arrival.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numba
 import numpy as np
@@ -28,7 +27,9 @@ from prfaas_env.sim import workload as wl
 from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.cache import CacheState, clear_env, new_cache
 from prfaas_env.sim.costs import CostTables, build_tables
+from prfaas_env.sim.jit import entry_point
 from prfaas_env.sim.kernel import REJECT, SKIP
+from prfaas_env.sim.observe import DeriveParams, derive_params
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import (
     CHF,
@@ -155,7 +156,11 @@ class VecSimulator:
         self.scenario = scenario
         self.num_envs = int(num_envs)
         topo = scenario.topology
+        if tables is None:
+            tables = build_tables(topo.cost_models(), [c.max_batch for c in topo.clusters])
         self.static = build_static(scenario, tables)
+        # constants of the router's derived view entries (prfaas_env.sim.observe.derive)
+        self.derive_params: DeriveParams = derive_params(topo, tables)
         self.workload_params = wl.params(scenario.workload, topo.block_tokens)
         self.num_routes = len(topo.routes)
         # routes over a cross-datacenter channel, and those channels (for route_mask)
@@ -272,7 +277,7 @@ class VecSimulator:
         )
         if self._step_entry is None:
             self._step_fn(*args)
-            self._step_entry = _entry_point(self._step_fn, args)
+            self._step_entry = entry_point(self._step_fn, args)
         else:
             self._step_entry(*args)
 
@@ -368,17 +373,6 @@ class VecSimulator:
         out["prefill_utilisation_by_cluster"] = pre
         out["decode_slot_utilisation_by_cluster"] = dec
         return out
-
-
-def _entry_point(dispatcher: Any, args: tuple) -> Callable[..., None]:
-    """The compiled overload of ``dispatcher`` for ``args``, callable without re-dispatch.
-
-    Calling a compiled function through its dispatcher types every argument on every call
-    (about 20 µs for the simulator's ~150 arrays); the argument types never change between
-    steps, so the overload is resolved once.
-    """
-    sig = tuple(dispatcher.typeof_pyval(a) for a in args)
-    return dispatcher.overloads[sig].entry_point
 
 
 def hist_quantile(hist: NDArray[np.int64], q: float) -> NDArray[np.float64]:
