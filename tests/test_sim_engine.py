@@ -186,7 +186,8 @@ def test_overload_for_a_million_decisions_stays_finite() -> None:
     st_ = sim.state
     assert int(st_.seq.sum()) == 1_000_000
     assert st_.p_nq.sum(1).min() > 10_000  # the queues really grew
-    may_be_inf = {"l_next_t", "d_next_t", "r_kvarr"}  # "not scheduled" markers
+    # "not scheduled" markers
+    may_be_inf = {"l_next_t", "l_dl_t", "p_start_t", "p_done_t", "d_next_t", "r_kvarr"}
     for array, (enum, prefix) in STATE_LAYOUT.items():
         if array.endswith("f"):
             for member in enum:

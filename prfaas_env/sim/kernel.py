@@ -101,6 +101,22 @@ def _fifo_pop(ri: Arr, nx: int, q: Arr, e: int, j: int, head: int, tail: int) ->
     return k
 
 
+@compiled_inline
+def _prefill_times(st: State, e: int, i: int) -> None:
+    """Refresh prefill instance ``i``'s cached event times after its queue changed."""
+    k = st.pi[e, i, PI.NEXT]
+    st.pf[e, i, PF.START_T] = st.rf[e, k, RF.PSTART] if k >= 0 else INF
+    h = st.pi[e, i, PI.HEAD]
+    st.pf[e, i, PF.DONE_T] = st.rf[e, h, RF.EVT] if h >= 0 and h != k else INF
+
+
+@compiled_inline
+def _delay_time(st: State, e: int, ch: int) -> None:
+    """Refresh channel ``ch``'s cached delay-line arrival after its delay line changed."""
+    k = st.li[e, ch, LI.DL_HEAD]
+    st.lf[e, ch, LF.DL_T] = st.rf[e, k, RF.KVARR] if k >= 0 else INF
+
+
 # ---- links: processor sharing among concurrent flows ------------------------------------------
 @compiled
 def _link_update(lf: Arr, li: Arr, e: int, ch: int, t: float) -> None:
@@ -168,6 +184,7 @@ def _link_complete(S: Static, st: State, e: int, ch: int, t: float) -> None:
         st.lf[e, ch, LF.SUM_TAG] = 0.0
     st.rf[e, k, RF.KVARR] = t + S.ch_f[ch, CHF.LATENCY_S]
     _fifo_push(st.ri, RI.NX_DL, st.li, e, ch, LI.DL_HEAD, LI.DL_TAIL, k)
+    _delay_time(st, e, ch)
     _link_schedule(st.lf, st.li, st.rf, st.ri, e, ch)
 
 
@@ -360,6 +377,7 @@ def _prefill_start(S: Static, st: State, e: int, i: int) -> None:
     st.pi[e, i, PI.NEXT] = st.ri[e, k, RI.NX_PQ]
     st.pi[e, i, PI.NQ] -= 1
     st.pf[e, i, PF.QTOK] -= st.ri[e, k, RI.UNC]
+    _prefill_times(st, e, i)
     ch = S.route[st.ri[e, k, RI.ROUTE], ROUTE.CH]
     if ch >= 0:
         _link_add(st, e, ch, k, st.rf[e, k, RF.PSTART])
@@ -368,6 +386,7 @@ def _prefill_start(S: Static, st: State, e: int, i: int) -> None:
 @compiled
 def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
     k = _fifo_pop(st.ri, RI.NX_PQ, st.pi, e, i, PI.HEAD, PI.TAIL)
+    _prefill_times(st, e, i)
     t = st.rf[e, k, RF.EVT]
     st.ri[e, k, RI.PDONE] = 1
     ch = S.route[st.ri[e, k, RI.ROUTE], ROUTE.CH]
@@ -378,6 +397,7 @@ def _prefill_complete(S: Static, st: State, e: int, i: int) -> None:
 @compiled
 def _delivery(S: Static, st: State, e: int, ch: int) -> None:
     k = _fifo_pop(st.ri, RI.NX_DL, st.li, e, ch, LI.DL_HEAD, LI.DL_TAIL)
+    _delay_time(st, e, ch)
     t = st.rf[e, k, RF.KVARR]
     st.ri[e, k, RI.KVDONE] = 1
     if st.ri[e, k, RI.PDONE]:
@@ -408,17 +428,14 @@ def run_events(S: Static, st: State, e: int, t_end: float, until_idle: bool = Fa
             if st.lf[e, ch, LF.NEXT_T] < best_t:
                 best_t, kind, idx = st.lf[e, ch, LF.NEXT_T], 1, ch
         for ch in range(nch):
-            k = st.li[e, ch, LI.DL_HEAD]
-            if k >= 0 and st.rf[e, k, RF.KVARR] < best_t:
-                best_t, kind, idx = st.rf[e, k, RF.KVARR], 2, ch
+            if st.lf[e, ch, LF.DL_T] < best_t:
+                best_t, kind, idx = st.lf[e, ch, LF.DL_T], 2, ch
         for i in range(npi):
-            k = st.pi[e, i, PI.NEXT]
-            if k >= 0 and st.rf[e, k, RF.PSTART] < best_t:
-                best_t, kind, idx = st.rf[e, k, RF.PSTART], 3, i
+            if st.pf[e, i, PF.START_T] < best_t:
+                best_t, kind, idx = st.pf[e, i, PF.START_T], 3, i
         for i in range(npi):
-            k = st.pi[e, i, PI.HEAD]
-            if k >= 0 and st.pi[e, i, PI.NEXT] != k and st.rf[e, k, RF.EVT] < best_t:
-                best_t, kind, idx = st.rf[e, k, RF.EVT], 4, i
+            if st.pf[e, i, PF.DONE_T] < best_t:
+                best_t, kind, idx = st.pf[e, i, PF.DONE_T], 4, i
         for j in range(ndi):
             if st.df[e, j, DF.NEXT_T] < best_t:
                 best_t, kind, idx = st.df[e, j, DF.NEXT_T], 5, j
@@ -495,7 +512,7 @@ def _route(
         if st.pf[e, ii, PF.FREE] < st.pf[e, i, PF.FREE]:
             i = ii
     start = max(now, st.pf[e, i, PF.FREE])
-    dur = prefill_time(S.prefill_log_t[pc], float(unc), float(cached))
+    dur = st.obs_prefill_s[e, pc]  # _observe's prefill_time of these very tokens
     end = start + dur
     st.pf[e, i, PF.FREE] = end
     st.pf[e, i, PF.BUSY_S] += dur
@@ -530,6 +547,7 @@ def _route(
     _fifo_push(st.ri, RI.NX_PQ, st.pi, e, i, PI.HEAD, PI.TAIL, k)
     if st.pi[e, i, PI.NEXT] < 0:
         st.pi[e, i, PI.NEXT] = k
+    _prefill_times(st, e, i)
     st.pi[e, i, PI.NQ] += 1
     st.pf[e, i, PF.QTOK] += unc
     if ch >= 0:

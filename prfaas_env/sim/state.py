@@ -148,12 +148,17 @@ class RI(IntEnum):
 
 class PF(IntEnum):
     """Per prefill instance (float): time it has finished all queued work, last completion
-    event, uncached tokens waiting to start, prefill seconds assigned so far."""
+    event, uncached tokens waiting to start, prefill seconds assigned so far; the start time
+    of the next job to start and the completion event of the oldest started job (inf when
+    there is none; copies of their request slots' times, so that looking for the next event
+    reads no request slot)."""
 
     FREE = 0
     LAST_EVT = 1
     QTOK = 2
     BUSY_S = 3
+    START_T = 4
+    DONE_T = 5
 
 
 class PI(IntEnum):
@@ -178,6 +183,7 @@ class LF(IntEnum):
     BYTES_DONE = 4
     CAP_INT = 5
     SUM_TAG = 6  # sum of the active flows' finish tags (bytes left = SUM_TAG - N * V)
+    DL_T = 7  # arrival of the delay line's first request at the decode side (inf: none)
 
 
 class LI(IntEnum):
@@ -254,6 +260,9 @@ _INITIAL = {
     "p_tail": -1,
     "p_next": -1,
     "l_next_t": INF,
+    "l_dl_t": INF,
+    "p_start_t": INF,
+    "p_done_t": INF,
     "l_flows": -1,
     "l_next_k": -1,
     "l_dl_head": -1,
@@ -295,9 +304,9 @@ class State(NamedTuple):
     rf: NDArray[np.float64]  # [E, slots, 10]
     ri: NDArray[np.int64]  # [E, slots, 11]
     free: NDArray[np.int64]  # [E, slots] free-slot stack (ei nfree entries)
-    pf: NDArray[np.float64]  # [E, prefill instances, 4]
+    pf: NDArray[np.float64]  # [E, prefill instances, 6]
     pi: NDArray[np.int64]  # [E, prefill instances, 4]
-    lf: NDArray[np.float64]  # [E, channels, 7]
+    lf: NDArray[np.float64]  # [E, channels, 8]
     li: NDArray[np.int64]  # [E, channels, 6]
     l_series: NDArray[np.float64]  # [E, channels, cells] usable bandwidth, bytes/s
     df: NDArray[np.float64]  # [E, decode instances, 8]
