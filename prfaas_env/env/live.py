@@ -2,10 +2,13 @@
 
 A deployed router does not see the simulator: it sees metrics that serving engines and the
 network already export. :class:`LiveState` defines that input as JSON-like data (one mapping
-per routing decision), builds the same *view* :func:`~prfaas_env.env.features.view_from_sim`
-builds, and derives the modelled entries (uncached tokens, prefill time, transfer time,
-estimated TTFT) with the same functions and cost tables as the simulator. The observation is
-then made by the environment's own :class:`~prfaas_env.env.features.ObservationEncoder`.
+per routing decision) and turns it into the entries of the view
+:func:`~prfaas_env.env.features.view_from_sim` builds, laid out in the observation encoder's
+columns (:class:`Parsed`; the view itself is built on demand). The modelled entries
+(uncached tokens, prefill time, transfer time, estimated TTFT) and the mask come from the
+same compiled functions and cost tables the environment uses
+(:mod:`prfaas_env.sim.observe`); the observation is then the environment's own
+:class:`~prfaas_env.env.features.ObservationEncoder` normalisation.
 
 State layout (``STATE_FORMAT`` 1; every number is >= 0; units in the key names)::
 
@@ -181,7 +184,8 @@ class Parsed:
 
 
 class LiveState:
-    """Converts live states (see the module docstring) of one topology to views and back.
+    """Converts live states (see the module docstring) of one topology to observation inputs
+    (:meth:`parse`) and views back to states (:meth:`state`).
 
     Args:
         topology: the deployment's topology (cluster, datacenter and link names must match
@@ -309,7 +313,6 @@ class LiveState:
             self._dest,
             values,
             np.zeros((n, nch)),
-            self.routes.channel,
             mask,
         )
         if self._place is None:
@@ -358,8 +361,8 @@ class LiveState:
         return float(value)
 
     def mask(self, view: Mapping[str, NDArray]) -> NDArray[np.bool_]:
-        """``[state, action]`` allowed actions: routes over a link with no bandwidth are
-        not; reject (when present) always is. The environment's rule."""
+        """``[state, action]`` allowed actions of a view: routes over a link whose measured
+        bandwidth is 0 are not; reject (when present) always is (``observe.allowed``)."""
         return self.routes.allowed(view)
 
     # ---- view -> state ------------------------------------------------------------------

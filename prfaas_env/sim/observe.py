@@ -169,12 +169,11 @@ def place(
     dest: NDArray[np.int64],
     values: NDArray[np.float64],
     bandwidth_bps: NDArray[np.float64],
-    route_channel: NDArray[np.int64],
     mask: NDArray[np.bool_],
 ) -> None:
     """Put metrics read from live states into ``values``, derive the rest and fill the
-    action ``mask`` (a router's path: one compiled call from the numbers read to every view
-    entry; ``route_channel`` as in :func:`allowed`).
+    action ``mask`` ``[n, actions]`` (a router's path: one compiled call from the numbers
+    read to every view entry).
 
     ``read`` ``[n, k]``: the numbers read from each state; ``dest[k]`` is the column of
     ``values`` ``[n, encoder size]`` that number goes to, or ``-1 - c`` for the measured
@@ -204,7 +203,7 @@ def place(
         values[:, c.estimated_ttft_s[0] : c.estimated_ttft_s[1] : c.estimated_ttft_s[2]],
         True,
     )
-    allowed(values[:, c.bandwidth[0] : c.bandwidth[1] : c.bandwidth[2]], route_channel, mask)
+    allowed(values[:, c.bandwidth[0] : c.bandwidth[1] : c.bandwidth[2]], p.route_channel, mask)
 
 
 @compiled

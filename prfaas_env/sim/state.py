@@ -174,7 +174,9 @@ class PI(IntEnum):
 class LF(IntEnum):
     """Per channel (float): usable bandwidth now (bytes/s), time of last update, per-flow
     service so far (bytes), next flow completion, bytes completed, integral of
-    usable bandwidth up to the last update (bytes)."""
+    usable bandwidth up to the last update (bytes), sum of the active flows' finish tags
+    (bytes), and the arrival of the delay line's first request at the decode side (a copy of
+    its request slot's time, inf when the line is empty)."""
 
     BW = 0
     T = 1
