@@ -545,9 +545,9 @@ def _route(
     st.ri[e, k, RI.PDONE] = 0
     st.ri[e, k, RI.KVDONE] = 0
     _fifo_push(st.ri, RI.NX_PQ, st.pi, e, i, PI.HEAD, PI.TAIL, k)
-    if st.pi[e, i, PI.NEXT] < 0:
+    if st.pi[e, i, PI.NEXT] < 0:  # otherwise neither the next start nor the head changed
         st.pi[e, i, PI.NEXT] = k
-    _prefill_times(st, e, i)
+        _prefill_times(st, e, i)
     st.pi[e, i, PI.NQ] += 1
     st.pf[e, i, PF.QTOK] += unc
     if ch >= 0:
