@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prfaas_env.sim import kernel
 from prfaas_env.sim.costs import prefill_time
 from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.reference import ReferenceSimulator
@@ -71,14 +73,16 @@ def _run(sim: VecSimulator, steps: int, seed: int) -> None:
 
 
 def test_same_seed_same_results_and_batch_equals_standalone() -> None:
+    # enough envs that the kernel's prefetching of envs ahead runs, serial and threaded
     sc = scenario("starved")
-    batch = VecSimulator(sc, 3, record=150)
+    n = 2 * kernel.PREFETCH_AHEAD * max(numba.get_num_threads(), 2) + 8
+    batch = VecSimulator(sc, n, record=150)
     batch.reset(seed=100)
     rng = np.random.default_rng(0)
-    routes = rng.integers(batch.num_routes, size=(150, 3))
+    routes = rng.integers(batch.num_routes, size=(150, n))
     for r in routes:
         batch.step(r)
-    for i in range(3):
+    for i in (0, 17, n - 1):
         alone = VecSimulator(sc, 1, record=150)
         alone.reset(seed=100 + i)
         for r in routes[:, i]:
@@ -86,7 +90,7 @@ def test_same_seed_same_results_and_batch_equals_standalone() -> None:
         a, b = batch.records(i), alone.records(0)
         for f in RECORD_FIELDS:
             np.testing.assert_array_equal(a[f], b[f], err_msg=f)
-    again = VecSimulator(sc, 3, record=150, parallel=not batch.parallel)  # threads or not
+    again = VecSimulator(sc, n, record=150, parallel=not batch.parallel)  # threads or not
     again.reset(seed=100)
     for r in routes:
         again.step(r)

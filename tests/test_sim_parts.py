@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
+from numba.core.errors import TypingError
 
 from prfaas_env.costmodel import CostModel
 from prfaas_env.errors import ConfigError
 from prfaas_env.sim.cache import find, new_cache, touch_or_insert
 from prfaas_env.sim.costs import build_tables, decode_step_time, kv_bytes, prefill_time
 from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.prefetch import prefetch_line, prefetch_row
 from prfaas_env.sim.reference import LRUCache
 from prfaas_env.sim.scenario import load_scenario, parse_scenario
 from prfaas_env.sim.workload import LengthDist
@@ -232,3 +235,29 @@ def test_azure_trace_replay_and_utilisation(tmp_path: Path) -> None:
         assert np.nanmin(v) >= 0 and np.nanmax(v) <= 1 + 1e-9, key
     assert np.isnan(m["decode_slot_utilisation_by_cluster"][0, 0])  # prefill-only cluster
     assert m["prefill_utilisation_by_cluster"][0, 1] > 0  # everything went to pd
+
+
+@njit(cache=False)
+def _prefetch_everything(a: np.ndarray) -> int:
+    for r in range(a.shape[0]):
+        prefetch_row(a, r)
+        prefetch_line(a, r, a.strides[0] - 1)
+    return a.shape[0]
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((7,), np.uint64), ((5, 3), np.float64), ((4, 7, 3), np.int32), ((3, 100, 11), np.int64)],
+)
+def test_prefetch_is_only_a_hint(shape: tuple, dtype: type) -> None:
+    """Prefetching every row (row sizes not a multiple of a cache line included) runs and
+    leaves the array as it was."""
+    a = np.arange(int(np.prod(shape))).astype(dtype).reshape(shape)
+    before = a.copy()
+    assert _prefetch_everything(a) == shape[0]
+    np.testing.assert_array_equal(a, before)
+
+
+def test_prefetch_refuses_non_contiguous_arrays() -> None:
+    with pytest.raises(TypingError):
+        _prefetch_everything(np.zeros((4, 6))[:, ::2])

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.sim.jit import compiled, compiled_inline
+from prfaas_env.sim.jit import compiled_inline
 from prfaas_env.sim.packing import add_views
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
@@ -85,7 +85,7 @@ def _home(key: int, mask: int) -> int:
     return np.int64(((np.uint64(key) * _HASH_MUL) >> _SHIFT) & np.uint64(mask))
 
 
-@compiled
+@compiled_inline
 def find(cs: CacheState, e: int, c: int, key: int) -> int:
     """Node holding ``key`` in cache (e, c), or -1."""
     m = cs.cfg[c, CFG.MASK]
@@ -124,7 +124,7 @@ def _push_front(cs: CacheState, e: int, c: int, n: int) -> None:
     cs.meta[e, c, META.HEAD] = n
 
 
-@compiled
+@compiled_inline
 def _table_remove(cs: CacheState, e: int, c: int, key: int) -> None:
     m = cs.cfg[c, CFG.MASK]
     i = _home(key, m)
@@ -144,7 +144,7 @@ def _table_remove(cs: CacheState, e: int, c: int, key: int) -> None:
     cs.table[e, c, i] = -1
 
 
-@compiled
+@compiled_inline
 def touch_or_insert(cs: CacheState, e: int, c: int, key: int) -> bool:
     """Mark ``key`` most recently used, inserting it (evicting the LRU block if full).
 

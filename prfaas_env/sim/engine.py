@@ -184,7 +184,7 @@ class VecSimulator:
         if parallel is None:
             parallel = self.num_envs >= PARALLEL_MIN_ENVS and numba.get_num_threads() > 1
         self.parallel = bool(parallel)
-        self._step_fn = kernel.step_parallel if self.parallel else kernel.step
+        self._step_fn = kernel.step_parallel if self.parallel else kernel.run
         self._step_entry: Callable[..., None] | None = None
 
     # ---- episode control -----------------------------------------------------------------
@@ -275,6 +275,10 @@ class VecSimulator:
             self.state,
             r,
         )
+        if self.parallel:
+            args = (*args, numba.get_num_threads())
+        else:
+            args = (*args, 0, self.num_envs, 0.0)
         if self._step_entry is None:
             self._step_fn(*args)
             self._step_entry = entry_point(self._step_fn, args)
@@ -283,7 +287,14 @@ class VecSimulator:
 
     def drain(self, limit_s: float = DRAIN_LIMIT_S) -> None:
         """Finish every routed request (no further arrivals); for end-of-run metrics."""
-        kernel.drain(self.static, self.state, float(limit_s))
+        kernel.drain(
+            self.static,
+            self.workload_params,
+            self.workload_state,
+            self.cache,
+            self.state,
+            float(limit_s),
+        )
 
     # ---- what a router sees about the pending request -------------------------------------------
     @property

@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 
 from prfaas_env.errors import ConfigError, check_keys, number
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
-from prfaas_env.sim.jit import compiled
+from prfaas_env.sim.jit import compiled, compiled_inline
 from prfaas_env.sim.packing import add_views
 from prfaas_env.sim.rng import (
     exponential,
@@ -301,7 +301,7 @@ def reset_env(w: Workload, st: WorkloadState, e: int, rng: np.random.Generator) 
         st.wf[e, WF.BASE_T] = 0.0
 
 
-@compiled
+@compiled_inline
 def _length(
     st: WorkloadState,
     e: int,
@@ -318,7 +318,7 @@ def _length(
     return max(int(x + 0.5), 1)
 
 
-@compiled
+@compiled_inline
 def _next_gap(p: WorkloadParams, st: WorkloadState, e: int) -> float:
     """Seconds from the last arrival of env ``e`` to its next one."""
     if p.arrival == 0:
@@ -346,7 +346,7 @@ def _next_gap(p: WorkloadParams, st: WorkloadState, e: int) -> float:
         st.wf[e, WF.SWITCH_T] = now + exponential(st.rng, e) * mean
 
 
-@compiled
+@compiled_inline
 def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
     """Draw env ``e``'s next request into the ``req_*`` fields of ``st``."""
     bt = p.block_tokens
