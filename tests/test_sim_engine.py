@@ -94,7 +94,13 @@ def test_same_seed_same_results_and_batch_equals_standalone() -> None:
     again.reset(seed=100)
     for r in routes:
         again.step(r)
-    np.testing.assert_array_equal(again.state.records, batch.state.records)
+    for part in ("state", "cache", "workload_state"):
+        for name in getattr(batch, part)._fields:
+            np.testing.assert_array_equal(
+                getattr(getattr(again, part), name),
+                getattr(getattr(batch, part), name),
+                err_msg=f"{part}.{name}",
+            )
 
 
 def _occupancy_max(start: np.ndarray, end: np.ndarray, weight: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from prfaas_env.errors import ConfigError
 from prfaas_env.sim.cache import find, new_cache, touch_or_insert
 from prfaas_env.sim.costs import build_tables, decode_step_time, kv_bytes, prefill_time
 from prfaas_env.sim.engine import VecSimulator
-from prfaas_env.sim.prefetch import prefetch_line, prefetch_row
+from prfaas_env.sim.prefetch import byte_address, prefetch_line, prefetch_row, row_bytes
 from prfaas_env.sim.reference import LRUCache
 from prfaas_env.sim.scenario import load_scenario, parse_scenario
 from prfaas_env.sim.workload import LengthDist
@@ -241,20 +241,40 @@ def test_azure_trace_replay_and_utilisation(tmp_path: Path) -> None:
 def _prefetch_everything(a: np.ndarray) -> int:
     for r in range(a.shape[0]):
         prefetch_row(a, r)
-        prefetch_line(a, r, a.strides[0] - 1)
-    return a.shape[0]
+        prefetch_line(a, r, row_bytes(a) - 1)
+    return row_bytes(a)
 
 
-@pytest.mark.parametrize(
-    "shape,dtype",
-    [((7,), np.uint64), ((5, 3), np.float64), ((4, 7, 3), np.int32), ((3, 100, 11), np.int64)],
-)
-def test_prefetch_is_only_a_hint(shape: tuple, dtype: type) -> None:
-    """Prefetching every row (row sizes not a multiple of a cache line included) runs and
-    leaves the array as it was."""
-    a = np.arange(int(np.prod(shape))).astype(dtype).reshape(shape)
+@njit(cache=False)
+def _addresses(a: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    out = np.empty((a.shape[0], offsets.size), np.int64)
+    for r in range(a.shape[0]):
+        for i in range(offsets.size):
+            out[r, i] = byte_address(a, r, offsets[i])
+    return out
+
+
+_SHAPES = [
+    np.zeros(7, np.uint64),
+    np.zeros((5, 3)),
+    np.zeros((4, 7, 3), np.int32),
+    np.zeros((3, 100, 11), np.int64),
+    np.zeros((10, 3))[::5][:1],  # C-contiguous, yet its first stride is not its row size
+]
+
+
+@pytest.mark.parametrize("a", _SHAPES, ids=lambda a: f"{a.shape}-{a.dtype}")
+def test_prefetch_addresses_rows_exactly(a: np.ndarray) -> None:
+    """The prefetched address of byte ``off`` of row ``r`` is that byte's address, and
+    prefetching every row runs and leaves the array as it was."""
+    a = a.copy() if a.base is None else a
+    a[...] = np.arange(a.size).reshape(a.shape)
     before = a.copy()
-    assert _prefetch_everything(a) == shape[0]
+    row = a[0].nbytes
+    assert _prefetch_everything(a) == row
+    offsets = np.array([0, 1, row - 1], np.int64)
+    expect = a.ctypes.data + np.arange(a.shape[0])[:, None] * a.strides[0] + offsets[None, :]
+    np.testing.assert_array_equal(_addresses(a, offsets), expect)
     np.testing.assert_array_equal(a, before)
 
 

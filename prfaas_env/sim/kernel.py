@@ -1,10 +1,11 @@
 """The compiled event loop: route one request per env, then advance each env to its next arrival.
 
-All functions take the whole batch's state and an env index ``e``. :func:`run` loops over a
+The helpers take the whole batch's state and an env index ``e``. :func:`run` loops over a
 range of envs inside compiled code, so one Python call advances every env, and
-:func:`step_parallel` splits the envs across numba's threads. Every helper is inlined into
-:func:`run` (``compiled_inline``): a call between compiled functions passes each array of the
-state tuples as separate arguments, and with ~50 arrays that cost more than the events
+:func:`step_parallel` splits the envs across numba's threads. Every helper that takes the
+state tuples is inlined into :func:`run` (``compiled_inline``; small helpers taking a few
+arrays stay plain calls, which LLVM inlines): a call between compiled functions passes each
+array of the tuples as separate arguments, and with ~50 arrays that cost more than the events
 themselves (measured at 64 envs on one thread: about 2.5 us per decision with calls, about
 1 us inlined). Resets and draining go through :func:`run` too (codes START and DRAIN), so the
 event loop is compiled once.
@@ -610,6 +611,8 @@ def _decide(
         st.ei[e, EI.M_REJECTED] += 1
     elif r >= 0:
         _route(S, wp, ws, cs, st, e, r)
+    elif r != START:  # no other code exists; leave the env untouched
+        return
     _advance_one(S, wp, ws, cs, st, e)
 
 
@@ -622,7 +625,6 @@ def _prefetch_env(ws: WorkloadState, cs: CacheState, st: State, e: int) -> None:
     prefetch_row(st.pi, e)
     prefetch_row(st.lf, e)
     prefetch_row(st.li, e)
-    prefetch_row(st.l_series, e)
     prefetch_row(st.df, e)
     prefetch_row(st.di, e)
     prefetch_row(st.qi, e)
@@ -650,27 +652,33 @@ def _prefetch_slot(st: State, e: int, k: int) -> None:
 
 @compiled_inline
 def _prefetch_heads(st: State, e: int) -> None:
-    """Prefetch the request slots that env ``e``'s next events of each queue read (the env's
-    per-env rows should be in cache already: see :func:`_prefetch_env`)."""
+    """Prefetch the request slots at the head of env ``e``'s prefill queues and channels, and
+    the lines holding the indices of the slots :func:`_prefetch_slots_named` will prefetch
+    (reads only the env's per-env rows, which :func:`_prefetch_env` asked for)."""
     for i in range(st.pi.shape[1]):
         _prefetch_slot(st, e, st.pi[e, i, PI.NEXT])
         _prefetch_slot(st, e, st.pi[e, i, PI.HEAD])
     for ch in range(st.li.shape[1]):
         _prefetch_slot(st, e, st.li[e, ch, LI.NEXT_K])
         _prefetch_slot(st, e, st.li[e, ch, LI.DL_HEAD])
+    for j in range(st.di.shape[1]):  # where each decode batch keeps its next finisher
+        s = st.di[e, j, DI.NEXT_S]
+        if s >= 0:
+            prefetch_line(st.d_slots, e, (j * st.d_slots.shape[2] + s) * st.d_slots.itemsize)
+    n = st.ei[e, EI.NFREE]
+    if n > 0:  # the top of the free stack: the slot the next routed request takes
+        prefetch_line(st.free, e, (n - 1) * st.free.itemsize)
+
+
+@compiled_inline
+def _prefetch_slots_named(st: State, e: int) -> None:
+    """Prefetch the slots whose indices :func:`_prefetch_heads` brought in: each decode
+    batch's next finisher, and the slot env ``e``'s next routed request takes (the top of its
+    free stack)."""
     for j in range(st.di.shape[1]):
         s = st.di[e, j, DI.NEXT_S]
         if s >= 0:
             _prefetch_slot(st, e, st.d_slots[e, j, s])
-    n = st.ei[e, EI.NFREE]
-    if n > 0:  # the top of the free stack: the slot the next routed request takes
-        prefetch_line(st.free, e, (n - 1) * st.free.strides[1])
-
-
-@compiled_inline
-def _prefetch_new_slot(st: State, e: int) -> None:
-    """Prefetch the slot env ``e``'s next routed request takes (the top of its free stack,
-    whose line :func:`_prefetch_heads` prefetched)."""
     n = st.ei[e, EI.NFREE]
     if n > 0:
         _prefetch_slot(st, e, st.free[e, n - 1])
@@ -690,19 +698,23 @@ def run(
 ) -> None:
     """Apply ``codes[e]`` to envs ``lo .. hi-1`` (see :func:`_decide`).
 
-    While it steps env ``e`` it prefetches (:mod:`prfaas_env.sim.prefetch`), in three
-    stages so that each stage reads only memory an earlier stage asked for: the per-env rows
-    of env ``e + 2 PREFETCH_AHEAD``; the head slots of every queue of env
-    ``e + PREFETCH_AHEAD`` (read from those rows); the free slot env ``e + PREFETCH_AHEAD / 2``
-    will take.
+    While it steps env ``e`` it prefetches (:mod:`prfaas_env.sim.prefetch`) for the envs
+    ahead that will be stepped (code not SKIP), in three stages so that each stage reads only
+    memory an earlier stage asked for: the per-env rows of env ``e + 2 PREFETCH_AHEAD``; the
+    head slots of the prefill queues and channels of env ``e + PREFETCH_AHEAD`` (their
+    indices are in those rows); the decode batches' next finishers and the next free slot of
+    env ``e + PREFETCH_AHEAD / 2``.
     """
     for e in range(lo, hi):
-        if e + 2 * PREFETCH_AHEAD < hi:
-            _prefetch_env(ws, cs, st, e + 2 * PREFETCH_AHEAD)
-        if e + PREFETCH_AHEAD < hi:
-            _prefetch_heads(st, e + PREFETCH_AHEAD)
-        if e + PREFETCH_AHEAD // 2 < hi:
-            _prefetch_new_slot(st, e + PREFETCH_AHEAD // 2)
+        a = e + 2 * PREFETCH_AHEAD
+        if a < hi and codes[a] != SKIP:
+            _prefetch_env(ws, cs, st, a)
+        a = e + PREFETCH_AHEAD
+        if a < hi and codes[a] != SKIP:
+            _prefetch_heads(st, a)
+        a = e + PREFETCH_AHEAD // 2
+        if a < hi and codes[a] != SKIP:
+            _prefetch_slots_named(st, a)
         _decide(S, wp, ws, cs, st, e, codes[e], limit_s)
 
 
@@ -721,6 +733,8 @@ def step_parallel(
     ``run(..., routes, 0, num_envs, 0.0)``."""
     n = st.ef.shape[0]
     blocks = max(min(threads, n), 1)
+    # one call of the compiled `run` per block: with the loop body inlined straight into the
+    # prange loop, numba (0.68) compiled a loop whose iterations changed nothing
     for b in prange(blocks):
         run(S, wp, ws, cs, st, routes, b * n // blocks, (b + 1) * n // blocks, 0.0)
 

@@ -26,28 +26,48 @@ from prfaas_env.sim.jit import compiled_inline
 LINE_BYTES = 64  # cache line of x86-64 and most ARM server cores
 
 
-@intrinsic
-def prefetch_bytes(typingctx: Any, arr: Any, row: Any, offset: Any) -> Any:
-    """Prefetch (for writing, high temporal locality) the cache line holding byte ``offset``
-    of row ``row`` of the C-contiguous array ``arr`` (row = index along the first axis)."""
-    if not (
+def _typed(arr: Any, row: Any, offset: Any) -> bool:
+    return (
         isinstance(arr, types.Array)
         and arr.layout == "C"
         and isinstance(row, types.Integer)
         and isinstance(offset, types.Integer)
-    ):
+    )
+
+
+def _address(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+    """LLVM value of the address (an int64) of byte ``offset`` of ``arr[row]``."""
+    ary = context.make_array(sig.args[0])(context, builder, args[0])
+    stride0 = builder.extract_value(ary.strides, 0)
+    row_v = context.cast(builder, args[1], sig.args[1], types.int64)
+    off_v = context.cast(builder, args[2], sig.args[2], types.int64)
+    base = builder.ptrtoint(ary.data, ir.IntType(64))
+    return builder.add(base, builder.add(builder.mul(row_v, stride0), off_v))
+
+
+@intrinsic
+def byte_address(typingctx: Any, arr: Any, row: Any, offset: Any) -> Any:
+    """Address of byte ``offset`` of row ``row`` of the C-contiguous array ``arr``: the
+    address :func:`prefetch_bytes` prefetches (exposed so that tests can check it)."""
+    if not _typed(arr, row, offset):
         return None
 
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        stride0 = builder.extract_value(ary.strides, 0)
-        i64 = ir.IntType(64)
-        row_v = context.cast(builder, args[1], sig.args[1], types.int64)
-        off_v = context.cast(builder, args[2], sig.args[2], types.int64)
-        delta = builder.add(builder.mul(row_v, stride0), off_v)
-        base = builder.ptrtoint(ary.data, i64)
+        return _address(context, builder, sig, args)
+
+    return types.int64(arr, row, offset), codegen
+
+
+@intrinsic
+def prefetch_bytes(typingctx: Any, arr: Any, row: Any, offset: Any) -> Any:
+    """Prefetch (for writing, high temporal locality) the cache line holding byte ``offset``
+    of row ``row`` of the C-contiguous array ``arr`` (row = index along the first axis)."""
+    if not _typed(arr, row, offset):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
         i8p = ir.IntType(8).as_pointer()
-        ptr = builder.inttoptr(builder.add(base, delta), i8p)
+        ptr = builder.inttoptr(_address(context, builder, sig, args), i8p)
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         # the intrinsic's name carries the pointer type: p0i8 (typed pointers), p0 (opaque)
@@ -61,9 +81,17 @@ def prefetch_bytes(typingctx: Any, arr: Any, row: Any, offset: Any) -> Any:
 
 
 @compiled_inline
+def row_bytes(arr: Any) -> int:
+    """Bytes of one row ``arr[i]`` of a C-contiguous array (0 when it has no rows)."""
+    if arr.shape[0] == 0:
+        return 0
+    return arr.size // arr.shape[0] * arr.itemsize
+
+
+@compiled_inline
 def prefetch_row(arr: Any, row: int) -> None:
     """Prefetch every cache line of ``arr[row]`` (a C-contiguous array)."""
-    n = arr.strides[0]
+    n = row_bytes(arr)
     for off in range(0, n, LINE_BYTES):
         prefetch_bytes(arr, row, off)
     if n > 0:  # the row need not start on a line boundary
