@@ -17,7 +17,7 @@ from prfaas_env.errors import ConfigError
 from prfaas_env.sim.cache import find, new_cache, touch_or_insert
 from prfaas_env.sim.costs import build_tables, decode_step_time, kv_bytes, prefill_time
 from prfaas_env.sim.engine import VecSimulator
-from prfaas_env.sim.prefetch import byte_address, prefetch_line, prefetch_row, row_bytes
+from prfaas_env.sim.prefetch import byte_address, prefetch_bytes, prefetch_row, row_bytes
 from prfaas_env.sim.reference import LRUCache
 from prfaas_env.sim.scenario import load_scenario, parse_scenario
 from prfaas_env.sim.workload import LengthDist
@@ -241,7 +241,7 @@ def test_azure_trace_replay_and_utilisation(tmp_path: Path) -> None:
 def _prefetch_everything(a: np.ndarray) -> int:
     for r in range(a.shape[0]):
         prefetch_row(a, r)
-        prefetch_line(a, r, row_bytes(a) - 1)
+        prefetch_bytes(a, r, row_bytes(a) - 1)
     return row_bytes(a)
 
 

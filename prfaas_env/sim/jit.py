@@ -65,9 +65,9 @@ def compiled(fn: F) -> F:
 
 
 def compiled_inline(fn: F) -> F:
-    """:func:`compiled`, inlined into its callers by numba (every helper of the event loop:
-    a call that is not inlined passes each array of its tuple arguments separately, see
-    :mod:`prfaas_env.sim.kernel`)."""
+    """:func:`compiled`, inlined into its callers by numba (the event loop's helpers that
+    take the state tuples: a call that is not inlined passes each array of its tuple
+    arguments separately, see :mod:`prfaas_env.sim.kernel`)."""
     return njit(inline="always", **OPTIONS)(fn)  # type: ignore[return-value]
 
 

@@ -26,7 +26,7 @@ from numba import prange
 from prfaas_env.sim.cache import CFG, CacheState, find, touch_or_insert
 from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
 from prfaas_env.sim.jit import compiled, compiled_inline, compiled_parallel
-from prfaas_env.sim.prefetch import prefetch_line, prefetch_row
+from prfaas_env.sim.prefetch import prefetch_bytes, prefetch_row
 from prfaas_env.sim.state import (
     CHF,
     CLF,
@@ -636,18 +636,18 @@ def _prefetch_env(ws: WorkloadState, cs: CacheState, st: State, e: int) -> None:
     prefetch_row(ws.sess, e)  # a synthetic request reads one of the env's sessions at random
     prefetch_row(cs.meta, e)
     for j in range(st.d_slots.shape[1]):  # the front of each decode batch
-        prefetch_line(st.d_slots, e, j * st.d_slots.strides[1])
-        prefetch_line(st.d_tags, e, j * st.d_tags.strides[1])
+        prefetch_bytes(st.d_slots, e, j * st.d_slots.strides[1])
+        prefetch_bytes(st.d_tags, e, j * st.d_tags.strides[1])
 
 
 @compiled_inline
 def _prefetch_slot(st: State, e: int, k: int) -> None:
     """Prefetch request slot ``k`` of env ``e`` (both its float and its int fields)."""
     if k >= 0:
-        prefetch_line(st.rf, e, k * st.rf.strides[1])
-        prefetch_line(st.rf, e, (k + 1) * st.rf.strides[1] - 1)
-        prefetch_line(st.ri, e, k * st.ri.strides[1])
-        prefetch_line(st.ri, e, (k + 1) * st.ri.strides[1] - 1)
+        prefetch_bytes(st.rf, e, k * st.rf.strides[1])
+        prefetch_bytes(st.rf, e, (k + 1) * st.rf.strides[1] - 1)
+        prefetch_bytes(st.ri, e, k * st.ri.strides[1])
+        prefetch_bytes(st.ri, e, (k + 1) * st.ri.strides[1] - 1)
 
 
 @compiled_inline
@@ -664,10 +664,10 @@ def _prefetch_heads(st: State, e: int) -> None:
     for j in range(st.di.shape[1]):  # where each decode batch keeps its next finisher
         s = st.di[e, j, DI.NEXT_S]
         if s >= 0:
-            prefetch_line(st.d_slots, e, (j * st.d_slots.shape[2] + s) * st.d_slots.itemsize)
+            prefetch_bytes(st.d_slots, e, j * st.d_slots.strides[1] + s * st.d_slots.strides[2])
     n = st.ei[e, EI.NFREE]
     if n > 0:  # the top of the free stack: the slot the next routed request takes
-        prefetch_line(st.free, e, (n - 1) * st.free.itemsize)
+        prefetch_bytes(st.free, e, (n - 1) * st.free.strides[1])
 
 
 @compiled_inline
