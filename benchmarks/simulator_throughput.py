@@ -17,6 +17,7 @@ import argparse
 import copy
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,9 @@ def memory_per_env(sim: VecSimulator) -> float:
     return total / sim.num_envs
 
 
-def measure(
-    data: dict, threshold: int, name: str, envs: int, decisions: int
-) -> tuple[float, float]:
-    """(decisions per second, bytes per env) for ``envs`` envs."""
-    sim = VecSimulator(parse_scenario(data, name), envs)
-    sim.reset(seed=0)
+def threshold_policy(sim: VecSimulator, threshold: int) -> Callable[[], np.ndarray]:
+    """The benchmark's router: offload a request to the PrfaaS cluster when its uncached
+    tokens at the PD cluster exceed ``threshold``, else prefill it locally."""
     labels = sim.scenario.topology.route_labels()
     remote, local = labels.index("prfaas->pd"), labels.index("pd->pd")
 
@@ -62,6 +60,16 @@ def measure(
         unc = sim.workload_state.req_in - sim.state.obs_cached[:, 1]
         return np.where(unc > threshold, remote, local)
 
+    return policy
+
+
+def measure(
+    data: dict, threshold: int, name: str, envs: int, decisions: int
+) -> tuple[float, float]:
+    """(decisions per second, bytes per env) for ``envs`` envs."""
+    sim = VecSimulator(parse_scenario(data, name), envs)
+    sim.reset(seed=0)
+    policy = threshold_policy(sim, threshold)
     for _ in range(20):  # warm-up (and compilation on a first run)
         sim.step(policy())
     steps = max(50, decisions // envs)

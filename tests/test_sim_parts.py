@@ -16,11 +16,11 @@ from prfaas_env.costmodel import CostModel
 from prfaas_env.errors import ConfigError
 from prfaas_env.sim.cache import find, new_cache, touch_or_insert
 from prfaas_env.sim.costs import build_tables, decode_step_time, kv_bytes, prefill_time
-from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.engine import _ARRIVAL_CHECK_STEPS, ARRIVAL_LIMIT, VecSimulator
 from prfaas_env.sim.prefetch import byte_address, prefetch_bytes, prefetch_row, row_bytes
 from prfaas_env.sim.reference import LRUCache
 from prfaas_env.sim.scenario import load_scenario, parse_scenario
-from prfaas_env.sim.workload import LengthDist
+from prfaas_env.sim.workload import MAX_OUTPUT_TOKENS, LengthDist
 from tests.sim_scenarios import ROOT, base, mooncake
 
 
@@ -281,3 +281,41 @@ def test_prefetch_addresses_rows_exactly(a: np.ndarray) -> None:
 def test_prefetch_refuses_non_contiguous_arrays() -> None:
     with pytest.raises(TypingError):
         _prefetch_everything(np.zeros((4, 6))[:, ::2])
+
+
+def test_trace_with_an_output_too_long_for_a_request_slot_is_refused(tmp_path: Path) -> None:
+    """Request slots hold 32-bit ints, so a trace asking for more than MAX_OUTPUT_TOKENS output
+    tokens is refused with the key and the limit, not wrapped around."""
+    path = tmp_path / "azure.csv"
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:00:00.5000000,1000,50\n"
+        f"2023-11-16 18:00:01.5000000,1000,{MAX_OUTPUT_TOKENS + 1}\n"
+    )
+    d = base()
+    d["workload"] = {"kind": "trace", "trace": str(path), "format": "azure"}
+    msg = (
+        rf"trace: a request has {MAX_OUTPUT_TOKENS + 1} output tokens; .* most {MAX_OUTPUT_TOKENS}$"
+    )
+    with pytest.raises(ConfigError, match=msg):
+        parse_scenario(d, "cfg.yaml")
+
+
+def test_step_refuses_an_env_whose_counters_could_overflow() -> None:
+    """Counters are 32-bit: at the periodic check, an env near ARRIVAL_LIMIT arrivals since its
+    reset stops the run with its index; a reset clears it."""
+    sim = VecSimulator(parse_scenario(base(), "cfg.yaml"), 3)
+    sim.reset(seed=0)
+    sim._unchecked_steps = _ARRIVAL_CHECK_STEPS - 1
+    sim.step(np.zeros(3, np.int64))  # the check runs and passes
+    assert sim._unchecked_steps == 0
+    sim.state.m_rejected[1] = ARRIVAL_LIMIT - _ARRIVAL_CHECK_STEPS - 1
+    sim.state.seq[1] = 1  # arrivals = the first that is refused
+    sim._unchecked_steps = _ARRIVAL_CHECK_STEPS - 1
+    with pytest.raises(RuntimeError, match="env 1 has had 2,146,435,071 arrivals"):
+        sim.step(np.zeros(3, np.int64))
+    with pytest.raises(RuntimeError, match="env 1"):  # and at every step after, until reset
+        sim.step(np.zeros(3, np.int64))
+    sim.reset(seed=0, mask=np.array([False, True, False]))
+    sim._unchecked_steps = _ARRIVAL_CHECK_STEPS - 1
+    sim.step(np.zeros(3, np.int64))

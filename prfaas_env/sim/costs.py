@@ -117,7 +117,10 @@ def prefill_time(log_t: NDArray[np.float64], uncached: float, cached: float) -> 
     if uncached <= 0.0:
         return 0.0
     iu, fu = _interp_index(np.log2(uncached), _U_STEP, log_t.shape[0])
-    ic, fc = _interp_index(np.log2(1.0 + cached), _C_STEP, log_t.shape[1])
+    if cached > 0.0:
+        ic, fc = _interp_index(np.log2(1.0 + cached), _C_STEP, log_t.shape[1])
+    else:  # what _interp_index gives for log2(1 + 0) = 0, without the libm call
+        ic, fc = 0, 0.0
     a = log_t[iu, ic] * (1.0 - fc) + log_t[iu, ic + 1] * fc
     b = log_t[iu + 1, ic] * (1.0 - fc) + log_t[iu + 1, ic + 1] * fc
     return np.exp(a * (1.0 - fu) + b * fu)

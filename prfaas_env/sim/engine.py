@@ -69,6 +69,12 @@ def routes_from_actions(actions: NDArray[np.int64], num_routes: int) -> NDArray[
 
 
 PARALLEL_MIN_ENVS = 256  # below this, thread start-up costs more than it saves
+# The request slots' copies of request numbers, the histogram counts and the session numbers
+# are 32-bit (smaller state runs faster, see state.py), so an env's arrivals since its reset
+# must stay below ARRIVAL_LIMIT. Each step adds at most one arrival per env, so checking every
+# _ARRIVAL_CHECK_STEPS steps against ARRIVAL_LIMIT - _ARRIVAL_CHECK_STEPS is enough.
+ARRIVAL_LIMIT = 2**31 - 1
+_ARRIVAL_CHECK_STEPS = 1 << 20
 
 
 def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
@@ -186,6 +192,7 @@ class VecSimulator:
         self.parallel = bool(parallel)
         self._step_fn = kernel.step_parallel if self.parallel else kernel.run
         self._step_entry: Callable[..., None] | None = None
+        self._unchecked_steps = 0
 
     # ---- episode control -----------------------------------------------------------------
     def reset(
@@ -267,6 +274,9 @@ class VecSimulator:
             r = np.where(np.asarray(active, np.bool_), r, SKIP)
         if self.state.nfree.min() < 1:
             self.state = grow_slots(self.state)
+        self._unchecked_steps += 1
+        if self._unchecked_steps >= _ARRIVAL_CHECK_STEPS:
+            self._check_arrivals()
         args = (
             self.static,
             self.workload_params,
@@ -284,6 +294,21 @@ class VecSimulator:
             self._step_entry = entry_point(self._step_fn, args)
         else:
             self._step_entry(*args)
+
+    def _check_arrivals(self) -> None:
+        """Refuse to step an env whose 32-bit fields could overflow before the next check
+        (the check runs again at every step until the env is reset)."""
+        arrivals = self.state.seq + self.state.m_rejected
+        e = int(np.argmax(arrivals))
+        # an env's session count is at most its arrivals + 1 (its first request is drawn at
+        # reset), and each step adds at most one arrival
+        if arrivals[e] >= ARRIVAL_LIMIT - _ARRIVAL_CHECK_STEPS:
+            raise RuntimeError(
+                f"env {e} has had {int(arrivals[e]):,} arrivals since its last reset; the "
+                f"simulator counts at most {ARRIVAL_LIMIT:,} per env (32-bit counters): "
+                "reset it (VecSimulator.reset(mask=...)) before going on"
+            )
+        self._unchecked_steps = 0
 
     def drain(self, limit_s: float = DRAIN_LIMIT_S) -> None:
         """Finish every routed request (no further arrivals); for end-of-run metrics."""
@@ -386,7 +411,7 @@ class VecSimulator:
         return out
 
 
-def hist_quantile(hist: NDArray[np.int64], q: float) -> NDArray[np.float64]:
+def hist_quantile(hist: NDArray[np.integer], q: float) -> NDArray[np.float64]:
     """Quantile ``q`` of each row of a TTFT histogram (geometric bin centres), s; NaN if empty."""
     total = hist.sum(1)
     cum = np.cumsum(hist, 1)

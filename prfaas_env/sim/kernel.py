@@ -26,7 +26,7 @@ from numba import prange
 from prfaas_env.sim.cache import CFG, CacheState, find, touch_or_insert
 from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
 from prfaas_env.sim.jit import compiled, compiled_inline, compiled_parallel
-from prfaas_env.sim.prefetch import prefetch_bytes, prefetch_row
+from prfaas_env.sim.prefetch import prefetch_bytes, prefetch_row, prefetch_span
 from prfaas_env.sim.state import (
     CHF,
     CLF,
@@ -617,7 +617,7 @@ def _decide(
 
 
 @compiled_inline
-def _prefetch_env(ws: WorkloadState, cs: CacheState, st: State, e: int) -> None:
+def _prefetch_env(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int) -> None:
     """Prefetch env ``e``'s per-env blocks (see :mod:`prfaas_env.sim.prefetch`)."""
     prefetch_row(st.ef, e)
     prefetch_row(st.ei, e)
@@ -633,7 +633,8 @@ def _prefetch_env(ws: WorkloadState, cs: CacheState, st: State, e: int) -> None:
     prefetch_row(ws.wf, e)
     prefetch_row(ws.wi, e)
     prefetch_row(ws.rng, e)
-    prefetch_row(ws.sess, e)  # a synthetic request reads one of the env's sessions at random
+    if not wp.is_trace:  # a synthetic request reads one of the env's sessions at random
+        prefetch_row(ws.sess, e)
     prefetch_row(cs.meta, e)
     for j in range(st.d_slots.shape[1]):  # the front of each decode batch
         prefetch_bytes(st.d_slots, e, j * st.d_slots.strides[1])
@@ -644,10 +645,8 @@ def _prefetch_env(ws: WorkloadState, cs: CacheState, st: State, e: int) -> None:
 def _prefetch_slot(st: State, e: int, k: int) -> None:
     """Prefetch request slot ``k`` of env ``e`` (both its float and its int fields)."""
     if k >= 0:
-        prefetch_bytes(st.rf, e, k * st.rf.strides[1])
-        prefetch_bytes(st.rf, e, (k + 1) * st.rf.strides[1] - 1)
-        prefetch_bytes(st.ri, e, k * st.ri.strides[1])
-        prefetch_bytes(st.ri, e, (k + 1) * st.ri.strides[1] - 1)
+        prefetch_span(st.rf, e, k * st.rf.strides[1], st.rf.strides[1])
+        prefetch_span(st.ri, e, k * st.ri.strides[1], st.ri.strides[1])
 
 
 @compiled_inline
@@ -708,7 +707,7 @@ def run(
     for e in range(lo, hi):
         a = e + 2 * PREFETCH_AHEAD
         if a < hi and codes[a] != SKIP:
-            _prefetch_env(ws, cs, st, a)
+            _prefetch_env(wp, ws, cs, st, a)
         a = e + PREFETCH_AHEAD
         if a < hi and codes[a] != SKIP:
             _prefetch_heads(st, a)

@@ -55,6 +55,7 @@ ARRIVALS = ("poisson", "gamma", "mmpp")
 LENGTHS = ("fixed", "lognormal")
 KINDS = ("synthetic", "trace")
 ID_STRIDE = 1 << 20  # block-id space of one system prompt or one session chain
+MAX_OUTPUT_TOKENS = 1 << 24  # longest output a trace may ask for (request slots hold int32)
 
 _ARRIVAL_CODE = {a: i for i, a in enumerate(ARRIVALS)}
 _LENGTH_CODE = {a: i for i, a in enumerate(LENGTHS)}
@@ -185,9 +186,11 @@ class WI(IntEnum):
 
 
 class SESS(IntEnum):
-    """Per env and session slot (int): block-id base of its chain (-1 none), system prompt."""
+    """Per env and session slot (int32): number of its chain among the env's chains (-1 none;
+    the chain's block ids start at ``(system prompts + chain) * ID_STRIDE``), system prompt
+    (-1 none)."""
 
-    BASE = 0
+    CHAIN = 0
     SYS = 1
 
 
@@ -205,7 +208,7 @@ class WorkloadState(NamedTuple):
     rng: NDArray[np.uint64]  # [E] stream states
     wf: NDArray[np.float64]  # [E, 4]
     wi: NDArray[np.int64]  # [E, 12]
-    sess: NDArray[np.int64]  # [E, sessions, 2]
+    sess: NDArray[np.int32]  # [E, sessions, 2] (int32: 8 bytes a session, read at random)
 
 
 add_views(WorkloadState, WORKLOAD_LAYOUT)
@@ -217,7 +220,7 @@ def new_state(num_envs: int, sessions: int) -> WorkloadState:
         rng=np.zeros(num_envs, np.uint64),
         wf=np.zeros((num_envs, len(WF))),
         wi=np.zeros((num_envs, len(WI)), np.int64),
-        sess=np.full((num_envs, max(sessions, 1), len(SESS)), -1, np.int64),
+        sess=np.full((num_envs, max(sessions, 1), len(SESS)), -1, np.int32),
     )
     st.wi[:, WI.REQ_SYS] = -1
     st.wi[:, WI.REQ_TOFF] = -1
@@ -231,6 +234,15 @@ def params(w: Workload, block_tokens: int) -> WorkloadParams:
     rate_lo = rate / (f * w.burst_factor + 1.0 - f) if w.arrival == "mmpp" else rate
     tr = w.trace
     if tr is not None:
+        if len(tr) and (
+            int(tr.input_tokens.max()) > MAX_PROMPT_TOKENS
+            or int(tr.output_tokens.max()) > MAX_OUTPUT_TOKENS
+        ):  # parse_workload says so with the file and key; this guards Workloads built in code
+            raise ValueError(
+                f"trace: requests may have at most {MAX_PROMPT_TOKENS} input and "
+                f"{MAX_OUTPUT_TOKENS} output tokens, got up to {int(tr.input_tokens.max())} "
+                f"and {int(tr.output_tokens.max())}"
+            )
         n = len(tr)
         gap = tr.duration_s / max(n - 1, 1) if n > 1 else 1.0
         shift = int(tr.block_ids.max()) + 1 if tr.block_ids.size else 0
@@ -378,7 +390,7 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
     s = int(uniform(st.rng, e) * p.sessions)
     if (
         p.session_reuse > 0.0
-        and st.sess[e, s, SESS.BASE] >= 0
+        and st.sess[e, s, SESS.CHAIN] >= 0
         and uniform(st.rng, e) < p.session_reuse
     ):
         sys_id = st.sess[e, s, SESS.SYS]
@@ -387,7 +399,7 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
         if p.system_prompts > 0 and uniform(st.rng, e) < p.system_share:
             sys_id = min(int(uniform(st.rng, e) * p.system_prompts), p.system_prompts - 1)
         st.wi[e, WI.SESS_COUNT] += 1
-        st.sess[e, s, SESS.BASE] = (p.system_prompts + st.wi[e, WI.SESS_COUNT]) * ID_STRIDE
+        st.sess[e, s, SESS.CHAIN] = st.wi[e, WI.SESS_COUNT]
         st.sess[e, s, SESS.SYS] = sys_id
     nsys = p.system_blocks if sys_id >= 0 else 0
     length = max(length, nsys * bt + 1)
@@ -395,7 +407,7 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
     st.wi[e, WI.REQ_NBLOCKS] = (length + bt - 1) // bt
     st.wi[e, WI.REQ_SYS] = sys_id
     st.wi[e, WI.REQ_NSYS] = nsys
-    st.wi[e, WI.REQ_BASE] = st.sess[e, s, SESS.BASE]
+    st.wi[e, WI.REQ_BASE] = (p.system_prompts + st.sess[e, s, SESS.CHAIN]) * ID_STRIDE
     st.wi[e, WI.REQ_TOFF] = -1
     st.wi[e, WI.REQ_SHIFT] = 0
 
@@ -562,5 +574,10 @@ def _parse_trace_workload(raw: dict, where: str, mult: float, base_dir: Path | N
         raise ConfigError(
             f"{where}.trace: a request has {int(trace.input_tokens.max())} input tokens; the "
             f"simulator supports at most {MAX_PROMPT_TOKENS}"
+        )
+    if int(trace.output_tokens.max()) > MAX_OUTPUT_TOKENS:
+        raise ConfigError(
+            f"{where}.trace: a request has {int(trace.output_tokens.max())} output tokens; the "
+            f"simulator supports at most {MAX_OUTPUT_TOKENS}"
         )
     return Workload(kind="trace", rate_multiplier=mult, trace=trace, random_start=start == "random")
