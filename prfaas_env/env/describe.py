@@ -10,18 +10,19 @@ import argparse
 
 from prfaas_env.env.config import resolve_config
 from prfaas_env.env.features import OBS_HIGH, ObservationEncoder
+from prfaas_env.sim.topology import REJECT_LABEL
 
 
 def describe(config: str | None = None) -> str:
     """The Markdown tables for ``config`` (default scenario when None)."""
     sc, cfg = resolve_config(config)
     enc = ObservationEncoder(sc.topology)
-    labels = sc.topology.route_labels() + (["reject"] if cfg.admission_control else [])
+    labels = sc.topology.action_labels(cfg.admission_control)
     lines = ["| action | meaning |", "|---|---|"]
     for i, label in enumerate(labels):
         meaning = (
             "turn the request away"
-            if label == "reject"
+            if label == REJECT_LABEL
             else (f"prefill on {label.split('->')[0]}, decode on {label.split('->')[1]}")
         )
         lines.append(f"| {i} | `{label}`: {meaning} |")

@@ -206,10 +206,7 @@ class LiveState:
         self.encoder = ObservationEncoder(topology)
         self.expected_output_tokens = float(expected_output_tokens)
         self.admission_control = admission_control
-        links, channels = topology.links, topology.channels
-        self._nominal_gbps = np.array(
-            [links[channels[i][0]].bandwidth_gbps for i in topology.route_channels]
-        )
+        self._nominal_gbps = np.array(topology.route_channel_gbps())
         if tables is None:
             tables = build_tables(topology.cost_models(), [c.max_batch for c in topology.clusters])
         self.routes = RouteTable.from_topology(topology, admission_control)

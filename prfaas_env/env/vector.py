@@ -93,7 +93,7 @@ class PrfaaSVectorEnv(VectorEnv):
         self.encoder = ObservationEncoder(self.scenario.topology)
         topo = self.scenario.topology
         self.route_labels = topo.route_labels()
-        self.action_meanings = [*self.route_labels, *(["reject"] if cfg.admission_control else [])]
+        self.action_meanings = topo.action_labels(cfg.admission_control)
         self.num_actions = len(self.action_meanings)
         box = gym.spaces.Box(0.0, OBS_HIGH, (self.encoder.size,), np.float32)
         if cfg.dict_observation:

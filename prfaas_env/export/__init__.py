@@ -45,6 +45,7 @@ from prfaas_env.router.bundle import (
     content_hash,
     sha256,
 )
+from prfaas_env.sim.topology import REJECT_LABEL
 
 TIE = 1e-4  # scores closer than this may order differently in float32 runtimes
 GOLDEN_MARGIN = 1e-3  # golden rows need this gap between the best and second allowed score
@@ -267,7 +268,7 @@ def _write_golden(
                 "action_mask": [bool(x) for x in rec.mask[i]],
                 "scores": [float(x) for x in scores[i]],
                 "action": int(rec.actions[i]),
-                "label": (*live.topology.route_labels(), "reject")[int(rec.actions[i])],
+                "label": live.topology.action_labels(True)[int(rec.actions[i])],
             }
             f.write(json.dumps(line) + "\n")
 
@@ -316,7 +317,7 @@ def _manifest(
             }
         )
     if live.admission_control:
-        actions.append({"index": len(routes), "label": "reject", "kv_path": None})
+        actions.append({"index": len(routes), "label": REJECT_LABEL, "kv_path": None})
     return {
         "format": BUNDLE_FORMAT,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

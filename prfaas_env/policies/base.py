@@ -53,13 +53,13 @@ class RouteTable:
         """The route table of ``topo`` in the environment's action order."""
         pre = [topo.prefill_index.index(r.prefill) for r in topo.routes]
         dec = [topo.decode_index.index(r.decode) for r in topo.routes]
-        ch = [topo.route_channels.index(r.channel) if r.channel >= 0 else -1 for r in topo.routes]
+        ch = topo.route_channel_positions()
         off = [
             topo.clusters[r.prefill].datacenter != topo.clusters[r.decode].datacenter
             for r in topo.routes
         ]
         return cls(
-            labels=tuple(topo.route_labels()) + (("reject",) if admission_control else ()),
+            labels=tuple(topo.action_labels(admission_control)),
             prefill=np.array(pre, np.int64),
             decode=np.array(dec, np.int64),
             channel=np.array(ch, np.int64),

@@ -163,7 +163,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     live = LiveState(topo, float(out_tokens), bool(obs.get("admission_control", False)))
     bundle = Bundle(root, manifest, live)
     _check_features(obs.get("features"), live, mpath)
-    if bundle.actions != [*topo.route_labels(), *(["reject"] if live.admission_control else [])]:
+    if bundle.actions != topo.action_labels(live.admission_control):
         raise BundleError(f"{mpath}: actions {bundle.actions} do not match the topology's routes")
     return bundle
 

@@ -46,18 +46,14 @@ class DeriveParams(NamedTuple):
 def derive_params(topology: Topology, tables: CostTables) -> DeriveParams:
     """The constants :func:`derive` needs for ``topology`` with its cost ``tables``."""
     pcl = list(topology.prefill_index)
-    used = list(topology.route_channels)
-    links = topology.links
     return DeriveParams(
         prefill_log_t=np.ascontiguousarray(tables.prefill_log_t[pcl]),
-        nominal_bps=np.array(
-            [links[topology.channels[c][0]].bandwidth_gbps * GBPS for c in used], np.float64
+        nominal_bps=np.array(topology.route_channel_gbps(), np.float64) * GBPS,
+        latency_s=np.array(
+            [topology.channel_latency_s(c) for c in topology.route_channels], np.float64
         ),
-        latency_s=np.array([topology.channel_latency_s(c) for c in used], np.float64),
         route_prefill=np.array([pcl.index(r.prefill) for r in topology.routes], np.int64),
-        route_channel=np.array(
-            [used.index(r.channel) if r.channel >= 0 else -1 for r in topology.routes], np.int64
-        ),
+        route_channel=np.array(topology.route_channel_positions(), np.int64),
         kv_fixed=float(tables.kv_fixed),
         kv_per_token=float(tables.kv_per_token),
         swa_per_token=tables.swa_per_token,

@@ -26,6 +26,8 @@ from prfaas_env.sim.bandwidth import BandwidthProcess, parse_bandwidth
 
 ROLES = ("pd", "prefill")
 
+REJECT_LABEL = "reject"  # label of the action that turns a request away (admission control)
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -138,6 +140,16 @@ class Topology:
         """One-way latency of directed channel ``channel`` (half its link's RTT), s."""
         return self.links[self.channels[channel][0]].rtt_ms / 2e3
 
+    def route_channel_positions(self) -> list[int]:
+        """Per route, the position of its channel in :attr:`route_channels` (-1: the route
+        stays in one datacenter). Observations and masks list channels in that order."""
+        used = list(self.route_channels)
+        return [used.index(r.channel) if r.channel >= 0 else -1 for r in self.routes]
+
+    def route_channel_gbps(self) -> list[float]:
+        """Nominal bandwidth of each channel of :attr:`route_channels` (its link's), Gbps."""
+        return [self.links[self.channels[c][0]].bandwidth_gbps for c in self.route_channels]
+
     def cluster_index(self, name: str) -> int:
         """Index of the cluster called ``name`` (UnknownNameError lists the clusters)."""
         for i, c in enumerate(self.clusters):
@@ -161,6 +173,11 @@ class Topology:
     def route_labels(self) -> list[str]:
         """Labels of the routes, in action order."""
         return [r.label(self) for r in self.routes]
+
+    def action_labels(self, admission_control: bool) -> list[str]:
+        """Labels of the environment's actions: the routes, then :data:`REJECT_LABEL` when
+        admission control adds a reject action."""
+        return self.route_labels() + ([REJECT_LABEL] if admission_control else [])
 
 
 _CLUSTER_KEYS = (
