@@ -52,7 +52,7 @@ from agents.vec_env import SB3VecEnv
 from prfaas_env import package_versions
 from prfaas_env.env.config import EnvConfig, held_out_config, resolve_config
 from prfaas_env.env.spaces import check_spaces, spaces_signature
-from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping
+from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping, replaceable_out
 from prfaas_env.evaluation import (
     METRICS,
     TEST_SEED,
@@ -131,17 +131,7 @@ def _prepare(a: TrainArgs) -> tuple[Context, dict[str, Any] | None]:
         agent = parse_agent_config(algo, meta["agent"]["raw"], f"{out}/run.json: agent")
         eval_config = meta.get("eval_config")
     else:
-        if out.exists() and any(out.iterdir()):
-            if not a.force:
-                raise ConfigError(
-                    f"--out {out}: exists and is not empty; continue it with --resume, or "
-                    f"choose another --out (or --force to replace it)"
-                )
-            if not (out / "run.json").is_file():
-                raise ConfigError(
-                    f"--out {out}: --force only replaces a run folder (one with run.json), "
-                    f"and this is not one"
-                )
+        if replaceable_out(out, a.force, "run.json", "run", "continue it with --resume, or "):
             shutil.rmtree(out)
         algo = a.algo or "ppo"
         cls = algo_class(algo)

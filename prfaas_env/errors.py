@@ -180,6 +180,27 @@ class Registry(Generic[T]):
         raise UnknownNameError(self.kind, str(name), self.entries)
 
 
+def replaceable_out(out: Path, force: bool, marker: str, kind: str, hint: str = "") -> bool:
+    """Check that an output folder ``out`` (the ``--out`` argument) may be written: it is
+    absent or empty, or ``force`` asks to replace it and it is a ``kind`` folder (one holding
+    the file ``marker``), never any other folder. Returns True when it must be emptied first;
+    raises ConfigError naming ``--out`` otherwise (``hint``: other ways out, e.g. ``"continue it
+    with --resume, or "``)."""
+    if not (out.exists() and any(out.iterdir())):
+        return False
+    if not force:
+        raise ConfigError(
+            f"--out {out}: exists and is not empty; {hint}choose another --out (or --force "
+            "to replace it)"
+        )
+    if not (out / marker).is_file():
+        raise ConfigError(
+            f"--out {out}: --force only replaces a {kind} folder (one with {marker}), and "
+            "this is not one"
+        )
+    return True
+
+
 def load_folder_json(
     root: Path, name: str, what: str, made_by: str, error: type[ConfigError] = ConfigError
 ) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from prfaas_env.env.config import resolve_config
 from prfaas_env.env.features import view_from_sim
 from prfaas_env.env.single import PrfaaSEnv
 from prfaas_env.env.vector import PrfaaSVectorEnv
-from prfaas_env.errors import ConfigError
+from prfaas_env.errors import ConfigError, replaceable_out
 from prfaas_env.evaluation import METRICS
 from prfaas_env.integrations import AutoresetModeError
 from tests.sim_scenarios import base
@@ -355,3 +355,20 @@ def test_pretraining_clones_the_heuristic(tmp_path: Path) -> None:
     events = EventAccumulator(str(tb))
     events.Reload()
     assert events.Scalars("eval/ttft_p90_s")[0].step == 0
+
+
+def test_replaceable_out_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
+    """--out may be absent or empty; a non-empty one is replaced only with --force and only
+    when it is the right kind of folder (its marker file is there)."""
+    out = tmp_path / "out"
+    assert replaceable_out(out, False, "run.json", "run") is False
+    out.mkdir()
+    assert replaceable_out(out, False, "run.json", "run") is False
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match=r"--out .*not empty; continue it.*--force"):
+        replaceable_out(out, False, "run.json", "run", "continue it with --resume, or ")
+    with pytest.raises(ConfigError, match=r"only replaces a run folder \(one with run\.json\)"):
+        replaceable_out(out, True, "run.json", "run")
+    (out / "run.json").write_text("{}")
+    assert replaceable_out(out, True, "run.json", "run") is True
+    assert (out / "notes.txt").is_file()  # checking never deletes

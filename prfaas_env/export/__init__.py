@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from prfaas_env import package_versions
 from prfaas_env.env.features import mean_output_tokens
 from prfaas_env.env.live import STATE_FORMAT, LiveState
-from prfaas_env.errors import ConfigError
+from prfaas_env.errors import ConfigError, replaceable_out
 from prfaas_env.evaluation import VALIDATION_SEED, heuristic_params, seed_range
 from prfaas_env.export.graph import (
     INPUT_NAMES,
@@ -94,11 +94,7 @@ def export_bundle(
     from agents.run import load_run, run_scenario
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise ConfigError(f"--out {out}: exists and is not empty (pass --force to replace)")
-        if not (out / "manifest.json").is_file():
-            raise ConfigError(f"--out {out}: --force only replaces a bundle folder")
+    replaceable_out(out, force, "manifest.json", "bundle")  # replaced once the bundle is built
     if seeds < 1 or decisions < 1 or golden < 1:
         raise ConfigError("--seeds, --decisions and --golden must be >= 1")
     if fallback is not None and fallback not in STATELESS_FALLBACKS:
