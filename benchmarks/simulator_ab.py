@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from simulator_throughput import scenarios, threshold_policy  # noqa: E402
 
 PACKAGE = "prfaas_env"
+# --scenario choices: names of benchmarks/simulator_throughput.py's scenarios
+SCENARIOS = {"paper": "paper (synthetic)", "mooncake": "mooncake replay"}
 
 
 def _sources(rev: str) -> dict[str, bytes]:
@@ -120,12 +122,12 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=20, help="timed blocks per side")
     ap.add_argument("--steps", type=int, default=10, help="steps per block")
     ap.add_argument("--serial", action="store_true", help="one thread (default: parallel)")
-    ap.add_argument("--scenario", choices=("paper", "mooncake"), default="paper")
+    ap.add_argument("--scenario", choices=tuple(SCENARIOS), default="paper")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prfaas-env-ab")
     args = ap.parse_args()
     if args.envs < 1 or args.blocks < 1 or args.steps < 1:
         ap.error("--envs, --blocks and --steps must be at least 1")
-    data, threshold = list(scenarios().values())[0 if args.scenario == "paper" else 1]
+    data, threshold = scenarios()[SCENARIOS[args.scenario]]
     sides = []
     for rev in (args.rev_a, args.rev_b):
         sim = build(export(rev, args.cache), data, args.envs, not args.serial)

@@ -302,8 +302,9 @@ def test_trace_with_an_output_too_long_for_a_request_slot_is_refused(tmp_path: P
 
 
 def test_step_refuses_an_env_whose_counters_could_overflow() -> None:
-    """Counters are 32-bit: at the periodic check, an env near ARRIVAL_LIMIT arrivals since its
-    reset stops the run with its index; a reset clears it."""
+    """The slots' request numbers, histogram counts and session numbers are 32-bit: at the
+    periodic check, an env near ARRIVAL_LIMIT arrivals since its reset stops the run with its
+    index; a reset clears it."""
     sim = VecSimulator(parse_scenario(base(), "cfg.yaml"), 3)
     sim.reset(seed=0)
     sim._unchecked_steps = _ARRIVAL_CHECK_STEPS - 1

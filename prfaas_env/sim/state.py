@@ -389,7 +389,7 @@ def grow_slots(st: State) -> State:
         grown = _packed(name, (e, 2 * r))
         grown[:, :r] = getattr(st, name)
         out[name] = grown
-    free = np.zeros((e, 2 * r), np.int32)
+    free = np.zeros((e, 2 * r), st.free.dtype)
     nf = st.nfree.copy()
     for i in range(e):  # rare (only when an env runs out); keeps each env's stack order
         free[i, : nf[i]] = st.free[i, : nf[i]]

@@ -227,6 +227,25 @@ def new_state(num_envs: int, sessions: int) -> WorkloadState:
     return st
 
 
+def trace_length_error(trace: Trace) -> str:
+    """Why ``trace`` has requests the simulator cannot hold (prompts over MAX_PROMPT_TOKENS,
+    outputs over MAX_OUTPUT_TOKENS), or "" when it has none."""
+    if not len(trace):
+        return ""
+    longest_in, longest_out = int(trace.input_tokens.max()), int(trace.output_tokens.max())
+    if longest_in > MAX_PROMPT_TOKENS:
+        return (
+            f"a request has {longest_in} input tokens; the simulator supports at most "
+            f"{MAX_PROMPT_TOKENS}"
+        )
+    if longest_out > MAX_OUTPUT_TOKENS:
+        return (
+            f"a request has {longest_out} output tokens; the simulator supports at most "
+            f"{MAX_OUTPUT_TOKENS}"
+        )
+    return ""
+
+
 def params(w: Workload, block_tokens: int) -> WorkloadParams:
     """Compile a Workload for a topology with ``block_tokens``-token blocks."""
     f = w.burst_fraction
@@ -234,15 +253,9 @@ def params(w: Workload, block_tokens: int) -> WorkloadParams:
     rate_lo = rate / (f * w.burst_factor + 1.0 - f) if w.arrival == "mmpp" else rate
     tr = w.trace
     if tr is not None:
-        if len(tr) and (
-            int(tr.input_tokens.max()) > MAX_PROMPT_TOKENS
-            or int(tr.output_tokens.max()) > MAX_OUTPUT_TOKENS
-        ):  # parse_workload says so with the file and key; this guards Workloads built in code
-            raise ValueError(
-                f"trace: requests may have at most {MAX_PROMPT_TOKENS} input and "
-                f"{MAX_OUTPUT_TOKENS} output tokens, got up to {int(tr.input_tokens.max())} "
-                f"and {int(tr.output_tokens.max())}"
-            )
+        too_long = trace_length_error(tr)
+        if too_long:  # the config parser says so with the file and key; this guards
+            raise ValueError(f"trace: {too_long}")  # Workloads built in code
         n = len(tr)
         gap = tr.duration_s / max(n - 1, 1) if n > 1 else 1.0
         shift = int(tr.block_ids.max()) + 1 if tr.block_ids.size else 0
@@ -570,14 +583,7 @@ def _parse_trace_workload(raw: dict, where: str, mult: float, base_dir: Path | N
     start = raw.get("start", "random")
     if start not in ("random", "first"):
         raise ConfigError(f"{where}.start: {start!r} is not allowed; allowed: random, first")
-    if int(trace.input_tokens.max()) > MAX_PROMPT_TOKENS:
-        raise ConfigError(
-            f"{where}.trace: a request has {int(trace.input_tokens.max())} input tokens; the "
-            f"simulator supports at most {MAX_PROMPT_TOKENS}"
-        )
-    if int(trace.output_tokens.max()) > MAX_OUTPUT_TOKENS:
-        raise ConfigError(
-            f"{where}.trace: a request has {int(trace.output_tokens.max())} output tokens; the "
-            f"simulator supports at most {MAX_OUTPUT_TOKENS}"
-        )
+    too_long = trace_length_error(trace)
+    if too_long:
+        raise ConfigError(f"{where}.trace: {too_long}")
     return Workload(kind="trace", rate_multiplier=mult, trace=trace, random_start=start == "random")
