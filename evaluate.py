@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from prfaas_env.env.config import resolve_config
-from prfaas_env.env.features import mean_output_tokens
 from prfaas_env.errors import ConfigError, NotApplicableError, UnknownNameError
 from prfaas_env.evaluation import METRICS, heuristic, interval, run_policy, sweep_max_rate
 from prfaas_env.policies import policy_names
@@ -226,7 +225,7 @@ def print_analytic(scenario: Any) -> None:
         print(f"\nanalytic model: not applicable ({exc})")
         return
     w = scenario.workload
-    out_tokens = mean_output_tokens(w)
+    out_tokens = w.mean_output_tokens()
     if w.trace is not None:
         lengths = w.trace.input_tokens.astype(float)
     else:

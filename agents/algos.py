@@ -28,9 +28,9 @@ from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.pretrain import PretrainSettings
 from prfaas_env.env.config import CONFIG_DIR
 from prfaas_env.errors import ConfigError, UnknownNameError, check_keys, load_yaml_mapping, number
+from prfaas_env.evaluation import LOWER_IS_BETTER
 from prfaas_env.policies import policy_names
 
 AGENT_CONFIG_DIR = CONFIG_DIR / "agents"  # shipped inside the package (configs/agents/)
@@ -40,12 +40,7 @@ ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     "elu": torch.nn.ELU,
 }
 # Evaluation metrics a run can select its best checkpoint on, and whether lower is better.
-EVAL_METRICS = {
-    "ttft_p90_s": True,
-    "ttft_p99_s": True,
-    "ttft_mean_s": True,
-    "slo_attainment": False,
-}
+EVAL_METRICS = LOWER_IS_BETTER
 # Keyword arguments train.py sets itself; an agent file may not.
 _MANAGED = {"policy", "env", "seed", "verbose", "tensorboard_log", "device", "policy_kwargs"}
 
@@ -64,6 +59,17 @@ def algo_class(name: str) -> type[BaseAlgorithm]:
     if name not in ALGOS:
         raise UnknownNameError("algorithm", name, ALGOS)
     return ALGOS[name]()
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """The ``pretrain:`` section (behaviour cloning, agents/pretrain.py): heuristic to clone
+    (None: no pretraining), decisions routed by it, passes over them, minibatch size."""
+
+    policy: str | None = None
+    decisions: int = 200_000
+    epochs: int = 5
+    batch_size: int = 1024
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
-from agents.run import ObsNormalizer
+from agents.run import normalizer_of
 
 # episode_summary keys logged under env/ (the environment's own metrics)
 ENV_METRICS = (
@@ -162,7 +162,7 @@ def save_snapshot(model: Any, vecnorm: VecNormalize | None, folder: Path, stem: 
     model.save(folder / f"{stem}.zip")
     if vecnorm is not None:
         vecnorm.save(str(folder / f"{pre}vecnormalize.pkl"))
-    norm = ObsNormalizer.of(vecnorm)
+    norm = normalizer_of(vecnorm)
     (folder / f"{pre}obs_normalization.json").write_text(json.dumps(norm.to_dict()) + "\n")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,22 +35,12 @@ import torch
 from numpy.typing import NDArray
 from stable_baselines3.common.vec_env import unwrap_vec_normalize
 
-from prfaas_env.env.features import mean_output_tokens, view_from_sim
+from agents.algos import PretrainSettings
+from agents.scoring import masked_greedy
 from prfaas_env.policies import Policy
 
 TAIL = 300  # value targets need this many steps before an episode or rollout end (0.99^300 =
 # 5 % of the return is cut off there); at most half the rollout
-
-
-@dataclass(frozen=True)
-class PretrainSettings:
-    """The ``pretrain:`` section: heuristic to clone (None: no pretraining), decisions
-    routed by it, passes over them, minibatch size."""
-
-    policy: str | None = None
-    decisions: int = 200_000
-    epochs: int = 5
-    batch_size: int = 1024
 
 
 def _discounted_returns(
@@ -98,8 +87,6 @@ def behaviour_clone(
     vecnorm = unwrap_vec_normalize(venv)
     n = venv.num_envs
     steps = max(settings.decisions // n, 2)
-    staleness = native.config.bandwidth_staleness_s
-    mean_out = mean_output_tokens(native.scenario.workload)
     heuristic.reset(n, seed=0)
     obs = venv.reset()
     seen_obs = [obs]
@@ -107,7 +94,7 @@ def behaviour_clone(
     rewards = np.zeros((steps, n))
     dones = np.zeros((steps, n), np.bool_)
     for t in range(steps):
-        view = view_from_sim(native.sim, staleness, mean_out)
+        view = native.view()
         mask = native.action_masks()
         actions.append(np.asarray(heuristic.act(view, mask), np.int64))
         masks.append(mask)
@@ -155,8 +142,6 @@ def behaviour_clone(
             policy.optimizer.step()
             loss_value = float(loss.detach())
     policy.set_training_mode(False)
-    from agents.run import masked_greedy  # agents.run imports this module's settings
-
     greedy = masked_greedy(model, _take(obs_all, held_out), mask_all[held_out])
     agreement = float(np.mean(greedy == act_all[held_out]))
     echo(

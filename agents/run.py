@@ -14,156 +14,123 @@ A run folder (``train.py --out runs/NAME``) holds::
     baselines.json           the heuristics' scores on the evaluation seeds (cached)
     final_eval.json          the final table's records (same keys as evaluate.py's results.json)
 
-The agent acts through the same :class:`~prfaas_env.env.features.ObservationEncoder` the
-environment uses, so a policy evaluated here sees exactly what it saw in training.
+A :class:`TrainedRun` is what export needs of a trained policy
+(:class:`prfaas_env.export.policy.TrainedPolicy`), and it routes as a
+:class:`~prfaas_env.policies.learned.ScoredPolicy`: through the same encoder the environment
+uses, so a policy evaluated here sees exactly what it saw in training.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.algos import algo_class
+from agents.scoring import ScoringModule, policy_scores, score_kind
 from prfaas_env.env.config import EnvConfig, resolve_config
-from prfaas_env.env.features import ObservationEncoder
 from prfaas_env.env.spaces import check_spaces
 from prfaas_env.errors import ConfigError, load_folder_json
-from prfaas_env.policies import Policy, RouteTable
+from prfaas_env.export.policy import Normalizer
+from prfaas_env.policies import RouteTable
+from prfaas_env.policies.learned import ScoredPolicy
 from prfaas_env.sim.scenario import Scenario
 
 RUN_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class ObsNormalizer:
-    """``clip((obs - mean) / sqrt(var + epsilon), -clip, clip)``, as SB3's VecNormalize does.
-
-    Identity when ``mean`` is None (a run trained without observation normalisation).
-    """
-
-    mean: NDArray[np.float64] | None
-    var: NDArray[np.float64] | None
-    epsilon: float = 1e-8
-    clip: float = 10.0
-
-    @classmethod
-    def of(cls, vn: Any | None) -> ObsNormalizer:
-        """The normaliser of an optional ``VecNormalize`` (identity when None)."""
-        return cls(None, None) if vn is None else cls.from_vecnormalize(vn)
-
-    @classmethod
-    def from_vecnormalize(cls, vn: Any) -> ObsNormalizer:
-        """Copy the statistics out of a ``VecNormalize`` wrapper."""
-        if not vn.norm_obs:
-            return cls(None, None, float(vn.epsilon), float(vn.clip_obs))
-        rms = vn.obs_rms["observation"] if isinstance(vn.obs_rms, dict) else vn.obs_rms
-        return cls(rms.mean.copy(), rms.var.copy(), float(vn.epsilon), float(vn.clip_obs))
-
-    def apply(self, obs: NDArray[np.float32]) -> NDArray[np.float32]:
-        if self.mean is None or self.var is None:
-            return obs.astype(np.float32)
-        z = (obs - self.mean) / np.sqrt(self.var + self.epsilon)
-        return np.clip(z, -self.clip, self.clip).astype(np.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": None if self.mean is None else self.mean.tolist(),
-            "var": None if self.var is None else self.var.tolist(),
-            "epsilon": self.epsilon,
-            "clip": self.clip,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ObsNormalizer:
-        mean = None if d.get("mean") is None else np.asarray(d["mean"], np.float64)
-        var = None if d.get("var") is None else np.asarray(d["var"], np.float64)
-        return cls(mean, var, float(d["epsilon"]), float(d["clip"]))
-
-
-def policy_scores(model: BaseAlgorithm, obs: Any) -> NDArray[np.float64]:
-    """``[row, action]`` scores of a model on model inputs: log-probabilities (policy-gradient
-    models, as their categorical distribution holds them) or Q-values (DQN)."""
-    policy = model.policy
-    with torch.no_grad():
-        obs_t, _ = policy.obs_to_tensor(obs)
-        if hasattr(policy, "q_net"):
-            scores = policy.q_net(obs_t)
-        else:
-            scores = policy.get_distribution(obs_t).distribution.logits
-    return scores.cpu().numpy().astype(np.float64)
-
-
-def masked_greedy(model: BaseAlgorithm, obs: Any, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
-    """The highest-scoring allowed action per row (:func:`policy_scores` among those ``mask``
-    allows). This is how the runtime applies the action mask to a model that was trained
-    without one."""
-    s = policy_scores(model, obs)
-    if mask.shape[1] < s.shape[1]:  # a route mask without the always-allowed reject column
-        mask = np.pad(mask, ((0, 0), (0, s.shape[1] - mask.shape[1])), constant_values=True)
-    s = np.where(mask[:, : s.shape[1]], s, -np.inf)
-    return np.argmax(s, axis=1).astype(np.int64)
-
-
-class AgentPolicy(Policy):
-    """A trained model acting greedily as a router (masked actions are never chosen)."""
-
-    name = "agent"
-
-    def __init__(
-        self,
-        model: BaseAlgorithm,
-        normalizer: ObsNormalizer,
-        topology: Any,
-        routes: RouteTable,
-        dict_observation: bool = False,
-        label: str = "agent",
-    ) -> None:
-        super().__init__(routes, topology)
-        self.model = model
-        self.normalizer = normalizer
-        self.encoder = ObservationEncoder(topology)
-        self.dict_observation = dict_observation
-        self.name = label
-
-    def observe(self, view: dict[str, NDArray], mask: NDArray[np.bool_]) -> Any:
-        """The model's input for a view: encoded by the environment's encoder, normalised."""
-        obs = self.normalizer.apply(self.encoder.encode(view))
-        if self.dict_observation:
-            return {"observation": obs, "action_mask": mask.astype(np.float32)}
-        return obs
-
-    def act(self, view: dict[str, NDArray], mask: NDArray[np.bool_]) -> NDArray[np.int64]:
-        return masked_greedy(self.model, self.observe(view, mask), mask)
+def normalizer_of(vn: Any | None) -> Normalizer:
+    """The observation normaliser of an optional SB3 ``VecNormalize`` (identity when None)."""
+    if vn is None:
+        return Normalizer(None, None)
+    if not vn.norm_obs:
+        return Normalizer(None, None, float(vn.epsilon), float(vn.clip_obs))
+    rms = vn.obs_rms["observation"] if isinstance(vn.obs_rms, dict) else vn.obs_rms
+    return Normalizer(rms.mean.copy(), rms.var.copy(), float(vn.epsilon), float(vn.clip_obs))
 
 
 @dataclass
 class TrainedRun:
-    """A run folder read back: its metadata, model and normaliser."""
+    """A run folder read back: its metadata, model and normaliser (``checkpoint``: which
+    weights). Implements what export needs of a trained policy
+    (:class:`prfaas_env.export.policy.TrainedPolicy`) for the scenario it was trained on."""
 
     path: Path
     meta: dict[str, Any]
     model: BaseAlgorithm
-    normalizer: ObsNormalizer
+    normalizer: Normalizer
+    checkpoint: str = "final"
 
-    def policy(self, scenario: Scenario, env_cfg: EnvConfig, label: str = "agent") -> AgentPolicy:
+    @property
+    def name(self) -> str:
+        return f"agent:{self.path.name}"
+
+    @property
+    def spaces(self) -> dict[str, Any]:
+        return dict(self.meta["spaces"])
+
+    @property
+    def dict_observation(self) -> bool:
+        return bool(self.meta["spaces"].get("dict_observation"))
+
+    @property
+    def score_kind(self) -> str:
+        return score_kind(self.model)
+
+    @cached_property
+    def _trained_on(self) -> tuple[Scenario, EnvConfig]:
+        return run_scenario(self.meta)
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario the run was trained on (at its rate multiplier)."""
+        return self._trained_on[0]
+
+    @property
+    def env_config(self) -> EnvConfig:
+        return self._trained_on[1]
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "path": str(self.path),
+            "checkpoint": self.checkpoint,
+            "algo": m["algo"],
+            "seed": m["seed"],
+            "config": m["config"],
+            "rate_multiplier": m.get("rate_multiplier"),
+            "timesteps": m.get("timesteps_done"),
+        }
+
+    def model_input(self, observation: NDArray[np.float32], mask: NDArray[np.bool_]) -> Any:
+        """The model's input for encoder outputs: normalised, in the Dict form if trained so."""
+        obs = self.normalizer.apply(observation)
+        if self.dict_observation:
+            return {"observation": obs, "action_mask": mask.astype(np.float32)}
+        return obs
+
+    def scores(
+        self, observation: NDArray[np.float32], mask: NDArray[np.bool_]
+    ) -> NDArray[np.float64]:
+        """``[row, action]`` scores of encoder outputs (see ``TrainedPolicy.scores``)."""
+        return policy_scores(self.model, self.model_input(observation, mask))
+
+    def scoring_module(self) -> ScoringModule:
+        """The model's scoring network on normalised observations, for export."""
+        return ScoringModule(self.model)
+
+    def policy(self, scenario: Scenario, env_cfg: EnvConfig, label: str = "agent") -> ScoredPolicy:
         """The agent as a router on ``scenario`` (ConfigError if the spaces differ)."""
         check_spaces(self.meta["spaces"], scenario, env_cfg, str(self.path))
         routes = RouteTable.from_topology(scenario.topology, env_cfg.admission_control)
-        return AgentPolicy(
-            self.model,
-            self.normalizer,
-            scenario.topology,
-            routes,
-            bool(self.meta["spaces"].get("dict_observation")),
-            label,
-        )
+        return ScoredPolicy(routes, scenario.topology, self.scores, label)
 
 
 def read_meta(root: Path) -> dict[str, Any]:
@@ -202,5 +169,5 @@ def load_run(path: str | Path, which: str = "final") -> TrainedRun:
         if not p.is_file():
             raise ConfigError(f"{root}: {p.relative_to(root)} is missing (was training finished?)")
     model = algo_class(meta["algo"]).load(model_path, device="cpu")
-    normalizer = ObsNormalizer.from_dict(json.loads(norm_path.read_text()))
-    return TrainedRun(root, meta, model, normalizer)
+    normalizer = Normalizer.from_dict(json.loads(norm_path.read_text()))
+    return TrainedRun(root, meta, model, normalizer, which)

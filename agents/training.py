@@ -41,36 +41,28 @@ from agents.callbacks import (
     save_snapshot,
 )
 from agents.pretrain import behaviour_clone
-from agents.run import (
-    RUN_FORMAT,
-    ObsNormalizer,
-    TrainedRun,
-    load_run,
-    read_meta,
-)
-from agents.vec_env import SB3VecEnv
+from agents.run import RUN_FORMAT, TrainedRun, load_run, normalizer_of, read_meta
 from prfaas_env import package_versions
 from prfaas_env.env.config import EnvConfig, held_out_config, resolve_config
 from prfaas_env.env.spaces import check_spaces, spaces_signature
 from prfaas_env.errors import ConfigError, NotApplicableError, load_yaml_mapping, replaceable_out
 from prfaas_env.evaluation import (
+    KEEP_UP,
     METRICS,
     TEST_SEED,
     VALIDATION_SEED,
     Run,
+    best_baseline,
     heuristic,
     heuristic_params,
     interval,
     run_policy,
     seed_range,
 )
+from prfaas_env.integrations.sb3 import SB3VecEnv
 from prfaas_env.policies import RouteTable, make_policy, policy_names
 from prfaas_env.report import table
 from prfaas_env.sim.scenario import Scenario
-
-# A router keeps up when it completes at least this share of the best throughput on the same
-# requests (used to pick the best heuristic and to rank checkpoints).
-KEEP_UP = 0.99
 
 
 @dataclass
@@ -206,16 +198,6 @@ def means(run: Run) -> dict[str, float]:
     return {k: float(np.nanmean(run.metrics[k])) for k in METRICS}
 
 
-def best_baseline(scores: dict[str, dict[str, float]], metric: str) -> str:
-    """The heuristic with the best ``metric`` among those whose throughput is within 1 % of
-    the highest (a router cannot win on latency by serving fewer requests)."""
-    top = max(s["throughput_rps"] for s in scores.values())
-    ok = {n: s for n, s in scores.items() if s["throughput_rps"] >= KEEP_UP * top}
-    lower = EVAL_METRICS[metric]
-    key = (lambda n: ok[n][metric]) if lower else (lambda n: -ok[n][metric])
-    return min(sorted(ok), key=key)
-
-
 def _better(metric: str, a: float, b: float) -> bool:
     return a < b if EVAL_METRICS[metric] else a > b
 
@@ -246,14 +228,45 @@ def _versions() -> dict[str, str]:
 
 
 def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) training; returns the final summary written into ``run.json``."""
+    """Run (or resume) training; returns the final summary written into ``run.json``.
+
+    The steps, in order: resolve what to train on; build the environment stack; build (or
+    load) the model; clone a heuristic first if the agent file asks; score the heuristics
+    once on the validation seeds; learn, evaluating and checkpointing periodically; save;
+    run the final table on the test seeds.
+    """
     ctx, meta = _prepare(a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, a.threads))
-    ev = ctx.agent.evaluation
-    val_seeds = seed_range(VALIDATION_SEED, ev.seeds)
+    venv, vecnorm, timed = _environment(ctx, out, meta)
+    model = _model(ctx, out, meta, timed, a.timesteps, echo)
+    pretrained = _pretrain(ctx, meta, model, timed, venv, echo)
+    run_meta = _run_record(ctx, meta, a, pretrained)
+    _write_json(out / "run.json", run_meta)
+    base_scores = _baseline_scores(ctx, out, echo)
+    session = _learn(ctx, out, a, meta, model, vecnorm, timed, base_scores, pretrained, echo)
+    run_meta["history"].append(session)
+    run_meta["status"] = session["status"]
+    run_meta["timesteps_done"] = int(model.num_timesteps)
+    if session["status"] == "interrupted":
+        _write_json(out / "run.json", run_meta)
+        echo(
+            f"\ninterrupted at {model.num_timesteps:,} timesteps; checkpoint saved. Continue with:"
+            f"\n  python train.py --out {out} --resume --timesteps {a.timesteps}"
+        )
+        return run_meta
+    save_snapshot(model, vecnorm, out, "model")
+    run_meta["final"] = final_evaluation(ctx, out, a, echo)
+    _write_json(out / "run.json", run_meta)
+    return run_meta
 
+
+def _environment(
+    ctx: Context, out: Path, meta: dict[str, Any] | None
+) -> tuple[SB3VecEnv, VecNormalize | None, TimedVecEnv]:
+    """The training stack: the native vector env (SAME_STEP) as an SB3 VecEnv, episode
+    statistics, observation/reward normalisation (restored on resume), a timer."""
     venv = SB3VecEnv.from_config(
         ctx.config, ctx.agent.num_envs, rate_multiplier=ctx.rate_multiplier
     )
@@ -273,30 +286,65 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
             gamma=float(ctx.agent.hyperparameters.get("gamma", 0.99)),
             norm_obs_keys=["observation"] if ctx.env_cfg.dict_observation else None,
         )
-    timed = TimedVecEnv(vecnorm if vecnorm is not None else monitor)
-    tb = str(out / "tb")
-    cls = algo_class(ctx.agent.algo)
-    if meta is not None:
-        model = cls.load(ck / "latest.zip", env=timed, device="cpu", tensorboard_log=tb)
-        timed.seed(ctx.seed + int(model.num_timesteps))
-        echo(f"resuming {out} at {model.num_timesteps:,} of {a.timesteps:,} timesteps")
-    else:
-        model = make_model(ctx.agent, timed, ctx.seed, tensorboard_log=tb)
-    pretrained: dict[str, Any] | None = (meta or {}).get("pretrain")
-    if meta is None and ctx.agent.pretrain.policy is not None:
-        t = time.perf_counter()
-        name, topo = ctx.agent.pretrain.policy, ctx.scenario.topology
-        teacher = make_policy(
-            name,
-            RouteTable.from_topology(topo, ctx.env_cfg.admission_control),
-            topo,
-            **heuristic_params(ctx.scenario, name),
-        )
-        pretrained = behaviour_clone(model, timed, venv.env, teacher, ctx.agent.pretrain, echo)
-        pretrained["seconds"] = time.perf_counter() - t
-    start_steps = int(model.num_timesteps)
+    return venv, vecnorm, TimedVecEnv(vecnorm if vecnorm is not None else monitor)
 
-    run_meta: dict[str, Any] = {
+
+def _model(
+    ctx: Context,
+    out: Path,
+    meta: dict[str, Any] | None,
+    timed: TimedVecEnv,
+    timesteps: int,
+    echo: Callable[[str], None],
+) -> Any:
+    """A fresh model, or the latest checkpoint's when resuming."""
+    tb = str(out / "tb")
+    if meta is None:
+        return make_model(ctx.agent, timed, ctx.seed, tensorboard_log=tb)
+    cls = algo_class(ctx.agent.algo)
+    model = cls.load(
+        out / "checkpoints" / "latest.zip", env=timed, device="cpu", tensorboard_log=tb
+    )
+    timed.seed(ctx.seed + int(model.num_timesteps))
+    echo(f"resuming {out} at {model.num_timesteps:,} of {timesteps:,} timesteps")
+    return model
+
+
+def _pretrain(
+    ctx: Context,
+    meta: dict[str, Any] | None,
+    model: Any,
+    timed: TimedVecEnv,
+    venv: SB3VecEnv,
+    echo: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """Behaviour cloning of the agent file's heuristic into a fresh model (the figures of a
+    resumed run's cloning are kept from its run.json)."""
+    if meta is not None:
+        return meta.get("pretrain")
+    name = ctx.agent.pretrain.policy
+    if name is None:
+        return None
+    t = time.perf_counter()
+    topo = ctx.scenario.topology
+    teacher = make_policy(
+        name,
+        RouteTable.from_topology(topo, ctx.env_cfg.admission_control),
+        topo,
+        **heuristic_params(ctx.scenario, name),
+    )
+    figures: dict[str, Any] = behaviour_clone(
+        model, timed, venv.env, teacher, ctx.agent.pretrain, echo
+    )
+    figures["seconds"] = time.perf_counter() - t
+    return figures
+
+
+def _run_record(
+    ctx: Context, meta: dict[str, Any] | None, a: TrainArgs, pretrained: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The run.json of this run (status "running" until it ends)."""
+    return {
         "format": RUN_FORMAT,
         "status": "running",
         "algo": ctx.agent.algo,
@@ -313,77 +361,126 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         "history": (meta or {}).get("history", []),
         "pretrain": pretrained,
     }
-    _write_json(out / "run.json", run_meta)
 
-    # baselines on the validation seeds (cached: they do not change during a run)
-    base_path = out / "baselines.json"
-    if base_path.is_file():
-        base_scores = json.loads(base_path.read_text())["scores"]
-    else:
-        echo(f"evaluating the heuristics on {ctx.eval_scenario.source} (validation seeds)")
-        runs = baseline_runs(ctx.eval_scenario, ctx.eval_env_cfg, val_seeds, ev.decisions)
-        base_scores = {n: means(r) for n, r in runs.items()}
-        _write_json(
-            base_path, {"seeds": val_seeds, "decisions": ev.decisions, "scores": base_scores}
-        )
-    best_name = best_baseline(base_scores, ev.metric)
-    best_val = base_scores[best_name][ev.metric]
-    echo(f"best heuristic on {ev.metric}: {best_name} ({best_val:.4g})")
 
-    progress = ProgressCallback(a.timesteps, disable=not a.progress)
-    timing = TimingCallback(timed)
-    best_path = out / "best.json"
-    best_so_far = json.loads(best_path.read_text()) if best_path.is_file() else None
+def _baseline_scores(
+    ctx: Context, out: Path, echo: Callable[[str], None]
+) -> dict[str, dict[str, float]]:
+    """The heuristics' mean metrics on the validation seeds of the held-out scenario, cached
+    in baselines.json (they do not change during a run)."""
+    ev = ctx.agent.evaluation
+    path = out / "baselines.json"
+    if path.is_file():
+        scores: dict[str, dict[str, float]] = json.loads(path.read_text())["scores"]
+        return scores
+    seeds = seed_range(VALIDATION_SEED, ev.seeds)
+    echo(f"evaluating the heuristics on {ctx.eval_scenario.source} (validation seeds)")
+    runs = baseline_runs(ctx.eval_scenario, ctx.eval_env_cfg, seeds, ev.decisions)
+    scores = {n: means(r) for n, r in runs.items()}
+    _write_json(path, {"seeds": seeds, "decisions": ev.decisions, "scores": scores})
+    return scores
 
-    # the agent as a router on the held-out scenario (spaces checked once, in _prepare)
-    pol = TrainedRun(out, {"spaces": ctx.spaces}, model, ObsNormalizer.of(vecnorm)).policy(
-        ctx.eval_scenario, ctx.eval_env_cfg
-    )
 
-    def evaluate_now(step: int) -> None:
-        nonlocal best_so_far
-        pol.normalizer = ObsNormalizer.of(vecnorm)  # the statistics as they are now
+class _Selector:
+    """Periodic evaluation on the validation seeds, TensorBoard ``eval/`` scalars, and the
+    choice of the best checkpoint (:func:`_improves`), kept in ``best/`` and best.json."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        out: Path,
+        model: Any,
+        vecnorm: VecNormalize | None,
+        base_scores: dict[str, dict[str, float]],
+        progress: ProgressCallback,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.ctx, self.out, self.model, self.vecnorm = ctx, out, model, vecnorm
+        self.progress = progress
+        ev = ctx.agent.evaluation
+        self.metric = ev.metric
+        self.seeds = seed_range(VALIDATION_SEED, ev.seeds)
+        self.best_name = best_baseline(base_scores, ev.metric)
+        self.best_value = base_scores[self.best_name][ev.metric]
+        self.best_rps = base_scores[self.best_name]["throughput_rps"]
+        echo(f"best heuristic on {ev.metric}: {self.best_name} ({self.best_value:.4g})")
+        path = out / "best.json"
+        self.best_so_far = json.loads(path.read_text()) if path.is_file() else None
+        # the agent as a router on the held-out scenario (spaces checked once, in _prepare)
+        self.run = TrainedRun(out, {"spaces": ctx.spaces}, model, normalizer_of(vecnorm))
+        self.policy = self.run.policy(ctx.eval_scenario, ctx.eval_env_cfg)
+
+    def evaluate(self, step: int) -> None:
+        ctx, metric = self.ctx, self.metric
+        self.run.normalizer = normalizer_of(self.vecnorm)  # the statistics as they are now
         run = evaluate_policy(
-            ctx.eval_scenario, ctx.eval_env_cfg, lambda _sc: pol, "agent", val_seeds, ev.decisions
+            ctx.eval_scenario,
+            ctx.eval_env_cfg,
+            lambda _sc: self.policy,
+            "agent",
+            self.seeds,
+            ctx.agent.evaluation.decisions,
         )
         score = means(run)
+        log = self.model.logger
         for k, v in score.items():
-            model.logger.record(f"eval/{k}", v)
-        model.logger.record(f"eval/baseline_{ev.metric}", best_val)
-        rel = score[ev.metric] / best_val - 1.0 if best_val else float("nan")
-        model.logger.record(f"eval/{ev.metric}_vs_baseline", rel)
-        model.logger.dump(step)
-        progress.set_postfix(**{ev.metric: f"{score[ev.metric]:.3g}", "vs_best": f"{rel:+.1%}"})
+            log.record(f"eval/{k}", v)
+        log.record(f"eval/baseline_{metric}", self.best_value)
+        rel = score[metric] / self.best_value - 1.0 if self.best_value else float("nan")
+        log.record(f"eval/{metric}_vs_baseline", rel)
+        log.dump(step)
+        self.progress.set_postfix(**{metric: f"{score[metric]:.3g}", "vs_best": f"{rel:+.1%}"})
         # a checkpoint that serves fewer requests than the best heuristic (backlog) never
         # beats one that keeps up, whatever its latency; among backlogged ones, the one that
         # serves more wins
-        keeps_up = score["throughput_rps"] >= KEEP_UP * base_scores[best_name]["throughput_rps"]
-        if best_so_far is None or _improves(
+        keeps_up = score["throughput_rps"] >= KEEP_UP * self.best_rps
+        best = self.best_so_far
+        if best is None or _improves(
             keeps_up,
-            score[ev.metric],
+            score[metric],
             score["throughput_rps"],
-            best_so_far.get("keeps_up", True),
-            best_so_far["score"],
-            best_so_far["metrics"]["throughput_rps"],
-            ev.metric,
+            best.get("keeps_up", True),
+            best["score"],
+            best["metrics"]["throughput_rps"],
+            metric,
         ):
-            save_snapshot(model, vecnorm, out / "best", "model")
-            best_so_far = {
+            save_snapshot(self.model, self.vecnorm, self.out / "best", "model")
+            self.best_so_far = {
                 "step": step,
-                "score": score[ev.metric],
+                "score": score[metric],
                 "keeps_up": keeps_up,
                 "metrics": score,
             }
-            _write_json(best_path, best_so_far)
+            _write_json(self.out / "best.json", self.best_so_far)
+
+
+def _learn(
+    ctx: Context,
+    out: Path,
+    a: TrainArgs,
+    meta: dict[str, Any] | None,
+    model: Any,
+    vecnorm: VecNormalize | None,
+    timed: TimedVecEnv,
+    base_scores: dict[str, dict[str, float]],
+    pretrained: dict[str, Any] | None,
+    echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """SB3's ``learn`` up to the target timesteps with evaluation, checkpoints, progress and
+    timing; Ctrl-C stops it with a checkpoint. Returns this session's record."""
+    progress = ProgressCallback(a.timesteps, disable=not a.progress)
+    timing = TimingCallback(timed)
+    selector = _Selector(ctx, out, model, vecnorm, base_scores, progress, echo)
 
     def checkpoint_now(step: int) -> None:
         save_snapshot(model, vecnorm, out / "checkpoints", "latest")
 
     # a cloned policy is a candidate too: PPO must improve on it to replace it
     cloned = meta is None and pretrained is not None
-    periodic_eval = PeriodicCallback(ev.every_steps, evaluate_now, at_start=cloned)
+    periodic_eval = PeriodicCallback(ctx.agent.evaluation.every_steps, selector.evaluate, cloned)
     periodic_ckpt = PeriodicCallback(ctx.agent.checkpoint_every_steps, checkpoint_now)
     callbacks = [progress, timing, EnvMetricsCallback(), periodic_eval, periodic_ckpt]
+    start_steps = int(model.num_timesteps)
     remaining = max(a.timesteps - start_steps, 0)
     t0 = time.perf_counter()
     status = "finished"
@@ -395,14 +492,22 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
                 tb_log_name="run",
                 reset_num_timesteps=meta is None,
             )
-        if best_so_far is None or best_so_far.get("step") != model.num_timesteps:
-            evaluate_now(int(model.num_timesteps))
+        best = selector.best_so_far
+        if best is None or best.get("step") != model.num_timesteps:
+            selector.evaluate(int(model.num_timesteps))
     except KeyboardInterrupt:
         status = "interrupted"
         progress._on_training_end()
     checkpoint_now(int(model.num_timesteps))
     split = timing.split(periodic_eval.spent_s + periodic_ckpt.spent_s) if remaining > 0 else {}
-    session = {
+    if split and status == "finished":
+        echo(
+            f"\ntrained {split['steps']:,.0f} steps in {split['train_wall_s']:.0f} s "
+            f"({split['steps_per_s']:,.0f} steps/s; environment {split['env_s']:.0f} s, "
+            f"policy inference {split['policy_s']:.0f} s, updates {split['update_s']:.0f} s; "
+            f"periodic evaluation {periodic_eval.spent_s:.0f} s more)"
+        )
+    return {
         "started_at_step": start_steps,
         "ended_at_step": int(model.num_timesteps),
         "wall_s": time.perf_counter() - t0,
@@ -410,27 +515,6 @@ def train(a: TrainArgs, echo: Callable[[str], None] = print) -> dict[str, Any]:
         "eval_s": periodic_eval.spent_s,
         "status": status,
     }
-    run_meta["history"].append(session)
-    run_meta["status"] = status
-    run_meta["timesteps_done"] = int(model.num_timesteps)
-    if status == "interrupted":
-        _write_json(out / "run.json", run_meta)
-        echo(
-            f"\ninterrupted at {model.num_timesteps:,} timesteps; checkpoint saved. Continue with:"
-            f"\n  python train.py --out {out} --resume --timesteps {a.timesteps}"
-        )
-        return run_meta
-    save_snapshot(model, vecnorm, out, "model")
-    if split:
-        echo(
-            f"\ntrained {split['steps']:,.0f} steps in {split['train_wall_s']:.0f} s "
-            f"({split['steps_per_s']:,.0f} steps/s; environment {split['env_s']:.0f} s, "
-            f"policy inference {split['policy_s']:.0f} s, updates {split['update_s']:.0f} s; "
-            f"periodic evaluation {periodic_eval.spent_s:.0f} s more)"
-        )
-    run_meta["final"] = final_evaluation(ctx, out, a, echo)
-    _write_json(out / "run.json", run_meta)
-    return run_meta
 
 
 def final_evaluation(

@@ -153,7 +153,9 @@ def http_load(bundle: Path, rate: float, duration_s: float, clients: int) -> dic
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundle", required=True, help="bundle folder (python -m prfaas_env.export)")
+    ap.add_argument(
+        "--bundle", required=True, help="bundle folder (python export.py --run RUN --out DIR)"
+    )
     ap.add_argument("--decisions", type=int, default=20000, help="in-process decisions timed")
     ap.add_argument("--rate", type=float, default=500.0, help="HTTP requests per second")
     ap.add_argument("--duration", type=float, default=20.0, help="HTTP load seconds")

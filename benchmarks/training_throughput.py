@@ -32,7 +32,7 @@ def sb3(config: str, rate: float | None, timesteps: int) -> dict[str, float]:
 
     from agents.algos import load_agent_config, make_model
     from agents.callbacks import TimedVecEnv, TimingCallback
-    from agents.vec_env import SB3VecEnv
+    from prfaas_env.integrations.sb3 import SB3VecEnv
 
     cfg = load_agent_config("ppo")
     venv = SB3VecEnv.from_config(config, cfg.num_envs, rate_multiplier=rate)

@@ -14,6 +14,7 @@ iteration and saves a checkpoint with ``--checkpoint DIR``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None, help="save the algorithm here")
     args = ap.parse_args(argv)
     settings = load_settings(args.file, args.set)
+    if not args.address:  # a local instance: every process on loopback (read at import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if args.address:

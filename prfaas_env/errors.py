@@ -7,7 +7,7 @@ allowed, so a user can fix the input without reading the code.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -218,3 +218,11 @@ def load_folder_json(
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data
+
+
+def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Index of the first entry where ``a`` and ``b`` differ (the shorter length when one is
+    a prefix of the other)."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.env.features import mean_output_tokens, view_from_sim
 from prfaas_env.errors import ConfigError, NotApplicableError
+from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import Policy, RouteTable, make_policy, policy_names
 from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator, routes_from_actions
 from prfaas_env.sim.scenario import Scenario
@@ -58,6 +58,17 @@ _T95 = (
 )
 
 PolicyFactory = Callable[[Scenario], Policy]
+
+# A router keeps up when it completes at least this share of the best throughput on the same
+# requests (the best heuristic of a scenario is chosen among those that keep up).
+KEEP_UP = 0.99
+# Metrics a router can be ranked on, and whether lower is better.
+LOWER_IS_BETTER = {
+    "ttft_p90_s": True,
+    "ttft_p99_s": True,
+    "ttft_mean_s": True,
+    "slo_attainment": False,
+}
 
 # Seed ranges kept apart: training evaluates checkpoints on validation seeds and reports
 # final tables on test seeds; exports record on validation seeds.
@@ -122,7 +133,7 @@ def heuristic_params(sc: Scenario, name: str) -> dict[str, Any]:
         extra["ttft_slo_s"] = sc.ttft_slo_s
     if name == "prfaas_optimised":
         extra["tpot_slo_s"] = sc.tpot_slo_s
-        extra["output_tokens"] = mean_output_tokens(sc.workload)
+        extra["output_tokens"] = sc.workload.mean_output_tokens()
     return {**extra, **policy_params(sc, name)}
 
 
@@ -161,10 +172,10 @@ def run_policy(
     sim = VecSimulator(scenario, n, record=decisions)
     policy = factory(scenario)
     policy.reset(n, seed=int(seeds[0]))
+    observer = SimObserver(sim, policy.routes.num_routes, staleness_s)
     sim.reset(seed=list(seeds))
-    mean_out = mean_output_tokens(scenario.workload)
     for step in range(decisions):
-        actions = policy.act(view_from_sim(sim, staleness_s, mean_out), sim.route_mask())
+        actions = policy.act(observer.observe_view(), observer.mask)
         sim.step(routes_from_actions(actions, policy.routes.num_routes))
         if progress is not None and (step + 1) % 100 == 0:
             progress(100)
@@ -253,3 +264,14 @@ def interval(values: NDArray[np.float64]) -> tuple[float, float]:
         return float(v[0]), 0.0
     t = _T95[min(v.size - 1, len(_T95)) - 1] if v.size - 1 <= len(_T95) else 1.96
     return float(v.mean()), float(t * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def best_baseline(scores: dict[str, dict[str, float]], metric: str) -> str:
+    """The router with the best ``metric`` (:data:`LOWER_IS_BETTER`) among those whose
+    throughput is within 1 % of the highest (a router cannot win on latency by serving fewer
+    requests); ties go to the first name in sorted order."""
+    top = max(s["throughput_rps"] for s in scores.values())
+    ok = {n: s for n, s in scores.items() if s["throughput_rps"] >= KEEP_UP * top}
+    lower = LOWER_IS_BETTER[metric]
+    key = (lambda n: ok[n][metric]) if lower else (lambda n: -ok[n][metric])
+    return min(sorted(ok), key=key)

@@ -14,16 +14,16 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormali
 
 import train as train_cli
 from agents.algos import load_agent_config, parse_agent_config
-from agents.run import AgentPolicy, load_run
+from agents.run import load_run
 from agents.training import TrainArgs, train
-from agents.vec_env import SB3VecEnv
 from prfaas_env.env.config import resolve_config
-from prfaas_env.env.features import view_from_sim
 from prfaas_env.env.single import PrfaaSEnv
 from prfaas_env.env.vector import PrfaaSVectorEnv
 from prfaas_env.errors import ConfigError, replaceable_out
 from prfaas_env.evaluation import METRICS
 from prfaas_env.integrations import AutoresetModeError
+from prfaas_env.integrations.sb3 import SB3VecEnv
+from prfaas_env.policies.learned import ScoredPolicy
 from tests.sim_scenarios import base
 
 SHORT_EPISODES = 40
@@ -231,7 +231,7 @@ def test_agent_policy_acts_like_the_model_on_environment_observations(tmp_path: 
     run = load_run(tmp_path / "p")
     sc, cfg = resolve_config(small_config(tmp_path))
     pol = run.policy(sc, cfg)
-    assert isinstance(pol, AgentPolicy)
+    assert isinstance(pol, ScoredPolicy)
     vn = VecNormalize.load(
         str(tmp_path / "p" / "vecnormalize.pkl"), SB3VecEnv.from_config(sc.source, 5)
     )
@@ -240,7 +240,7 @@ def test_agent_policy_acts_like_the_model_on_environment_observations(tmp_path: 
     obs, _ = env.reset(seed=11)
     for _ in range(30):
         expected, _ = run.model.predict(vn.normalize_obs(obs), deterministic=True)
-        got = pol.act(view_from_sim(env.sim), env.action_masks())
+        got = pol.act(env.view(), env.action_masks())
         np.testing.assert_array_equal(got, expected)
         obs, *_ = env.step(got)
 
@@ -308,12 +308,13 @@ def test_other_algorithms_train_and_evaluate(tmp_path: Path, algo: str, extra: d
     sc, cfg = resolve_config(small_config(tmp_path))
     env = PrfaaSVectorEnv(3, sc.source)
     env.reset(seed=0)
-    a = run.policy(sc, cfg).act(view_from_sim(env.sim), env.action_masks())
+    a = run.policy(sc, cfg).act(env.view(), env.action_masks())
     assert a.shape == (3,) and set(a.tolist()) <= {0, 1}
 
 
 def test_checkpoint_selection_puts_throughput_before_latency() -> None:
-    from agents.training import _improves, best_baseline
+    from agents.training import _improves
+    from prfaas_env.evaluation import best_baseline
 
     p90 = "ttft_p90_s"
     assert _improves(True, 9.0, 2.0, False, 1.0, 2.0, p90)  # keeps up beats a backlog

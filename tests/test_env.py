@@ -156,11 +156,13 @@ def test_single_env_render_and_episode_summary() -> None:
     assert env.action_masks().tolist() == [True, True]
 
 
-def test_docs_hold_the_current_observation_table() -> None:
-    from prfaas_env.env.describe import describe
+def test_docs_hold_the_current_mdp_and_observation_table() -> None:
+    """docs/environment.md ends with what the docstrings generate (the MDP, the reward
+    terms, the default scenario's tables)."""
+    from prfaas_env.env.describe import environment_doc
 
     doc = (ROOT / "docs" / "environment.md").read_text()
-    assert doc.endswith(describe())
+    assert doc.endswith(environment_doc())
 
 
 def test_episodes_can_end_by_simulated_time() -> None:
@@ -186,3 +188,77 @@ def test_every_shipped_config_runs(name: str) -> None:
         a = np.array([rng.choice(np.flatnonzero(m)) for m in mask])
         obs, *_ = env.step(a)
         assert env.observation_space.contains(obs)
+
+
+def test_the_vector_envs_docstring_holds_the_current_feature_table() -> None:
+    from prfaas_env.env.describe import feature_table
+
+    doc = "\n".join(line[4:] for line in (PrfaaSVectorEnv.__doc__ or "").splitlines())
+    assert feature_table() in doc
+
+
+def test_env_settings_have_one_default_each() -> None:
+    """The reward defaults the env uses are the reward module's, and the MDP docstring names
+    the same non-zero weights."""
+    from prfaas_env.env.config import EnvConfig
+    from prfaas_env.env.reward import DEFAULT_WEIGHTS, REWARD_TERMS
+
+    assert EnvConfig().reward == DEFAULT_WEIGHTS and tuple(DEFAULT_WEIGHTS) == REWARD_TERMS
+    doc = " ".join((PrfaaSVectorEnv.__doc__ or "").split())
+    for term, weight in DEFAULT_WEIGHTS.items():
+        if weight:
+            assert f"``{term}`` {weight:g}" in doc
+
+
+@pytest.mark.parametrize(
+    ("actions", "message"),
+    [
+        (np.array([1.5, 0.0]), r"actions: env 0: 1\.5 is not a whole number; allowed: 0\.\.1 "),
+        (np.array([0.0, np.nan]), r"actions: env 1: .*nan is not a whole number"),
+        (np.array([0, 2]), r"actions: env 1: .*2 is not an action; allowed: 0\.\.1 \(0 = prfaas"),
+        (np.array([-1, 0]), r"actions: env 0: .*-1 is not an action"),
+        (np.array([0, 1, 1]), r"actions: expected one action per env, shape \(2,\); got shape"),
+        (np.array([[0, 1]]), r"got shape \(1, 2\)"),
+        (np.array([True, False]), r"expected whole numbers, got dtype bool"),
+        (np.array(["a", "b"]), r"expected whole numbers, got dtype <U1"),
+    ],
+)
+def test_bad_actions_are_refused_with_the_value_and_what_is_allowed(
+    actions: np.ndarray, message: str
+) -> None:
+    env = PrfaaSVectorEnv(2, _cfg())
+    env.reset(seed=0)
+    before = env.sim.state.seq.copy()
+    with pytest.raises(ValueError, match=message):
+        env.step(actions)
+    np.testing.assert_array_equal(env.sim.state.seq, before)  # nothing was stepped
+
+
+def test_whole_float_actions_and_column_vectors_are_accepted() -> None:
+    env = PrfaaSVectorEnv(2, _cfg())
+    env.reset(seed=0)
+    env.step(np.array([1.0, 0.0]))
+    env.step(np.array([[1], [0]]))
+    assert env.sim.state.seq.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (
+            1.5,
+            r"action: 1\.5 is not a whole number; allowed: 0\.\.1 \(0 = prfaas->pd, 1 = pd->pd\)",
+        ),
+        (float("nan"), r"action: nan is not a whole number"),
+        (2, r"action: 2 is not an action; allowed: 0\.\.1"),
+        ([0, 1], r"action: expected one whole number, got shape \(2,\)"),
+        (True, r"action: expected whole numbers, got dtype bool"),
+        (None, r"action: expected whole numbers, got dtype object"),
+    ],
+)
+def test_single_env_refuses_bad_actions(action: object, message: str) -> None:
+    env = PrfaaSEnv(_cfg())
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+    assert env.step(np.int64(1))[3] is False and env.step(1.0)[3] is False

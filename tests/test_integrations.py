@@ -96,6 +96,8 @@ def test_rllib_trains_with_masking_on_the_vector_env(short: str) -> None:
         env_config(short, autoreset_mode="SAME_STEP")
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
+        # every node advertises loopback (tests/conftest.py), not the machine's address
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         algo = ppo_config(
             env_config(short),
             num_envs_per_env_runner=4,

@@ -1,4 +1,6 @@
-"""The compiled observation parts (prfaas_env.sim.observe) against plain NumPy references."""
+"""The observation path against plain NumPy references: the simulator's view (written inside
+the compiled step) against the raw state read with NumPy, the compiled derivations against the
+formulas written out, and the normalisation against the feature table."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from prfaas_env.env.config import resolve_config
-from prfaas_env.env.features import OBS_HIGH, ObservationEncoder, view_from_sim
+from prfaas_env.observation.derive import derive, derive_params
+from prfaas_env.observation.encoder import OBS_HIGH, ObservationEncoder
+from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy
 from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.engine import VecSimulator
@@ -47,23 +51,134 @@ def reference_derived(view: dict, topo: Topology) -> dict[str, np.ndarray]:
     }
 
 
+def reference_view(sim: VecSimulator, staleness_s: float = 0.0) -> dict[str, np.ndarray]:
+    """The router's view read straight from the simulator's packed state with NumPy (the
+    reference the compiled view, prfaas_env.sim.view, must equal); derived entries filled by
+    the compiled derivation, as the environment computed them before the view moved into
+    the step."""
+    st, S, topo = sim.state, sim.static, sim.scenario.topology
+    now = st.now
+    n = sim.num_envs
+    length = sim.workload_state.req_in.astype(float)
+    view: dict[str, np.ndarray] = {
+        "input_tokens": length,
+        "expected_output_tokens": np.full(n, sim.scenario.workload.mean_output_tokens()),
+    }
+    pcl = list(topo.prefill_index)
+    wait = np.maximum(st.p_free - now[:, None], 0.0)
+    cols: dict[str, list[np.ndarray]] = {}
+    for c in pcl:
+        sl = slice(S.cl_p0[c], S.cl_p0[c] + S.cl_np[c])
+        cols.setdefault("queued_requests", []).append(st.p_nq[:, sl].sum(1).astype(float))
+        cols.setdefault("queued_tokens", []).append(st.p_qtok[:, sl].sum(1))
+        cols.setdefault("wait_s", []).append(wait[:, sl].min(1))
+        cols.setdefault("busy_fraction", []).append((wait[:, sl] > 0).mean(1))
+    view["cached_tokens"] = st.obs_cached[:, pcl].astype(float)
+    view["prefill_s"] = st.obs_prefill_s[:, pcl].copy()
+    used = list(topo.route_channels)
+    flows = st.l_n.astype(float)
+    v_now = st.l_v + np.where(
+        flows > 0, (now[:, None] - st.l_t) * st.l_bw / np.maximum(flows, 1), 0
+    )
+    left = np.maximum(st.l_sum_tag - flows * v_now, 0.0)
+    if staleness_s > 0:
+        t = np.floor(now / staleness_s) * staleness_s
+        step = S.ch_step_s[None, :]
+        finite = np.isfinite(step)
+        cells = np.where(finite, np.floor(t[:, None] / np.where(finite, step, 1.0)), 0)
+        idx = cells.astype(np.int64) % S.ch_cells[None, :]
+        measured = np.take_along_axis(st.l_series, idx[:, :, None], axis=2)[:, :, 0]
+    else:
+        measured = st.l_bw.copy()
+    bandwidth_bps = measured[:, used]
+    view["bytes_in_flight"] = left[:, used]
+    view["flows"] = flows[:, used]
+    for c in topo.decode_index:
+        sl = slice(S.cl_d0[c], S.cl_d0[c] + S.cl_nd[c])
+        mb = S.cl_max_batch[c]
+        nd = st.d_n[:, sl]
+        cols.setdefault("free_slots", []).append((mb - nd).sum(1) / (mb * nd.shape[1]))
+        cols.setdefault("kv_used", []).append(
+            st.d_mem[:, sl].sum(1) / (S.cl_kv_cap[c] * nd.shape[1])
+        )
+        cols.setdefault("admission_queue", []).append(st.q_len[:, c].astype(float))
+        has_slot = (nd < mb).any(1) & (st.q_len[:, c] == 0)
+        soonest = np.maximum(st.d_next_t[:, sl].min(1) - now, 0.0)
+        cols.setdefault("admission_wait_s", []).append(
+            np.where(has_slot, 0.0, np.minimum(soonest, 1e6))
+        )
+    for k, v in cols.items():
+        view[k] = np.stack(v, axis=1)
+    view["uncached_tokens"] = np.empty((n, len(pcl)))
+    view["bandwidth"] = np.empty((n, len(used)))
+    view["transfer_s"] = np.empty((n, len(used)))
+    view["estimated_ttft_s"] = np.empty((n, len(topo.routes)))
+    derive(
+        derive_params(topo, sim.tables),
+        length,
+        view["cached_tokens"],
+        view["wait_s"],
+        bandwidth_bps,
+        view["flows"],
+        view["uncached_tokens"],
+        view["prefill_s"],
+        view["bandwidth"],
+        view["transfer_s"],
+        view["estimated_ttft_s"],
+        False,
+    )
+    view["ttft_ewma_s"] = np.nan_to_num(st.m_ttft_ewma, nan=0.0)
+    return view
+
+
+@pytest.mark.parametrize(
+    ("name", "staleness_s"), [(n, 0.0) for n in sorted(SCENARIOS)] + [("starved", 7.5)]
+)
+def test_the_simulators_view_equals_its_state_read_with_numpy(
+    name: str, staleness_s: float
+) -> None:
+    """Differential: the view the step writes (and the observation finished from it) equals
+    the one read from the raw state with NumPy, over 300 decisions with resets; the mask is
+    the live-bandwidth rule."""
+    sc = parse_scenario(SCENARIOS[name](), name)
+    sim = VecSimulator(sc, 4)
+    topo = sc.topology
+    routes = RouteTable.from_topology(topo)
+    observer = SimObserver(sim, routes.num_actions, staleness_s)
+    sim.reset(seed=3)
+    policy = make_policy("mooncake", routes, topo)
+    for step in range(300):
+        obs = observer.observe()
+        got = observer.view()
+        want = reference_view(sim, staleness_s)
+        for key, value in want.items():
+            np.testing.assert_array_equal(np.asarray(got[key]), value, err_msg=key)
+        np.testing.assert_array_equal(obs, observer.encoder.encode(want))
+        np.testing.assert_array_equal(observer.mask, sim.route_mask())
+        sim.step(policy.act(got, observer.mask))
+        if step == 150:
+            sim.reset(seed=[11, 0, 0, 12], mask=np.array([True, False, False, True]))
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_derived_view_entries_match_the_numpy_formulas(name: str) -> None:
     """Differential: the compiled derivation equals the written-out formulas on simulator
     views, including a link that goes down (the starved scenario's outage)."""
     sc = parse_scenario(SCENARIOS[name](), name)
     sim = VecSimulator(sc, 4)
-    sim.reset(seed=3)
     topo = sc.topology
-    policy = make_policy("mooncake", RouteTable.from_topology(topo), topo)
+    routes = RouteTable.from_topology(topo)
+    observer = SimObserver(sim, routes.num_actions)
+    sim.reset(seed=3)
+    policy = make_policy("mooncake", routes, topo)
     down = 0
     for _ in range(300):
-        view = view_from_sim(sim)
+        view = observer.observe_view()
         ref = reference_derived(view, topo)
         for key, want in ref.items():  # bandwidth is carried as a fraction: an ulp or so
             np.testing.assert_allclose(view[key], want, rtol=1e-12, atol=0, err_msg=key)
         down += int((view["bandwidth"] == 0).sum())
-        sim.step(policy.act(view, sim.route_mask()))
+        sim.step(policy.act(view, observer.mask))
     if name == "starved":
         assert down > 0  # the outage was observed, so the link-down branch ran
 

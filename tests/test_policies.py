@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from prfaas_env.env import PrfaaSVectorEnv
-from prfaas_env.env.features import view_from_sim
 from prfaas_env.errors import UnknownNameError
 from prfaas_env.policies import RouteTable, make_policy, policy_names
 from tests.sim_scenarios import base, mooncake, starved
@@ -20,7 +19,7 @@ def _run(cfg: dict, name: str, steps: int, seed: int = 0, **params: object) -> P
     env.reset(seed=seed)
     for _ in range(steps):
         mask = env.action_masks()
-        a = policy.act(view_from_sim(env.sim), mask)
+        a = policy.act(env.view(), mask)
         assert mask[np.arange(2), a].all()
         env.step(a)
     return env
@@ -51,7 +50,7 @@ def test_prfaas_threshold_offloads_exactly_the_long_prompts() -> None:
     pol.reset(1, 0)
     env.reset(seed=0)
     for _ in range(100):
-        view = view_from_sim(env.sim)
+        view = env.view()
         a = pol.act(view, env.action_masks())
         assert routes.offload[a[0]] == (view["input_tokens"][0] > 20_000)
         env.step(a)
@@ -99,7 +98,7 @@ def test_mooncake_picks_the_lowest_estimated_ttft_and_rejects_hopeless_requests(
     pol.reset(1, 0)
     env.reset(seed=0)
     for _ in range(300):
-        view = view_from_sim(env.sim)
+        view = env.view()
         a = pol.act(view, env.action_masks())
         est = pol.scores(view)[0]
         if a[0] != routes.reject:
@@ -167,6 +166,6 @@ def test_prfaas_optimised_rechooses_its_threshold() -> None:
     pol.reset(4, 0)
     env.reset(seed=0)
     for _ in range(100):
-        env.step(pol.act(view_from_sim(env.sim), env.action_masks()))
+        env.step(pol.act(env.view(), env.action_masks()))
     assert len(pol.history) >= 3
     assert 4_000 < pol.history[-1] < 60_000

@@ -16,13 +16,15 @@ from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
 import evaluate as evaluate_cli
-from agents.training import best_baseline, train
+from agents.run import load_run
+from agents.training import train
 from prfaas_env.env.config import resolve_config
-from prfaas_env.env.features import mean_output_tokens, view_from_sim
-from prfaas_env.env.live import LiveState, LiveStateError, Parsed
-from prfaas_env.export import STATELESS_FALLBACKS, export_bundle
+from prfaas_env.evaluation import best_baseline
+from prfaas_env.export import STATELESS_FALLBACKS, default_fallback, export_bundle
 from prfaas_env.export.distill import best_knobs
 from prfaas_env.export.record import record
+from prfaas_env.observation.live import LiveState, LiveStateError, Parsed
+from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy
 from prfaas_env.router import BundleError, Router, load_bundle
 from prfaas_env.router.__main__ import check_golden
@@ -37,7 +39,7 @@ SCENARIOS = ("paper_prfaas", "mooncake_fluctuating", "multi_region", "starved_10
 
 def live_of(name: str, admission: bool = False) -> tuple[Any, LiveState]:
     sc, _ = resolve_config(name)
-    return sc, LiveState(sc.topology, mean_output_tokens(sc.workload), admission)
+    return sc, LiveState(sc.topology, sc.workload.mean_output_tokens(), admission)
 
 
 # ---- live state <-> view ------------------------------------------------------------------------
@@ -48,10 +50,11 @@ def test_live_state_gives_the_simulators_view_exactly(name: str) -> None:
     states written from simulator views (to the last bits: bandwidth is carried in Gbps)."""
     sc, live = live_of(name)
     sim = VecSimulator(sc, 3)
+    observer = SimObserver(sim, live.num_actions)
     sim.reset(seed=[5, 6, 7])
     policy = make_policy("mooncake", RouteTable.from_topology(sc.topology), sc.topology)
     for _ in range(150):
-        view = view_from_sim(sim)
+        view = observer.observe_view()
         states = [json.loads(json.dumps(live.state(view, i))) for i in range(3)]
         parsed = live.parse(states)
         assert parsed.problems == [[], [], []]
@@ -86,8 +89,9 @@ def test_states_follow_the_published_schema() -> None:
         return True
 
     sim = VecSimulator(sc, 2)
+    observer = SimObserver(sim, live.num_actions)
     sim.reset(seed=[1, 2])
-    state = live.state(view_from_sim(sim), 0)
+    state = live.state(observer.observe_view(), 0)
     p0 = live.entities["prefill"][0]
     docs: list[Any] = [state, {"request": {"input_tokens": 10}}, {"prefill": {}}, [1], "x"]
     for path, value in (
@@ -202,7 +206,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("export")
     train(quick_args(tmp, "run", timesteps=1024), echo=lambda s: None)
     out = tmp / "bundle"
-    export_bundle(tmp / "run", out, distill=False, echo=lambda s: None)
+    scores = json.loads((tmp / "run" / "baselines.json").read_text())["scores"]
+    export_bundle(
+        load_run(tmp / "run", "selected"),
+        out,
+        fallback=default_fallback(scores),
+        distill=False,
+        echo=lambda s: None,
+    )
     return out
 
 

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prfaas_env.sim import kernel
+from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.sim.costs import prefill_time
 from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.lookahead import PREFETCH_AHEAD
 from prfaas_env.sim.reference import ReferenceSimulator
 from prfaas_env.sim.scenario import parse_scenario
 from prfaas_env.sim.state import RECORD_FIELDS, STATE_LAYOUT
@@ -75,9 +76,10 @@ def _run(sim: VecSimulator, steps: int, seed: int) -> None:
 def test_same_seed_same_results_and_batch_equals_standalone() -> None:
     # enough envs that the kernel's prefetching of envs ahead runs, serial and threaded
     sc = scenario("starved")
-    n = 2 * kernel.PREFETCH_AHEAD * max(numba.get_num_threads(), 2) + 8
+    n = 2 * PREFETCH_AHEAD * max(numba.get_num_threads(), 2) + 8
     batch = VecSimulator(sc, n, record=150)
     batch.reset(seed=100)
+    SimObserver(batch, batch.num_routes)  # the view is written inside the step too
     rng = np.random.default_rng(0)
     routes = rng.integers(batch.num_routes, size=(150, n))
     for r in routes:
@@ -91,10 +93,11 @@ def test_same_seed_same_results_and_batch_equals_standalone() -> None:
         for f in RECORD_FIELDS:
             np.testing.assert_array_equal(a[f], b[f], err_msg=f)
     again = VecSimulator(sc, n, record=150, parallel=not batch.parallel)  # threads or not
+    SimObserver(again, again.num_routes)
     again.reset(seed=100)
     for r in routes:
         again.step(r)
-    for part in ("state", "cache", "workload_state"):
+    for part in ("state", "cache", "workload_state", "view"):
         for name in getattr(batch, part)._fields:
             np.testing.assert_array_equal(
                 getattr(getattr(again, part), name),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,36 @@ def test_step_refuses_an_env_whose_counters_could_overflow() -> None:
     sim.reset(seed=0, mask=np.array([False, True, False]))
     sim._unchecked_steps = _ARRIVAL_CHECK_STEPS - 1
     sim.step(np.zeros(3, np.int64))
+
+
+def test_compiled_code_cache_is_keyed_by_the_sources_and_never_deleted(tmp_path: Path) -> None:
+    """The cache folder is named after a digest of the compiled sources: another source,
+    another folder; importing deletes nothing (another digest's files survive)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from prfaas_env.sim import jit
+
+    pkg = tmp_path / "pkg"
+    for pattern in jit.COMPILED_SOURCES:
+        for f in jit.PACKAGE.glob(pattern):
+            target = pkg / f.relative_to(jit.PACKAGE)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, target)
+    same = jit.sources_digest(pkg)
+    assert same == jit.sources_digest()
+    kernel = pkg / "sim" / "kernel.py"
+    kernel.write_text(kernel.read_text() + "\n# edited\n")
+    assert jit.sources_digest(pkg) != same
+    cache = tmp_path / "cache"
+    old = cache / "numba-0123456789abcdef" / "x.nbi"
+    old.parent.mkdir(parents=True)
+    old.write_text("stale")
+    code = "from prfaas_env.sim import jit, kernel; print(jit.CACHE_DIR)"
+    env = {**os.environ, "PRFAAS_ENV_CACHE_DIR": str(cache)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == str(cache / f"numba-{same}")
+    assert old.read_text() == "stale"

@@ -1,20 +1,16 @@
 """The ``env:`` section of a scenario file: episodes, rewards, observation options.
 
-```yaml
-env:
-  max_decisions: 1024        # episode length in routing decisions (truncation)
-  max_seconds: null          # or a limit in simulated seconds (whichever comes first)
-  admission_control: false   # add a "reject" action
-  observation:
-    bandwidth_staleness_s: 0 # link bandwidth as last measured this many seconds ago (0 = live)
-    dict: false              # Dict observation {"observation", "action_mask"} instead of a Box
-  reward:                    # weights of the per-step reward terms (see docs/environment.md)
-    slo: 1.0
-    ttft: 0.0
-    waiting: 0.0
-    throughput: 0.0
-    reject: 1.0
-```
+Keys (defaults are :class:`EnvConfig`'s; the MDP is specified in
+:class:`prfaas_env.env.vector.PrfaaSVectorEnv`'s docstring)::
+
+    env:
+      max_decisions:            # episode length in routing decisions (truncation)
+      max_seconds:              # or a limit in simulated seconds (whichever comes first)
+      admission_control:        # add a "reject" action
+      observation:
+        bandwidth_staleness_s:  # link bandwidth as measured at the last multiple of this (s)
+        dict:                   # Dict observation {"observation", "action_mask"}, not a Box
+      reward: {TERM: WEIGHT}    # weights of the terms of prfaas_env.env.reward
 """
 
 from __future__ import annotations
@@ -23,32 +19,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from prfaas_env.env.reward import DEFAULT_WEIGHTS, REWARD_TERMS
 from prfaas_env.errors import ConfigError, check_keys, number
 from prfaas_env.sim.scenario import Scenario, load_scenario, parse_scenario
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = "paper_prfaas"
-REWARD_TERMS = ("slo", "ttft", "waiting", "throughput", "reject")
 
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """Episode, reward and observation settings (see the module docstring)."""
+    """Episode, reward and observation settings (see the module docstring): the one place
+    their defaults are written."""
 
     max_decisions: int | None = 1024
     max_seconds: float | None = None
     admission_control: bool = False
     bandwidth_staleness_s: float = 0.0
     dict_observation: bool = False
-    reward: dict[str, float] = field(
-        default_factory=lambda: {
-            "slo": 1.0,
-            "ttft": 0.0,
-            "waiting": 0.0,
-            "throughput": 0.0,
-            "reject": 1.0,
-        }
-    )
+    reward: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
 def _flag(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
@@ -94,7 +83,7 @@ def parse_env_config(raw: Any, where: str) -> EnvConfig:
         reward=weights,
     )
     if "max_decisions" not in raw and cfg.max_seconds is None:
-        cfg = replace(cfg, max_decisions=1024)
+        cfg = replace(cfg, max_decisions=EnvConfig.max_decisions)
     if cfg.max_decisions is None and cfg.max_seconds is None:
         raise ConfigError(f"{where}: set max_decisions or max_seconds (episodes must end)")
     return cfg

@@ -7,9 +7,10 @@ its output for the default scenario (a test keeps the two equal).
 from __future__ import annotations
 
 import argparse
+import re
 
 from prfaas_env.env.config import resolve_config
-from prfaas_env.env.features import OBS_HIGH, ObservationEncoder
+from prfaas_env.observation.encoder import OBS_HIGH, ObservationEncoder
 from prfaas_env.sim.topology import REJECT_LABEL
 
 
@@ -38,10 +39,77 @@ def describe(config: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def feature_table(config: str | None = None) -> str:
+    """The compact feature table (index, feature, unit, normalisation) the vector env's
+    docstring holds for the default scenario, as reStructuredText."""
+    sc, _ = resolve_config(config)
+    rows = [
+        (str(i), f.name, f.unit, f.normalisation)
+        for i, f in enumerate(ObservationEncoder(sc.topology).features())
+    ]
+    head = ("index", "feature", "unit", "normalisation")
+    widths = [max(len(r[j]) for r in [head, *rows]) for j in range(4)]
+    rule = " ".join("=" * w for w in widths)
+
+    def line(r: tuple[str, ...]) -> str:
+        return " ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip()
+
+    return "\n".join([rule, line(head), rule, *(line(r) for r in rows), rule]) + "\n"
+
+
+def mdp_markdown() -> str:
+    """The MDP as :class:`~prfaas_env.env.vector.PrfaaSVectorEnv`'s docstring states it (up
+    to its arguments, without the compact feature table), for docs/environment.md."""
+    import inspect
+
+    from prfaas_env.env.vector import PrfaaSVectorEnv
+
+    doc = inspect.cleandoc(PrfaaSVectorEnv.__doc__ or "")
+    doc = doc.split("\nArgs:\n")[0]
+    lines = doc.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("=====")]
+    if rules:  # the compact table: docs/environment.md prints the full one
+        lines = lines[: rules[0]] + lines[rules[-1] + 1 :]
+    text = "\n".join(lines).replace("\n\n\n", "\n\n").strip()
+    # the compact table was cut: the page tables the features at its end
+    text = re.sub(
+        r"features \(``python -m .*?current\):",
+        "features are tabled at the end of this page.",
+        text,
+    )
+    return text + "\n"
+
+
+def environment_doc() -> str:
+    """The generated part of docs/environment.md: the MDP, the reward terms, and the default
+    scenario's actions and features (``python -m prfaas_env.env.describe --doc``)."""
+    import inspect
+
+    from prfaas_env.env import reward
+
+    terms = inspect.cleandoc(reward.__doc__ or "").split("\n\n", 1)[1]
+    return (
+        "## The MDP\n\n"
+        + mdp_markdown()
+        + "\n## Reward terms\n\n"
+        + terms.strip()
+        + "\n\n## Actions and observation of the default scenario\n\n"
+        + describe()
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="config name or path (default: paper_prfaas)")
-    print(describe(ap.parse_args().config), end="")
+    ap.add_argument(
+        "--compact", action="store_true", help="the compact table of the env's docstring"
+    )
+    ap.add_argument("--doc", action="store_true", help="the generated part of the docs page")
+    args = ap.parse_args()
+    if args.doc:
+        print(environment_doc(), end="")
+    else:
+        print((feature_table if args.compact else describe)(args.config), end="")
 
 
 if __name__ == "__main__":

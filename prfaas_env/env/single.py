@@ -10,15 +10,20 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from numpy.typing import NDArray
 
+from prfaas_env.env.actions import check_action
 from prfaas_env.env.vector import PrfaaSVectorEnv
 
 
 class PrfaaSEnv(gym.Env):
-    """A single environment; same arguments as :class:`PrfaaSVectorEnv` minus ``num_envs``.
+    """A single environment: the MDP of :class:`PrfaaSVectorEnv` (whose docstring specifies
+    it) with one env, and the same arguments minus ``num_envs``.
 
-    Episodes end by truncation (``env.max_decisions`` or ``env.max_seconds`` of the config),
-    never by termination. ``action_masks()`` returns the allowed actions (the form sb3-contrib's
-    MaskablePPO reads); ``info["action_mask"]`` carries the same.
+    ``step`` takes one whole number in ``[0, actions)`` (ValueError otherwise, naming the
+    value and the allowed actions). Episodes end by truncation, never by termination.
+    ``action_masks()`` returns the allowed actions (the form sb3-contrib's MaskablePPO
+    reads); ``info["action_mask"]`` carries the same. All randomness comes from
+    ``np_random``: an env reset with ``seed=s`` equals env ``i`` of a vector env reset with
+    ``seed=s - i``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
@@ -29,54 +34,57 @@ class PrfaaSEnv(gym.Env):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
         dict_observation: bool | None = None,
+        rate_multiplier: float | None = None,
     ) -> None:
-        self._vec = PrfaaSVectorEnv(
+        self.vector = PrfaaSVectorEnv(
             1,
             config,
             autoreset_mode=AutoresetMode.DISABLED,
             render_mode=render_mode,
             max_episode_steps=max_episode_steps,
             parallel=False,
+            rate_multiplier=rate_multiplier,
             dict_observation=dict_observation,
         )
         self.render_mode = render_mode
-        self.observation_space = self._vec.single_observation_space
-        self.action_space = self._vec.single_action_space
-        self.action_meanings = self._vec.action_meanings
-        self.encoder = self._vec.encoder
-        self.scenario = self._vec.scenario
+        self.observation_space = self.vector.single_observation_space
+        self.action_space = self.vector.single_action_space
+        self.action_meanings = self.vector.action_meanings
+        self.encoder = self.vector.encoder
+        self.scenario = self.vector.scenario
+        self._action = np.zeros(1, np.int64)
+        self._all = np.ones(1, np.bool_)
 
     @property
     def sim(self) -> Any:
         """The underlying one-env simulator."""
-        return self._vec.sim
+        return self.vector.sim
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)
-        self._vec._rngs[0] = self.np_random  # every draw comes from this env's generator
-        self._vec._reset_envs(np.ones(1, np.bool_))
-        self._vec._autoreset[:] = False
-        mask = self._vec.action_masks()
-        return _first(self._vec._obs(mask)), _unbatch(self._vec._info(mask, {}))
+        # every draw comes from this env's generator
+        obs, info = self.vector.reset_envs(self._all, [self.np_random])
+        return _first(obs), _first_info(info)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self._vec.step(np.array([int(action)]))
+        self._action[0] = check_action(action, self.action_meanings)
+        obs, reward, terminated, truncated, info = self.vector.step(self._action)
         return (
             _first(obs),
             float(reward[0]),
             bool(terminated[0]),
             bool(truncated[0]),
-            _unbatch(info),
+            _first_info(info),
         )
 
     def action_masks(self) -> NDArray[np.bool_]:
         """Allowed actions now (True = allowed)."""
-        return self._vec.action_masks()[0]
+        return self.vector.action_masks()[0]
 
     def render(self) -> str | None:
-        return self._vec.render()
+        return self.vector.render()
 
 
 def _first(obs: Any) -> Any:
@@ -85,24 +93,16 @@ def _first(obs: Any) -> Any:
     return obs[0]
 
 
-def _unbatch(info: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in info.items():
-        if k.startswith("_"):
-            continue
-        mask = info.get(f"_{k}")
-        if mask is not None and not bool(np.asarray(mask)[0]):
-            continue
-        if isinstance(v, dict):
-            out[k] = {kk: _scalar(vv) for kk, vv in v.items()}
-        else:
-            out[k] = _scalar(v)
+def _first_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The one env's info from a vector env's (every entry is present for env 0)."""
+    out: dict[str, Any] = {
+        "action_mask": info["action_mask"][0],
+        "sim_time_s": float(info["sim_time_s"][0]),
+    }
+    terms = info.get("reward_terms")
+    if terms is not None:
+        out["reward_terms"] = {k: float(v[0]) for k, v in terms.items()}
+    summary = info.get("episode_summary")
+    if summary is not None and info["_episode_summary"][0]:
+        out["episode_summary"] = {k: float(v[0]) for k, v in summary.items()}
     return out
-
-
-def _scalar(v: Any) -> Any:
-    a = np.asarray(v)
-    if a.dtype == object:
-        return a[0]
-    x = a[0]
-    return x.item() if np.ndim(x) == 0 else x

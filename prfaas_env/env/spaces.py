@@ -4,13 +4,12 @@ config and names the first difference."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from prfaas_env.env.config import EnvConfig
-from prfaas_env.env.features import ObservationEncoder
-from prfaas_env.errors import ConfigError
-from prfaas_env.policies import RouteTable
+from prfaas_env.errors import ConfigError, first_difference
+from prfaas_env.observation.encoder import ObservationEncoder
+from prfaas_env.observation.routes import RouteTable
 from prfaas_env.sim.scenario import Scenario
 
 
@@ -23,14 +22,6 @@ def spaces_signature(scenario: Scenario, env_cfg: EnvConfig) -> dict[str, Any]:
         "actions": list(routes.labels),
         "dict_observation": env_cfg.dict_observation,
     }
-
-
-def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Index of the first entry where ``a`` and ``b`` differ (the shorter length when one is
-    a prefix of the other)."""
-    return next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-    )
 
 
 def check_spaces(

@@ -1,15 +1,17 @@
-"""Export a trained run to a deployable bundle (see :mod:`prfaas_env.router.bundle`).
+"""Export a trained policy to a deployable bundle (see :mod:`prfaas_env.router.bundle`).
 
-    python -m prfaas_env.export --run runs/NAME --out bundles/NAME
+    python export.py --run runs/NAME --out bundles/NAME      # a train.py run
 
-Steps: load the run's selected checkpoint; route ``seeds x decisions`` requests of its
-scenario (validation seeds 10000+) with it and record every view (10,000 decisions by
-default); build the policy graph (normalisation and masking inside) and write it as ONNX and
-TorchScript; check that both choose the SB3 policy's action on the recorded decisions (export
-fails on any disagreement where the two best scores are more than 1e-4 apart; closer pairs may
-order differently in float32); write the golden file, the live-state schema, the manifest
-and, unless skipped, the distilled knobs. The bundle is written into a temporary sibling
-folder that replaces ``out`` only once complete.
+:func:`export_bundle` takes any trained policy that offers the small interface of
+:class:`prfaas_env.export.policy.TrainedPolicy` (spaces signature, normaliser, scores).
+Steps: route ``seeds x decisions`` requests of the policy's scenario (validation seeds
+10000+) with it and record every view (10,000 decisions by default); build the policy graph
+(normalisation and masking inside) and write it as ONNX and TorchScript; check that both
+choose the trained policy's action on the recorded decisions (export fails on any
+disagreement where the two best scores are more than 1e-4 apart; closer pairs may order
+differently in float32); write the golden file, the live-state schema, the manifest and,
+unless skipped, the distilled knobs. The bundle is written into a temporary sibling folder
+that replaces ``out`` only once complete.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env import package_versions
-from prfaas_env.env.features import mean_output_tokens
-from prfaas_env.env.live import STATE_FORMAT, LiveState
+from prfaas_env.env.spaces import check_spaces
 from prfaas_env.errors import ConfigError, replaceable_out
-from prfaas_env.evaluation import VALIDATION_SEED, heuristic_params, seed_range
+from prfaas_env.evaluation import VALIDATION_SEED, best_baseline, heuristic_params, seed_range
 from prfaas_env.export.graph import (
     INPUT_NAMES,
     ONNX_OPSET,
@@ -38,7 +39,11 @@ from prfaas_env.export.graph import (
     write_onnx,
     write_torchscript,
 )
+from prfaas_env.export.policy import TrainedPolicy
 from prfaas_env.export.record import Recording, record
+from prfaas_env.observation.live import STATE_FORMAT, LiveState
+from prfaas_env.policies import RouteTable
+from prfaas_env.policies.learned import ScoredPolicy
 from prfaas_env.router.bundle import (
     BUNDLE_FORMAT,
     STATELESS_FALLBACKS,
@@ -53,14 +58,14 @@ GOLDEN_MARGIN = 1e-3  # golden rows need this gap between the best and second al
 
 @dataclass(frozen=True)
 class Parity:
-    """How often each runtime picks the SB3 policy's action on the recorded decisions."""
+    """How often each runtime picks the trained policy's action on the recorded decisions."""
 
     decisions: int
     onnx_agree: int
     torchscript_agree: int
     max_score_diff_onnx: float
     max_score_diff_torchscript: float
-    real_disagreements: int  # disagreements where the SB3 scores are not tied (within TIE)
+    real_disagreements: int  # disagreements where the trained scores are not tied (within TIE)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,41 +80,44 @@ class Parity:
 
 
 def export_bundle(
-    run: str | Path,
+    trained: TrainedPolicy,
     out: str | Path,
-    checkpoint: str = "selected",
+    fallback: str = "mooncake",
     seeds: int = 5,
     decisions: int = 2000,
-    fallback: str | None = None,
     golden: int = 256,
     distill: bool = True,
     force: bool = False,
     echo: Any = print,
 ) -> dict[str, Any]:
-    """Write the bundle of run folder ``run`` into ``out``; returns the manifest.
+    """Write the bundle of ``trained`` into ``out``; returns the manifest.
 
-    Raises ConfigError (bad arguments, unreadable run) or RuntimeError (a runtime disagrees
-    with the SB3 policy, which would make the bundle untrustworthy).
+    ``fallback``: the stateless heuristic a router uses when the policy cannot decide
+    (:func:`default_fallback` picks the best one from a run's baseline scores).
+
+    Raises ConfigError (bad arguments, a policy whose spaces do not match its scenario) or
+    RuntimeError (a runtime disagrees with the trained policy, which would make the bundle
+    untrustworthy).
     """
-    from agents.run import load_run, run_scenario
-
     out = Path(out)
     replaceable_out(out, force, "manifest.json", "bundle")  # replaced once the bundle is built
     if seeds < 1 or decisions < 1 or golden < 1:
         raise ConfigError("--seeds, --decisions and --golden must be >= 1")
-    if fallback is not None and fallback not in STATELESS_FALLBACKS:
+    if fallback not in STATELESS_FALLBACKS:
         raise ConfigError(
             f"--fallback {fallback!r}: a fallback must be a stateless heuristic; allowed: "
             f"{', '.join(STATELESS_FALLBACKS)}"
         )
-    trained = load_run(run, checkpoint)
-    meta = trained.meta
-    scenario, env_cfg = run_scenario(meta)
-    agent = trained.policy(scenario, env_cfg, label=f"agent:{Path(run).name}")
-    live = LiveState(
-        scenario.topology, mean_output_tokens(scenario.workload), env_cfg.admission_control
+    scenario, env_cfg = trained.scenario, trained.env_config
+    check_spaces(trained.spaces, scenario, env_cfg, trained.name)
+    topo = scenario.topology
+    agent = ScoredPolicy(
+        RouteTable.from_topology(topo, env_cfg.admission_control),
+        topo,
+        trained.scores,
+        trained.name,
     )
-    fb = fallback or _default_fallback(Path(run))
+    live = LiveState(topo, scenario.workload.mean_output_tokens(), env_cfg.admission_control)
     # everything is written into a sibling folder, which replaces `out` only when complete
     work = out.with_name(f".{out.name}.partial")
     if work.exists():
@@ -117,20 +125,7 @@ def export_bundle(
     work.mkdir(parents=True)
     try:
         manifest = _write_bundle(
-            work,
-            trained,
-            agent,
-            live,
-            scenario,
-            env_cfg,
-            Path(run),
-            checkpoint,
-            fb,
-            seeds,
-            decisions,
-            golden,
-            distill,
-            echo,
+            work, trained, agent, live, fallback, seeds, decisions, golden, distill, echo
         )
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -141,15 +136,19 @@ def export_bundle(
     return manifest
 
 
+def default_fallback(baseline_scores: dict[str, dict[str, float]] | None) -> str:
+    """The best stateless heuristic by P90 TTFT among those that keep up with the best
+    throughput (``baseline_scores``: mean metrics per heuristic); Mooncake's conductor when
+    there are none."""
+    scores = {k: v for k, v in (baseline_scores or {}).items() if k in STATELESS_FALLBACKS}
+    return best_baseline(scores, "ttft_p90_s") if scores else "mooncake"
+
+
 def _write_bundle(
     out: Path,
-    trained: Any,
-    agent: Any,
+    trained: TrainedPolicy,
+    agent: ScoredPolicy,
     live: LiveState,
-    scenario: Any,
-    env_cfg: Any,
-    run: Path,
-    checkpoint: str,
     fallback: str,
     seeds: int,
     decisions: int,
@@ -157,36 +156,39 @@ def _write_bundle(
     distill: bool,
     echo: Any,
 ) -> dict[str, Any]:
+    scenario, env_cfg = trained.scenario, trained.env_config
     seed_list = seed_range(VALIDATION_SEED, seeds)  # distilled knobs use the test seeds
     echo(f"recording {seeds} x {decisions} decisions of {scenario.source} ...")
     rec = record(scenario, agent, live, seed_list, decisions, env_cfg.bandwidth_staleness_s)
     obs = live.encoder.encode(rec.view)
 
-    meta = trained.meta
-    norm = trained.normalizer
-    dict_obs = bool(meta["spaces"].get("dict_observation"))
-    graph = PolicyGraph(trained.model, norm.mean, norm.var, norm.epsilon, norm.clip, dict_obs)
+    dict_obs = bool(trained.spaces.get("dict_observation"))
+    graph = PolicyGraph(
+        trained.scoring_module(),
+        trained.normalizer,
+        live.encoder.size,
+        trained.score_kind,
+        dict_obs,
+    )
     actions = live.num_actions
     echo("writing policy.onnx and policy.pt ...")
     write_onnx(graph, actions, out / "policy.onnx")
     write_torchscript(graph, actions, out / "policy.pt")
-    from agents.run import policy_scores
-
-    sb3_scores = policy_scores(agent.model, agent.observe(rec.view, rec.mask))
-    parity = check_parity(out, obs, rec.mask, rec.actions, sb3_scores)
+    ref_scores = trained.scores(obs, rec.mask)
+    parity = check_parity(out, obs, rec.mask, rec.actions, ref_scores)
     echo(
         f"parity on {parity.decisions} recorded decisions: ONNX {parity.onnx_agree}, "
-        f"TorchScript {parity.torchscript_agree} agree with the SB3 policy"
+        f"TorchScript {parity.torchscript_agree} agree with the trained policy"
     )
     if parity.real_disagreements:
         raise RuntimeError(
-            f"the exported graph disagrees with the SB3 policy on {parity.real_disagreements} "
-            f"of {parity.decisions} recorded decisions whose two best scores are more than "
-            f"{TIE} apart"
+            f"the exported graph disagrees with the trained policy on "
+            f"{parity.real_disagreements} of {parity.decisions} recorded decisions whose two "
+            f"best scores are more than {TIE} apart"
         )
-    _write_golden(out / "golden.jsonl", live, rec, obs, sb3_scores, golden)
+    _write_golden(out / "golden.jsonl", live, rec, obs, ref_scores, golden)
     (out / "state.schema.json").write_text(json.dumps(live.schema(), indent=1) + "\n")
-    manifest = _manifest(meta, run, checkpoint, live, graph, parity, scenario, fallback)
+    manifest = _manifest(trained, live, graph, parity, fallback)
     if distill:
         from prfaas_env.export.distill import distill_knobs, write_distilled
 
@@ -269,34 +271,18 @@ def _write_golden(
             f.write(json.dumps(line) + "\n")
 
 
-def _default_fallback(run: Path) -> str:
-    """The run's best heuristic on its validation seeds (baselines.json), among the stateless
-    ones; Mooncake's conductor when the run has no baselines."""
-    path = run / "baselines.json"
-    if path.is_file():
-        from agents.training import best_baseline
-
-        scores = json.loads(path.read_text())["scores"]
-        scores = {k: v for k, v in scores.items() if k in STATELESS_FALLBACKS}
-        if scores:
-            return best_baseline(scores, "ttft_p90_s")
-    return "mooncake"
-
-
 def _versions() -> dict[str, str]:
-    return package_versions("torch", "stable-baselines3", "onnx", "onnxruntime", "numpy")
+    return package_versions("torch", "onnx", "onnxruntime", "numpy")
 
 
 def _manifest(
-    meta: dict[str, Any],
-    run: Path,
-    checkpoint: str,
+    trained: TrainedPolicy,
     live: LiveState,
     graph: PolicyGraph,
     parity: Parity,
-    scenario: Any,
     fallback: str,
 ) -> dict[str, Any]:
+    scenario = trained.scenario
     topo_raw = _portable_topology(scenario.raw["topology"])
     routes = live.topology.routes
     clusters = live.topology.clusters
@@ -317,15 +303,7 @@ def _manifest(
     return {
         "format": BUNDLE_FORMAT,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "run": {
-            "path": str(run),
-            "checkpoint": checkpoint,
-            "algo": meta["algo"],
-            "seed": meta["seed"],
-            "config": meta["config"],
-            "rate_multiplier": meta.get("rate_multiplier"),
-            "timesteps": meta.get("timesteps_done"),
-        },
+        "run": dict(trained.provenance),
         "model": {
             "onnx": "policy.onnx",
             "opset": ONNX_OPSET,
@@ -340,7 +318,7 @@ def _manifest(
             ],
             "scores": graph.score_kind,
             "normalisation": "inside the graph: clip((x - mean) / sqrt(var + eps), -clip, clip) "
-            "with the run's statistics; feed the encoder's output",
+            "with the trained policy's statistics; feed the encoder's output",
             "mask": "input action_mask; the action is the argmax of the scores over allowed "
             "actions (scores are returned before masking). A row with no allowed action "
             "returns 0: the router falls back instead",

@@ -26,7 +26,6 @@ import numpy as np
 import yaml
 
 from prfaas_env.env.config import EnvConfig
-from prfaas_env.env.live import LiveState
 from prfaas_env.evaluation import (
     METRICS,
     TEST_SEED,
@@ -36,6 +35,7 @@ from prfaas_env.evaluation import (
     seed_range,
 )
 from prfaas_env.export.record import Recording
+from prfaas_env.observation.live import LiveState
 from prfaas_env.policies import make_policy
 from prfaas_env.sim.scenario import Scenario
 

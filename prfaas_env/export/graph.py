@@ -1,4 +1,4 @@
-"""A trained SB3 policy as one self-contained torch module, and its ONNX and TorchScript files.
+"""A trained policy as one self-contained torch module, and its ONNX and TorchScript files.
 
 :class:`PolicyGraph` takes what a router has at hand, the encoder's observation vector (before
 normalisation) and the action mask, and returns the greedy action and the raw scores:
@@ -17,7 +17,6 @@ returns action 0; routers check the mask before trusting the action.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import warnings
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from prfaas_env.export.policy import SCORE_KINDS, Normalizer
+
 ONNX_OPSET = 17
 INPUT_NAMES = ("observation", "action_mask")
 OUTPUT_NAMES = ("action", "scores")
@@ -37,45 +38,43 @@ class PolicyGraph(nn.Module):
     """Normalisation + the policy's scoring network + masked argmax (see the module docstring).
 
     Args:
-        model: a trained SB3 model (PPO, MaskablePPO or DQN with an MLP policy).
-        mean, var, epsilon, clip: the observation normaliser (``mean`` None: identity).
-        dict_observation: the model was trained on the ``{"observation", "action_mask"}`` form.
+        scoring: a torch module mapping normalised observations to scores
+            (:meth:`prfaas_env.export.policy.TrainedPolicy.scoring_module`).
+        normalizer: the observation normaliser (``mean`` None: identity).
+        size: observation features.
+        score_kind: ``"log_probabilities"`` or ``"q_values"`` (recorded in the manifest).
+        dict_observation: the policy reads the ``{"observation", "action_mask"}`` form.
     """
 
     def __init__(
         self,
-        model: Any,
-        mean: np.ndarray | None,
-        var: np.ndarray | None,
-        epsilon: float,
-        clip: float,
+        scoring: nn.Module,
+        normalizer: Normalizer,
+        size: int,
+        score_kind: str,
         dict_observation: bool,
     ) -> None:
         super().__init__()
-        policy = copy.deepcopy(model.policy).cpu().eval()
-        size = (
-            int(np.prod(policy.observation_space["observation"].shape))
-            if dict_observation
-            else (int(np.prod(policy.observation_space.shape)))
-        )
+        if score_kind not in SCORE_KINDS:
+            raise ValueError(f"score_kind: {score_kind!r}; allowed: {', '.join(SCORE_KINDS)}")
+        mean, var = normalizer.mean, normalizer.var
         m = np.zeros(size) if mean is None else np.asarray(mean, np.float64)
-        s = np.ones(size) if var is None else np.sqrt(np.asarray(var, np.float64) + epsilon)
+        s = (
+            np.ones(size)
+            if var is None
+            else np.sqrt(np.asarray(var, np.float64) + normalizer.epsilon)
+        )
+        if m.shape != (size,) or s.shape != (size,):
+            raise ValueError(
+                f"normalizer: statistics of shape {m.shape} for {size} observation features"
+            )
         self.register_buffer("mean", torch.as_tensor(m, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(s, dtype=torch.float32))
-        self.clip = float(clip) if mean is not None else float("inf")
+        self.clip = float(normalizer.clip) if mean is not None else float("inf")
         self.dict_observation = dict_observation
-        self.q_values = hasattr(policy, "q_net")
-        if self.q_values:
-            self.q_net = policy.q_net
-        else:
-            self.features = policy.pi_features_extractor
-            self.mlp = policy.mlp_extractor
-            self.head = policy.action_net
+        self.scoring = scoring.cpu().eval()
+        self.score_kind = score_kind
         self.size = size
-
-    @property
-    def score_kind(self) -> str:
-        return "q_values" if self.q_values else "log_probabilities"
 
     def forward(
         self, observation: torch.Tensor, action_mask: torch.Tensor
@@ -86,11 +85,7 @@ class PolicyGraph(nn.Module):
         x: Any = (
             {"observation": z, "action_mask": action_mask.float()} if self.dict_observation else z
         )
-        if self.q_values:
-            scores = self.q_net(x)
-        else:
-            # log-probabilities, as SB3's categorical distribution holds them
-            scores = torch.log_softmax(self.head(self.mlp.forward_actor(self.features(x))), dim=1)
+        scores = self.scoring(x)
         allowed = torch.where(action_mask, scores, torch.full_like(scores, float("-inf")))
         return torch.argmax(allowed, dim=1), scores
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.env.live import LiveState
 from prfaas_env.evaluation import Run, run_policy
+from prfaas_env.observation.live import LiveState
 from prfaas_env.policies import Policy, View
 from prfaas_env.sim.scenario import Scenario
 

@@ -1,5 +1,5 @@
-"""Adapters for RL libraries other than stable-baselines3 (whose adapter is
-``agents.vec_env``), and the check every adapter makes at construction.
+"""Adapters for other RL libraries (``sb3``, ``rllib``, ``torchrl``), and the check every
+adapter makes at construction.
 
 Libraries handle finished episodes of a vector environment in different ways, and each
 needs the matching Gymnasium autoreset mode of :class:`~prfaas_env.env.vector.PrfaaSVectorEnv`:

@@ -1,4 +1,5 @@
-"""A policy bundle on disk (written by ``python -m prfaas_env.export``), read and checked.
+"""A policy bundle on disk, read and checked (written by ``prfaas_env.export.export_bundle``;
+``python export.py`` for a train.py run).
 
 Files::
 
@@ -25,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from prfaas_env import __version__ as PACKAGE_VERSION
-from prfaas_env.env.live import STATE_FORMAT, LiveState
-from prfaas_env.env.spaces import first_difference
-from prfaas_env.errors import ConfigError, load_folder_json
+from prfaas_env.errors import ConfigError, first_difference, load_folder_json
+from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.sim.topology import parse_topology
 
 BUNDLE_FORMAT = 1
@@ -107,7 +107,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     root = Path(path)
     mpath = root / "manifest.json"
     manifest = load_folder_json(
-        root, "manifest.json", "bundle", "python -m prfaas_env.export", BundleError
+        root, "manifest.json", "bundle", "python export.py --run RUN --out DIR", BundleError
     )
     fmt = manifest.get("format")
     if fmt != BUNDLE_FORMAT:

@@ -1,7 +1,7 @@
 """The reference router: a bundle's policy deciding on live cluster state, with a fallback.
 
 ``Router.decide(state)`` takes one live state (plain JSON-like data, see
-:mod:`prfaas_env.env.live`), builds the view and the observation with the environment's own
+:mod:`prfaas_env.observation.live`), builds the view and the observation with the environment's own
 code, runs ``policy.onnx`` with ONNX Runtime and returns a :class:`Decision`. The fallback
 heuristic named in the manifest decides instead, and the decision says why, when:
 
@@ -12,7 +12,7 @@ heuristic named in the manifest decides instead, and the decision says why, when
   is then action -1, label ``none``.
 
 A state without a usable ``request.input_tokens`` cannot be routed by anything and raises
-:class:`~prfaas_env.env.live.LiveStateError`.
+:class:`~prfaas_env.observation.live.LiveStateError`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.env.live import LiveStateError
+from prfaas_env.observation.live import LiveStateError
 from prfaas_env.policies import Policy, RouteTable, make_policy
 from prfaas_env.router.bundle import Bundle, BundleError, load_bundle
 

@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from prfaas_env.env.live import LiveStateError
+from prfaas_env.observation.live import LiveStateError
 from prfaas_env.router.core import Router
 
 MAX_BODY = 1 << 16  # bytes; a state is ~1 KB per cluster

@@ -28,8 +28,6 @@ from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.cache import CacheState, clear_env, new_cache
 from prfaas_env.sim.costs import CostTables, build_tables
 from prfaas_env.sim.jit import entry_point
-from prfaas_env.sim.kernel import REJECT, SKIP
-from prfaas_env.sim.observe import DeriveParams, derive_params
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import (
     CHF,
@@ -37,13 +35,16 @@ from prfaas_env.sim.state import (
     HIST_LO_S,
     HIST_PER_DECADE,
     RECORD_FIELDS,
+    REJECT,
     ROUTE,
+    SKIP,
     SLOT_ARRAYS,
     State,
     Static,
     grow_slots,
     new_state,
 )
+from prfaas_env.sim.view import SimView, ViewSpec, no_view, refresh, view_spec
 
 DRAIN_LIMIT_S = 1e7
 # The metrics every results record carries (evaluate.py, train.py, episode summaries).
@@ -165,8 +166,7 @@ class VecSimulator:
         if tables is None:
             tables = build_tables(topo.cost_models(), [c.max_batch for c in topo.clusters])
         self.static = build_static(scenario, tables)
-        # constants of the router's derived view entries (prfaas_env.sim.observe.derive)
-        self.derive_params: DeriveParams = derive_params(topo, tables)
+        self.tables = tables
         self.workload_params = wl.params(scenario.workload, topo.block_tokens)
         self.num_routes = len(topo.routes)
         # routes over a cross-datacenter channel, and those channels (for route_mask)
@@ -192,7 +192,63 @@ class VecSimulator:
         self.parallel = bool(parallel)
         self._step_fn = kernel.step_parallel if self.parallel else kernel.run
         self._step_entry: Callable[..., None] | None = None
+        self._step_args: tuple | None = None  # the state arguments of the compiled step
         self._unchecked_steps = 0
+        self._slot_steps = 0  # steps that cannot run out of request slots (see step)
+        self._view: ViewSpec = no_view()
+
+    # ---- the view a router would read ---------------------------------------------------------
+    def enable_view(
+        self,
+        columns: dict[str, tuple[int, int]],
+        width: int,
+        actions: int,
+        staleness_s: float = 0.0,
+        expected_output_tokens: float | None = None,
+    ) -> SimView:
+        """Have every later :meth:`step` and :meth:`reset` write each advanced env's view
+        (:mod:`prfaas_env.sim.view`) into the arrays returned: input ``key`` of entity ``i``
+        goes to column ``start + i * step`` of a ``[num_envs, width]`` matrix where
+        ``columns[key] = (start, step)``; ``actions`` mask columns (the routes, then any
+        always-allowed actions such as reject); bandwidth as measured at the last multiple
+        of ``staleness_s`` seconds (0: live); ``expected_output_tokens`` defaults to the
+        workload's mean. The current pending decisions are written at once."""
+        if expected_output_tokens is None:
+            expected_output_tokens = self.scenario.workload.mean_output_tokens()
+        self._step_args = None
+        self._view = view_spec(
+            self.scenario.topology,
+            self.num_envs,
+            columns,
+            width,
+            actions,
+            staleness_s,
+            expected_output_tokens,
+        )
+        if self._started:  # write the pending decisions now (SKIP codes change nothing else)
+            self._refresh_view()
+        return self.view
+
+    @property
+    def view(self) -> SimView:
+        """The arrays :meth:`enable_view` set up (empty until it is called)."""
+        v = self._view
+        return SimView(v.values, v.bandwidth_bps, v.mask, v.counters)
+
+    def _kernel_args(self) -> tuple:
+        """The arguments every entry of the compiled event loop starts with."""
+        return (
+            self.static,
+            self.workload_params,
+            self.workload_state,
+            self.cache,
+            self.state,
+            self._view,
+        )
+
+    def _refresh_view(self) -> None:
+        """Write every env's view at its pending decision (no env advances)."""
+        refresh(self.static, self.workload_state, self.state, self._view)
 
     # ---- episode control -----------------------------------------------------------------
     def reset(
@@ -212,9 +268,7 @@ class VecSimulator:
         seeds = env_seeds(seed, self.num_envs)
         for e in np.flatnonzero(mask):  # resets are rare; per-env generators keep streams apart
             self._reset_env(int(e), np.random.default_rng(seeds[e]))
-        kernel.start(
-            self.static, self.workload_params, self.workload_state, self.cache, self.state, mask
-        )
+        kernel.start(*self._kernel_args(), mask)
         self._started = True
 
     def _reset_env(self, e: int, rng: np.random.Generator) -> None:
@@ -244,6 +298,8 @@ class VecSimulator:
         self,
         routes: NDArray[np.integer] | Sequence[int],
         active: NDArray[np.bool_] | None = None,
+        *,
+        checked: bool = False,
     ) -> None:
         """Apply each env's decision and advance it to its next arrival.
 
@@ -251,6 +307,8 @@ class VecSimulator:
             routes: per env, a route index in ``[0, num_routes)``, or ``REJECT`` (-1) to turn
                 the pending request away.
             active: envs to step (default all); the others are left exactly as they are.
+            checked: ``routes`` is already an int64 array of valid codes (a caller that
+                validated them, such as the environment); skips the checks below.
 
         Raises:
             RuntimeError: :meth:`reset` was not called.
@@ -258,42 +316,44 @@ class VecSimulator:
         """
         if not self._started:
             raise RuntimeError("VecSimulator.step called before reset()")
-        r = np.asarray(routes)
-        if r.shape != (self.num_envs,) or not np.issubdtype(r.dtype, np.integer):
-            raise ValueError(
-                f"routes: expected {self.num_envs} integer route indices, got shape {r.shape} "
-                f"of {r.dtype}"
-            )
-        if r.size and (r.min() < REJECT or r.max() >= self.num_routes):
-            raise ValueError(
-                f"routes: values must be route indices in [0, {self.num_routes}) or "
-                f"{REJECT} (reject), got {r}"
-            )
-        r = r.astype(np.int64, copy=False)
+        if checked:
+            r = routes
+        else:
+            r = np.asarray(routes)
+            if r.shape != (self.num_envs,) or not np.issubdtype(r.dtype, np.integer):
+                raise ValueError(
+                    f"routes: expected {self.num_envs} integer route indices, got shape "
+                    f"{r.shape} of {r.dtype}"
+                )
+            if r.size and (r.min() < REJECT or r.max() >= self.num_routes):
+                raise ValueError(
+                    f"routes: values must be route indices in [0, {self.num_routes}) or "
+                    f"{REJECT} (reject), got {r}"
+                )
+            r = r.astype(np.int64, copy=False)
         if active is not None:
-            r = np.where(np.asarray(active, np.bool_), r, SKIP)
-        if self.state.nfree.min() < 1:
-            self.state = grow_slots(self.state)
+            r = np.where(active, r, SKIP)
+        # each step takes at most one request slot per env: check for free slots only when
+        # the fewest free ones (at the last check) could have run out
+        if self._slot_steps <= 0:
+            if self.state.nfree.min() < 1:
+                self.state = grow_slots(self.state)
+            self._slot_steps = int(self.state.nfree.min())
+        self._slot_steps -= 1
         self._unchecked_steps += 1
         if self._unchecked_steps >= _ARRIVAL_CHECK_STEPS:
             self._check_arrivals()
-        args = (
-            self.static,
-            self.workload_params,
-            self.workload_state,
-            self.cache,
-            self.state,
-            r,
-        )
-        if self.parallel:
-            args = (*args, numba.get_num_threads())
-        else:
-            args = (*args, 0, self.num_envs, 0.0)
+        args = self._step_args
+        if args is None or args[4] is not self.state:  # grown slots replace the state
+            args = self._step_args = self._kernel_args()
         if self._step_entry is None:
-            self._step_fn(*args)
-            self._step_entry = entry_point(self._step_fn, args)
+            tail = (r, numba.get_num_threads()) if self.parallel else (r, 0, self.num_envs, 0.0)
+            self._step_fn(*args, *tail)
+            self._step_entry = entry_point(self._step_fn, (*args, *tail))
+        elif self.parallel:
+            self._step_entry(*args, r, numba.get_num_threads())
         else:
-            self._step_entry(*args)
+            self._step_entry(*args, r, 0, self.num_envs, 0.0)
 
     def _check_arrivals(self) -> None:
         """Refuse to step an env whose 32-bit fields could overflow before the next check
@@ -312,14 +372,7 @@ class VecSimulator:
 
     def drain(self, limit_s: float = DRAIN_LIMIT_S) -> None:
         """Finish every routed request (no further arrivals); for end-of-run metrics."""
-        kernel.drain(
-            self.static,
-            self.workload_params,
-            self.workload_state,
-            self.cache,
-            self.state,
-            float(limit_s),
-        )
+        kernel.drain(*self._kernel_args(), float(limit_s))
 
     # ---- what a router sees about the pending request -------------------------------------------
     @property

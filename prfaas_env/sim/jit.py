@@ -1,4 +1,4 @@
-"""The compilation settings of every simulator function.
+"""The compilation settings of every compiled function, and where their machine code is cached.
 
 ``compiled`` is numba's ``njit`` with an on-disk cache and without numba's reference-counting
 runtime (``_nrt=False``). The simulator's compiled code never allocates: every array it
@@ -6,22 +6,40 @@ touches is created in Python and passed in, so reference counting buys nothing t
 cost about a third of the simulator's time (measured with perf: atomic increments and
 decrements on every array taken out of the state tuples). Should a numba release stop
 accepting the flag, the functions compile with the runtime instead: slower, same results.
+
+**Cache.** numba checks a cached function against its own source file only, so a change to a
+function it calls from another file (say ``cache.py`` under ``kernel.py``) would leave a stale
+compiled copy in use. The cache therefore lives in a folder named after a digest of every
+source file with compiled code (:data:`COMPILED_SOURCES`): other
+sources, another folder, and nothing is ever deleted. The folder is
+``$PRFAAS_ENV_CACHE_DIR``, else ``$NUMBA_CACHE_DIR/prfaas-env``, else
+``$XDG_CACHE_HOME/prfaas-env`` (``~/.cache/prfaas-env``), then ``numba-<digest>``.
+``python -m prfaas_env.sim.jit`` prints it; ``--prune`` deletes the folders of other
+digests. Where none of these can be written, numba falls back to its own locations.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numba
 from numba import njit
 
 F = TypeVar("F", bound=Callable[..., Any])
+PACKAGE = Path(__file__).resolve().parents[1]
+# the package files whose code is compiled, or read by compiled code (constants, layouts)
+COMPILED_SOURCES = ("sim/*.py", "observation/*.py", "env/reward.py")
 
 
 def _probe() -> dict[str, Any]:
-    options: dict[str, Any] = {"cache": True, "_nrt": False}
+    options: dict[str, Any] = {"_nrt": False}
     try:
         njit(**options)(lambda x: x + 1)(1)
     except Exception:  # an unknown flag: fall back to the default runtime
@@ -29,51 +47,62 @@ def _probe() -> dict[str, Any]:
     return options
 
 
-OPTIONS = _probe()
-
-
-def _drop_stale_cache() -> None:
-    """Delete compiled functions cached from other versions of this package's sources.
-
-    numba checks a cached function against its own file only, so a change to a function it
-    calls in another file (say, cache.py under kernel.py) would otherwise leave a stale
-    compiled copy in use. A digest of every source file of the package keys the cache.
-    """
-    here = Path(__file__).resolve().parent
+def sources_digest(package: Path = PACKAGE) -> str:
+    """SHA-256 (first 16 hex digits) over the names and contents of the compiled sources of
+    the package folder ``package``."""
     digest = hashlib.sha256()
-    for f in sorted(here.glob("*.py")):
-        digest.update(f.name.encode() + b"\0" + f.read_bytes())
-    cache = here / "__pycache__"
-    stamp = cache / "numba-sources.sha256"
+    for pattern in COMPILED_SOURCES:
+        for f in sorted(package.glob(pattern)):
+            digest.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """The folder holding one cache folder per digest (see the module docstring)."""
+    if os.environ.get("PRFAAS_ENV_CACHE_DIR"):
+        return Path(os.environ["PRFAAS_ENV_CACHE_DIR"])
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"]) / "prfaas-env"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "prfaas-env"
+
+
+OPTIONS = _probe()
+CACHE_DIR = cache_root() / f"numba-{sources_digest()}"
+
+
+@contextlib.contextmanager
+def _cache_here() -> Iterator[None]:
+    """numba picks a function's cache folder when it is decorated: point it at CACHE_DIR for
+    the duration of one decoration (other numba users in the process are unaffected)."""
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = str(CACHE_DIR)
     try:
-        if stamp.is_file() and stamp.read_text() == digest.hexdigest():
-            return
-        for f in cache.glob("*.nb[ic]"):
-            f.unlink(missing_ok=True)
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest.hexdigest())
-    except OSError:  # a read-only install: numba then caches in the user's cache folder
-        pass
+        yield
+    finally:
+        numba.config.CACHE_DIR = previous
 
 
-_drop_stale_cache()
+def _jit(fn: F, **extra: Any) -> F:
+    with _cache_here():
+        return njit(cache=True, **extra, **OPTIONS)(fn)  # type: ignore[no-any-return]
 
 
 def compiled(fn: F) -> F:
     """Compile ``fn`` with the simulator's settings (see the module docstring)."""
-    return njit(**OPTIONS)(fn)  # type: ignore[return-value]
+    return _jit(fn)
 
 
 def compiled_inline(fn: F) -> F:
     """:func:`compiled`, inlined into its callers by numba (the event loop's helpers that
     take the state tuples: a call that is not inlined passes each array of its tuple
     arguments separately, see :mod:`prfaas_env.sim.kernel`)."""
-    return njit(inline="always", **OPTIONS)(fn)  # type: ignore[return-value]
+    return _jit(fn, inline="always")
 
 
 def compiled_parallel(fn: F) -> F:
     """:func:`compiled` with numba's parallel loops (``prange`` runs on numba's threads)."""
-    return njit(parallel=True, **OPTIONS)(fn)  # type: ignore[return-value]
+    return _jit(fn, parallel=True)
 
 
 def entry_point(dispatcher: Any, args: tuple) -> Callable[..., Any]:
@@ -88,3 +117,30 @@ def entry_point(dispatcher: Any, args: tuple) -> Callable[..., Any]:
     if sig not in dispatcher.overloads:
         dispatcher.compile(sig)
     return dispatcher.overloads[sig].entry_point
+
+
+def prune() -> list[Path]:
+    """Delete the cache folders of other source digests; returns what was deleted."""
+    root = cache_root()
+    gone = []
+    for d in sorted(root.glob("numba-*")) if root.is_dir() else []:
+        if d.is_dir() and d != CACHE_DIR:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+    return gone
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description="Where compiled code is cached (see prfaas_env.sim.jit)."
+    )
+    ap.add_argument("--prune", action="store_true", help="delete the folders of other digests")
+    args = ap.parse_args(argv)
+    print(CACHE_DIR)
+    if args.prune:
+        for d in prune():
+            print(f"deleted {d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,13 +26,15 @@ from numba import prange
 from prfaas_env.sim.cache import CFG, CacheState, find, touch_or_insert
 from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
 from prfaas_env.sim.jit import compiled, compiled_inline, compiled_parallel
-from prfaas_env.sim.prefetch import prefetch_bytes, prefetch_row, prefetch_span
+from prfaas_env.sim.links import served
+from prfaas_env.sim.lookahead import prefetch_ahead
 from prfaas_env.sim.state import (
     CHF,
     CLF,
     CLI,
     DF,
     DI,
+    DRAIN,
     EF,
     EI,
     HIST_BINS,
@@ -57,13 +59,17 @@ from prfaas_env.sim.state import (
     REC_PSTART,
     REC_ROUTE,
     REC_XFER,
+    REJECT,
     RF,
     RI,
     ROUTE,
+    SKIP,
+    START,
     TTFT_EWMA_ALPHA,
     State,
     Static,
 )
+from prfaas_env.sim.view import ViewSpec, fill_view
 from prfaas_env.sim.workload import (
     WF,
     WI,
@@ -74,11 +80,6 @@ from prfaas_env.sim.workload import (
 )
 
 INF = np.inf
-REJECT = -1  # decision: turn the request away (admission control)
-SKIP = -2  # decision: leave this env untouched in this step
-PREFETCH_AHEAD = 8  # envs between the env stepped and the env whose slots are prefetched
-START = -3  # internal code: draw and observe an env's first request (after a reset)
-DRAIN = -4  # internal code: finish an env's routed requests (no new arrivals)
 Arr = np.ndarray  # annotation shorthand for the packed arrays
 
 
@@ -132,11 +133,10 @@ def _delay_time(st: State, e: int, ch: int) -> None:
 # ---- links: processor sharing among concurrent flows ------------------------------------------
 @compiled
 def _link_update(lf: Arr, li: Arr, e: int, ch: int, t: float) -> None:
-    """Advance channel ``ch``'s per-flow service to time ``t``."""
+    """Advance channel ``ch``'s per-flow service to time ``t`` (:func:`links.served`)."""
     dt = t - lf[e, ch, LF.T]
     if dt > 0.0:
-        if li[e, ch, LI.N] > 0:
-            lf[e, ch, LF.V] += dt * lf[e, ch, LF.BW] / li[e, ch, LI.N]
+        lf[e, ch, LF.V] = served(lf, li, e, ch, t)
         lf[e, ch, LF.CAP_INT] += dt * lf[e, ch, LF.BW]
         lf[e, ch, LF.T] = t
 
@@ -595,13 +595,15 @@ def _decide(
     ws: WorkloadState,
     cs: CacheState,
     st: State,
+    V: ViewSpec,
     e: int,
     r: int,
     limit_s: float,
 ) -> None:
     """Apply code ``r`` to env ``e``: a route index, REJECT, SKIP (leave the env as is),
     START (draw and observe the first request after a reset) or DRAIN (run the routed
-    requests to completion, for at most ``limit_s`` simulated seconds; no new arrival)."""
+    requests to completion, for at most ``limit_s`` simulated seconds; no new arrival).
+    An env advanced to its next arrival then writes its view (when ``V`` has rows)."""
     if r == SKIP:
         return
     if r == DRAIN:
@@ -614,73 +616,8 @@ def _decide(
     elif r != START:  # no other code exists; leave the env untouched
         return
     _advance_one(S, wp, ws, cs, st, e)
-
-
-@compiled_inline
-def _prefetch_env(wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int) -> None:
-    """Prefetch env ``e``'s per-env blocks (see :mod:`prfaas_env.sim.prefetch`)."""
-    prefetch_row(st.ef, e)
-    prefetch_row(st.ei, e)
-    prefetch_row(st.pf, e)
-    prefetch_row(st.pi, e)
-    prefetch_row(st.lf, e)
-    prefetch_row(st.li, e)
-    prefetch_row(st.df, e)
-    prefetch_row(st.di, e)
-    prefetch_row(st.qi, e)
-    prefetch_row(st.obs_cached, e)
-    prefetch_row(st.obs_prefill_s, e)
-    prefetch_row(ws.wf, e)
-    prefetch_row(ws.wi, e)
-    prefetch_row(ws.rng, e)
-    if not wp.is_trace:  # a synthetic request reads one of the env's sessions at random
-        prefetch_row(ws.sess, e)
-    prefetch_row(cs.meta, e)
-    for j in range(st.d_slots.shape[1]):  # the front of each decode batch
-        prefetch_bytes(st.d_slots, e, j * st.d_slots.strides[1])
-        prefetch_bytes(st.d_tags, e, j * st.d_tags.strides[1])
-
-
-@compiled_inline
-def _prefetch_slot(st: State, e: int, k: int) -> None:
-    """Prefetch request slot ``k`` of env ``e`` (both its float and its int fields)."""
-    if k >= 0:
-        prefetch_span(st.rf, e, k * st.rf.strides[1], st.rf.strides[1])
-        prefetch_span(st.ri, e, k * st.ri.strides[1], st.ri.strides[1])
-
-
-@compiled_inline
-def _prefetch_heads(st: State, e: int) -> None:
-    """Prefetch the request slots at the head of env ``e``'s prefill queues and channels, and
-    the lines holding the indices of the slots :func:`_prefetch_slots_named` will prefetch
-    (reads only the env's per-env rows, which :func:`_prefetch_env` asked for)."""
-    for i in range(st.pi.shape[1]):
-        _prefetch_slot(st, e, st.pi[e, i, PI.NEXT])
-        _prefetch_slot(st, e, st.pi[e, i, PI.HEAD])
-    for ch in range(st.li.shape[1]):
-        _prefetch_slot(st, e, st.li[e, ch, LI.NEXT_K])
-        _prefetch_slot(st, e, st.li[e, ch, LI.DL_HEAD])
-    for j in range(st.di.shape[1]):  # where each decode batch keeps its next finisher
-        s = st.di[e, j, DI.NEXT_S]
-        if s >= 0:
-            prefetch_bytes(st.d_slots, e, j * st.d_slots.strides[1] + s * st.d_slots.strides[2])
-    n = st.ei[e, EI.NFREE]
-    if n > 0:  # the top of the free stack: the slot the next routed request takes
-        prefetch_bytes(st.free, e, (n - 1) * st.free.strides[1])
-
-
-@compiled_inline
-def _prefetch_slots_named(st: State, e: int) -> None:
-    """Prefetch the slots whose indices :func:`_prefetch_heads` brought in: each decode
-    batch's next finisher, and the slot env ``e``'s next routed request takes (the top of its
-    free stack)."""
-    for j in range(st.di.shape[1]):
-        s = st.di[e, j, DI.NEXT_S]
-        if s >= 0:
-            _prefetch_slot(st, e, st.d_slots[e, j, s])
-    n = st.ei[e, EI.NFREE]
-    if n > 0:
-        _prefetch_slot(st, e, st.free[e, n - 1])
+    if V.values.shape[0] > 0:
+        fill_view(S, ws, st, V, e)
 
 
 @compiled
@@ -690,31 +627,19 @@ def run(
     ws: WorkloadState,
     cs: CacheState,
     st: State,
+    V: ViewSpec,
     codes: Arr,
     lo: int,
     hi: int,
     limit_s: float,
 ) -> None:
-    """Apply ``codes[e]`` to envs ``lo .. hi-1`` (see :func:`_decide`).
-
-    While it steps env ``e`` it prefetches (:mod:`prfaas_env.sim.prefetch`) for the envs
-    ahead that will be stepped (code not SKIP), in three stages so that each stage reads only
-    memory an earlier stage asked for: the per-env rows of env ``e + 2 PREFETCH_AHEAD``; the
-    head slots of the prefill queues and channels of env ``e + PREFETCH_AHEAD`` (their
-    indices are in those rows); the decode batches' next finishers and the next free slot of
-    env ``e + PREFETCH_AHEAD / 2``.
-    """
+    """Apply ``codes[e]`` to envs ``lo .. hi-1`` (see :func:`_decide`), writing each
+    advanced env's view where ``V`` asks (:mod:`prfaas_env.sim.view`). While it steps env
+    ``e`` it asks the CPU for the memory of envs a few places ahead
+    (:func:`prfaas_env.sim.lookahead.prefetch_ahead`)."""
     for e in range(lo, hi):
-        a = e + 2 * PREFETCH_AHEAD
-        if a < hi and codes[a] != SKIP:
-            _prefetch_env(wp, ws, cs, st, a)
-        a = e + PREFETCH_AHEAD
-        if a < hi and codes[a] != SKIP:
-            _prefetch_heads(st, a)
-        a = e + PREFETCH_AHEAD // 2
-        if a < hi and codes[a] != SKIP:
-            _prefetch_slots_named(st, a)
-        _decide(S, wp, ws, cs, st, e, codes[e], limit_s)
+        prefetch_ahead(wp, ws, cs, st, V, codes, e, hi)
+        _decide(S, wp, ws, cs, st, V, e, codes[e], limit_s)
 
 
 @compiled_parallel
@@ -724,32 +649,45 @@ def step_parallel(
     ws: WorkloadState,
     cs: CacheState,
     st: State,
+    V: ViewSpec,
     routes: Arr,
     threads: int,
 ) -> None:
     """Apply ``routes[e]`` to every env, the envs split into one contiguous block per thread
     (``threads``: numba's thread count); envs share no state, so the result is the same as
-    ``run(..., routes, 0, num_envs, 0.0)``."""
+    ``run(..., V, routes, 0, num_envs, 0.0)``."""
     n = st.ef.shape[0]
     blocks = max(min(threads, n), 1)
     # one call of the compiled `run` per block: with the loop body inlined straight into the
     # prange loop, numba (0.68) compiled a loop whose iterations changed nothing
     for b in prange(blocks):
-        run(S, wp, ws, cs, st, routes, b * n // blocks, (b + 1) * n // blocks, 0.0)
+        run(S, wp, ws, cs, st, V, routes, b * n // blocks, (b + 1) * n // blocks, 0.0)
 
 
 def start(
-    S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, mask: Arr
+    S: Static,
+    wp: WorkloadParams,
+    ws: WorkloadState,
+    cs: CacheState,
+    st: State,
+    V: ViewSpec,
+    mask: Arr,
 ) -> None:
     """Draw the first request of every env in ``mask`` (freshly reset) and observe it."""
     codes = np.where(np.asarray(mask, np.bool_), START, SKIP).astype(np.int64)
-    run(S, wp, ws, cs, st, codes, 0, codes.shape[0], 0.0)
+    run(S, wp, ws, cs, st, V, codes, 0, codes.shape[0], 0.0)
 
 
 def drain(
-    S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, limit_s: float
+    S: Static,
+    wp: WorkloadParams,
+    ws: WorkloadState,
+    cs: CacheState,
+    st: State,
+    V: ViewSpec,
+    limit_s: float,
 ) -> None:
     """Run every env until all its routed requests have finished (no new arrivals), for at
-    most ``limit_s`` simulated seconds past its last decision."""
+    most ``limit_s`` simulated seconds past its last decision (the view is not written)."""
     codes = np.full(st.ef.shape[0], DRAIN, np.int64)
-    run(S, wp, ws, cs, st, codes, 0, codes.shape[0], float(limit_s))
+    run(S, wp, ws, cs, st, V, codes, 0, codes.shape[0], float(limit_s))

@@ -48,6 +48,12 @@ HIST_LO_S = 1e-3
 HIST_PER_DECADE = 20.0
 TTFT_EWMA_ALPHA = 0.05  # weight of the newest completion in the TTFT moving average
 
+# Decision codes of the event loop besides route indices (>= 0).
+REJECT = -1  # turn the request away (admission control)
+SKIP = -2  # leave this env untouched in this step
+START = -3  # draw and observe an env's first request (after a reset)
+DRAIN = -4  # finish an env's routed requests (no new arrivals)
+
 
 # Packed fields: one IntEnum per packed array; Python views are named prefix + member name.
 class ROUTE(IntEnum):

@@ -116,6 +116,13 @@ class Workload:
             return self.rate_multiplier * (n / span if span > 0 else 0.0)
         return self.rate_rps * self.rate_multiplier
 
+    def mean_output_tokens(self) -> float:
+        """Mean output length, tokens: the trace's mean, or the distribution's. A router
+        does not know a request's output length in advance; observations carry this mean."""
+        if self.trace is not None:
+            return float(self.trace.output_tokens.mean())
+        return self.output.mean()
+
 
 class WorkloadParams(NamedTuple):
     """Workload constants in the form compiled code reads."""

@@ -38,8 +38,9 @@ class SB3VecEnv(VecEnv):
 
     Args:
         env: a ``PrfaaSVectorEnv`` built with ``autoreset_mode="SAME_STEP"`` (anything else
-            raises :class:`AutoresetModeError`, since SB3 expects finished envs to be reset
-            within the step that finished them). Use :meth:`from_config` to build both.
+            raises :class:`~prfaas_env.integrations.AutoresetModeError`, since SB3 expects
+            finished envs to be reset within the step that finished them). Use
+            :meth:`from_config` to build both.
     """
 
     def __init__(self, env: PrfaaSVectorEnv) -> None:

@@ -2,13 +2,13 @@
 
 A deployed router does not see the simulator: it sees metrics that serving engines and the
 network already export. :class:`LiveState` defines that input as JSON-like data (one mapping
-per routing decision) and turns it into the entries of the view
-:func:`~prfaas_env.env.features.view_from_sim` builds, laid out in the observation encoder's
-columns (:class:`Parsed`; the view itself is built on demand). The modelled entries
-(uncached tokens, prefill time, transfer time, estimated TTFT) and the mask come from the
-same compiled functions and cost tables the environment uses
-(:mod:`prfaas_env.sim.observe`); the observation is then the environment's own
-:class:`~prfaas_env.env.features.ObservationEncoder` normalisation.
+per routing decision) and turns it into the entries of the view the simulator writes
+(:mod:`prfaas_env.sim.view`), laid out in the observation encoder's columns (:class:`Parsed`;
+the view itself is built on demand). The modelled entries (uncached tokens, prefill time,
+transfer time, estimated TTFT) and the mask come from the same compiled functions and cost
+tables the environment uses (:mod:`prfaas_env.observation.derive`); the observation is then
+the environment's own :class:`~prfaas_env.observation.encoder.ObservationEncoder`
+normalisation.
 
 State layout (``STATE_FORMAT`` 1; every number is >= 0; units in the key names)::
 
@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from prfaas_env.env.features import ObservationEncoder
-from prfaas_env.policies.base import RouteTable
+from prfaas_env.observation.derive import derive_params, place
+from prfaas_env.observation.encoder import ObservationEncoder
+from prfaas_env.observation.routes import RouteTable
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS, CostTables, build_tables
 from prfaas_env.sim.jit import entry_point
-from prfaas_env.sim.observe import Columns, derive_params, place
 from prfaas_env.sim.topology import Topology
 
 STATE_FORMAT = 1
@@ -238,22 +238,7 @@ class LiveState:
                         dest.append(c(view_key).start + j * c(view_key).step)
                     self._reads.append((group, name, key, default, _HIGH.get(key, _MAX_EXACT)))
         self._dest = np.array(dest, np.int64)
-
-        def span(key: str) -> tuple[int, int, int]:
-            sel = c(key)
-            return (sel.start, sel.stop, sel.step)
-
-        self._columns = Columns(
-            length=span("input_tokens"),
-            cached=span("cached_tokens"),
-            wait_s=span("wait_s"),
-            flows=span("flows"),
-            uncached=span("uncached_tokens"),
-            prefill_s=span("prefill_s"),
-            bandwidth=span("bandwidth"),
-            transfer_s=span("transfer_s"),
-            estimated_ttft_s=span("estimated_ttft_s"),
-        )
+        self._columns = self.encoder.derive_columns()
         self._params = derive_params(topology, tables)
         self._place: Callable[..., None] | None = None  # compiled entry, resolved once
 

@@ -1,10 +1,13 @@
 """The observation: what a router knows when a request arrives, and its encoding.
 
 One code path serves the environment and a deployed router: a *view* (plain arrays in physical
-units, leading dimension = env) is built either from the simulator (:func:`view_from_sim`) or
-from live cluster state, and :class:`ObservationEncoder` turns it into the float32 vector a
-policy reads. Every entry is listed by :meth:`ObservationEncoder.features` with its meaning,
-unit and normalisation (docs/environment.md prints the table for the default scenario).
+units, leading dimension = env, laid out in the encoder's columns) is filled either by the
+simulator (:mod:`prfaas_env.sim.view`, finished by
+:class:`~prfaas_env.observation.simulated.SimObserver`) or from live cluster state
+(:class:`~prfaas_env.observation.live.LiveState`), and :class:`ObservationEncoder` turns it
+into the float32 vector a policy reads. Every entry is listed by
+:meth:`ObservationEncoder.features` with its meaning, unit and normalisation
+(docs/environment.md prints the table for the default scenario).
 
 Normalisations map each quantity to a stable range: token counts ``log1p(x) / log1p(2^18)``
 (0..1), request counts ``log1p(x) / log1p(1024)``, seconds ``log1p(x) / log1p(600)``, bytes
@@ -23,12 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from prfaas_env.observation.derive import Columns, normalise
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
-from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.jit import entry_point
-from prfaas_env.sim.observe import derive, normalise
 from prfaas_env.sim.topology import Topology
-from prfaas_env.sim.workload import Workload
 
 OBS_HIGH = 10.0  # every entry is clipped to [0, OBS_HIGH] (normalised values sit near 0..1)
 _TOKENS = math.log1p(MAX_PROMPT_TOKENS)
@@ -186,6 +187,36 @@ class ObservationEncoder:
         entity, as a slice; request and recent entries have one column)."""
         return self._slices[key]
 
+    def columns(self) -> dict[str, tuple[int, int]]:
+        """``{view key: (first column, step between entities)}`` for every entry (the form
+        :meth:`prfaas_env.sim.engine.VecSimulator.enable_view` takes)."""
+        return {key: (sel.start, sel.step) for key, sel in self._slices.items()}
+
+    def derive_columns(self) -> Columns:
+        """Where :mod:`prfaas_env.observation.derive` finds the entries it reads and writes."""
+
+        def span(key: str) -> tuple[int, int, int]:
+            sel = self._slices[key]
+            return (sel.start, sel.stop, sel.step)
+
+        return Columns(
+            length=span("input_tokens"),
+            cached=span("cached_tokens"),
+            wait_s=span("wait_s"),
+            flows=span("flows"),
+            uncached=span("uncached_tokens"),
+            prefill_s=span("prefill_s"),
+            bandwidth=span("bandwidth"),
+            transfer_s=span("transfer_s"),
+            estimated_ttft_s=span("estimated_ttft_s"),
+        )
+
+    @property
+    def log_form(self) -> tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]:
+        """Per column: whether it is log-normalised, its divisor and its scale (the
+        arguments :func:`~prfaas_env.observation.derive.normalise` takes)."""
+        return self._log
+
     def view_of(self, values: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
         """The view whose entries are the columns of ``values`` (``[n, size]`` in physical
         units, laid out as :meth:`encode` lays them out); entries share its memory."""
@@ -195,9 +226,8 @@ class ObservationEncoder:
         }
 
     def encode(self, view: dict[str, NDArray]) -> NDArray[np.float32]:
-        """``[env, size]`` float32 observations from a view (arrays keyed as in
-        :func:`view_from_sim`; request and recent entries ``[env]``, the others
-        ``[env, entities]``)."""
+        """``[env, size]`` float32 observations from a view (arrays keyed by view entry in
+        physical units; request and recent entries ``[env]``, the others ``[env, entities]``)."""
         n = np.shape(view["input_tokens"])[0]
         out = np.empty((n, self._width))
         for key, count, sel in self._layout:
@@ -227,110 +257,3 @@ class ObservationEncoder:
             self._normalise = entry_point(normalise, args)
         self._normalise(*args)
         return out
-
-
-def view_from_sim(
-    sim: VecSimulator, staleness_s: float = 0.0, expected_output: float | None = None
-) -> dict[str, NDArray]:
-    """The router's view of every env of ``sim`` at its pending decision (physical units).
-
-    ``staleness_s``: link bandwidth is reported as measured at the last multiple of this many
-    seconds (0: live), as a router polling a monitoring system would see it. The derived
-    entries come from :func:`prfaas_env.sim.observe.derive`, as a deployed router's do.
-    """
-    st, S, topo = sim.state, sim.static, sim.scenario.topology
-    now = st.now
-    e_count = sim.num_envs
-    ws = sim.workload_state
-    length = ws.req_in.astype(float)
-    if expected_output is None:
-        expected_output = mean_output_tokens(sim.scenario.workload)
-    view: dict[str, NDArray] = {
-        "input_tokens": length,
-        "expected_output_tokens": np.full(e_count, expected_output),
-    }
-    # prefill clusters
-    pcl = list(topo.prefill_index)
-    wait = np.maximum(st.p_free - now[:, None], 0.0)
-    cols: dict[str, list[NDArray]] = {k: [] for k, *_ in _PREFILL}
-    for c in pcl:
-        sl = slice(S.cl_p0[c], S.cl_p0[c] + S.cl_np[c])
-        cols["queued_requests"].append(st.p_nq[:, sl].sum(1).astype(float))
-        cols["queued_tokens"].append(st.p_qtok[:, sl].sum(1))
-        cols["wait_s"].append(wait[:, sl].min(1))
-        cols["busy_fraction"].append((wait[:, sl] > 0).mean(1))
-    view["cached_tokens"] = st.obs_cached[:, pcl].astype(float)
-    view["prefill_s"] = st.obs_prefill_s[:, pcl].copy()  # the kernel's, from the cost tables
-    for k in ("queued_requests", "queued_tokens", "wait_s", "busy_fraction"):
-        view[k] = np.stack(cols[k], axis=1)
-    # channels that some route uses
-    used = list(topo.route_channels)
-    if used:
-        measured = _measured_bandwidth(sim, staleness_s)
-        n = st.l_n.astype(float)
-        v_now = st.l_v + np.where(n > 0, (now[:, None] - st.l_t) * st.l_bw / np.maximum(n, 1), 0)
-        left = np.maximum(st.l_sum_tag - n * v_now, 0.0)
-        bandwidth_bps = measured[:, used]
-        view["bytes_in_flight"] = left[:, used]
-        view["flows"] = n[:, used]
-    else:
-        bandwidth_bps = np.zeros((e_count, 0))
-        view["bytes_in_flight"] = np.zeros((e_count, 0))
-        view["flows"] = np.zeros((e_count, 0))
-    # decode clusters
-    dcl = topo.decode_index
-    dcols: dict[str, list[NDArray]] = {k: [] for k, *_ in _DECODE}
-    for c in dcl:
-        sl = slice(S.cl_d0[c], S.cl_d0[c] + S.cl_nd[c])
-        mb = S.cl_max_batch[c]
-        n = st.d_n[:, sl]
-        dcols["free_slots"].append((mb - n).sum(1) / (mb * n.shape[1]))
-        dcols["kv_used"].append(st.d_mem[:, sl].sum(1) / (S.cl_kv_cap[c] * n.shape[1]))
-        dcols["admission_queue"].append(st.q_len[:, c].astype(float))
-        has_slot = (n < mb).any(1) & (st.q_len[:, c] == 0)
-        soonest = np.maximum(st.d_next_t[:, sl].min(1) - now, 0.0)
-        dcols["admission_wait_s"].append(np.where(has_slot, 0.0, np.minimum(soonest, 1e6)))
-    for k in dcols:
-        view[k] = np.stack(dcols[k], axis=1)
-    # derived entries
-    view["uncached_tokens"] = np.empty((e_count, len(pcl)))
-    view["bandwidth"] = np.empty((e_count, len(used)))
-    view["transfer_s"] = np.empty((e_count, len(used)))
-    view["estimated_ttft_s"] = np.empty((e_count, len(topo.routes)))
-    derive(
-        sim.derive_params,
-        length,
-        view["cached_tokens"],
-        view["wait_s"],
-        bandwidth_bps,
-        view["flows"],
-        view["uncached_tokens"],
-        view["prefill_s"],
-        view["bandwidth"],
-        view["transfer_s"],
-        view["estimated_ttft_s"],
-        False,
-    )
-    view["ttft_ewma_s"] = np.nan_to_num(st.m_ttft_ewma, nan=0.0)
-    return view
-
-
-def mean_output_tokens(w: Workload) -> float:
-    """Mean output length of a workload (tokens): the trace's mean, or the distribution's."""
-    if w.trace is not None:
-        return float(w.trace.output_tokens.mean())
-    return w.output.mean()
-
-
-def _measured_bandwidth(sim: VecSimulator, staleness_s: float) -> NDArray[np.float64]:
-    """``[env, channel]`` usable bandwidth (bytes/s) at the last measurement instant."""
-    st, S = sim.state, sim.static
-    if staleness_s <= 0:
-        return st.l_bw.copy()
-    t = np.floor(st.now / staleness_s) * staleness_s
-    step = S.ch_step_s[None, :]
-    cells = np.where(
-        np.isfinite(step), np.floor(t[:, None] / np.where(np.isfinite(step), step, 1.0)), 0
-    ).astype(np.int64)
-    idx = cells % S.ch_cells[None, :]
-    return np.take_along_axis(st.l_series, idx[:, :, None], axis=2)[:, :, 0]

@@ -1,19 +1,28 @@
-"""``python -m prfaas_env.export --run runs/NAME --out BUNDLE``: see :mod:`prfaas_env.export`."""
+"""Export a train.py run to a router bundle (ONNX, TorchScript, manifest, golden file, knobs).
+
+    python export.py --run runs/NAME --out bundles/NAME
+
+The run's selected checkpoint (its best by periodic evaluation, else its final weights)
+becomes a bundle that ``prfaas_env.router`` loads; see docs/router.md. The work is done by
+:func:`prfaas_env.export.export_bundle`, which takes any trained policy offering
+:class:`prfaas_env.export.policy.TrainedPolicy`; ``agents.run.TrainedRun`` is the one for
+train.py runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from agents.run import load_run
 from prfaas_env.errors import ConfigError, UnknownNameError
+from prfaas_env.export import default_fallback, export_bundle
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m prfaas_env.export",
-        description="Export a train.py run to a router bundle (ONNX, TorchScript, manifest, "
-        "golden file, distilled knobs).",
-    )
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="train.py run folder")
     ap.add_argument("--out", required=True, help="bundle folder to write")
     ap.add_argument(
@@ -36,16 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-distill", action="store_true", help="skip distilled.yaml")
     ap.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     args = ap.parse_args(argv)
-    from prfaas_env.export import export_bundle
-
     try:
+        trained = load_run(args.run, args.checkpoint)
+        fallback = args.fallback or default_fallback(_baseline_scores(Path(args.run)))
         manifest = export_bundle(
-            args.run,
+            trained,
             args.out,
-            checkpoint=args.checkpoint,
+            fallback=fallback,
             seeds=args.seeds,
             decisions=args.decisions,
-            fallback=args.fallback,
             golden=args.golden,
             distill=not args.no_distill,
             force=args.force,
@@ -58,6 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"wrote {args.out} (content hash {manifest['content_hash'][:16]})")
     return 0
+
+
+def _baseline_scores(run: Path) -> dict[str, dict[str, float]] | None:
+    """The heuristics' validation scores a train.py run cached (baselines.json), if any."""
+    path = run / "baselines.json"
+    if not path.is_file():
+        return None
+    try:
+        scores: dict[str, dict[str, float]] = json.loads(path.read_text())["scores"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable baseline scores: {exc}") from exc
+    return scores
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ derives the rest: uncached tokens, the unloaded prefill time from the cost table
 transfer time and the estimated TTFT of each route. :func:`derive` computes those entries
 for every row of a view in one compiled pass, and :func:`normalise` maps a view laid out in
 the observation encoder's columns to the float32 vector a policy reads. The environment
-(:func:`prfaas_env.env.features.view_from_sim`, ``ObservationEncoder.encode``) and a
-deployed router (:class:`prfaas_env.env.live.LiveState`) call these same functions, so the
-two cannot drift apart; one compiled call per batch also keeps a single decision's cost low
-(a few microseconds rather than dozens of small NumPy calls).
+(:func:`finish`, on the inputs the simulator writes, see :mod:`prfaas_env.sim.view`) and a
+deployed router (:func:`place`, on the inputs :class:`~prfaas_env.observation.live.LiveState`
+reads from live metrics) call these same functions, so the two cannot drift apart; one
+compiled call per batch also keeps a single decision's cost low (a few microseconds rather
+than dozens of small NumPy calls).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from numba import prange
 from numpy.typing import NDArray
 
 from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.costs import CostTables, kv_bytes, prefill_time
-from prfaas_env.sim.jit import compiled
+from prfaas_env.sim.jit import compiled, compiled_inline, compiled_parallel
 from prfaas_env.sim.topology import Topology
 
 DOWN_TRANSFER_S = 1e6  # transfer time reported over a link with no bandwidth, s
@@ -184,6 +186,20 @@ def place(
                 values[i, d] = read[i, k]
             else:
                 bandwidth_bps[i, -1 - d] = read[i, k] * GBPS
+    derive_columns(p, cols, values, bandwidth_bps, True)
+    c = cols
+    allowed(values[:, c.bandwidth[0] : c.bandwidth[1] : c.bandwidth[2]], p.route_channel, mask)
+
+
+@compiled_inline
+def derive_columns(
+    p: DeriveParams,
+    cols: Columns,
+    values: NDArray[np.float64],
+    bandwidth_bps: NDArray[np.float64],
+    with_prefill: bool,
+) -> None:
+    """:func:`derive` on a matrix laid out in the encoder's columns (``cols``), in place."""
     c = cols
     derive(
         p,
@@ -197,9 +213,27 @@ def place(
         values[:, c.bandwidth[0] : c.bandwidth[1] : c.bandwidth[2]],
         values[:, c.transfer_s[0] : c.transfer_s[1] : c.transfer_s[2]],
         values[:, c.estimated_ttft_s[0] : c.estimated_ttft_s[1] : c.estimated_ttft_s[2]],
-        True,
+        with_prefill,
     )
-    allowed(values[:, c.bandwidth[0] : c.bandwidth[1] : c.bandwidth[2]], p.route_channel, mask)
+
+
+@compiled
+def finish(
+    p: DeriveParams,
+    cols: Columns,
+    values: NDArray[np.float64],
+    bandwidth_bps: NDArray[np.float64],
+    log_cols: NDArray[np.bool_],
+    divisor: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    high: float,
+    out: NDArray[np.float32],
+) -> None:
+    """The environment's path: from the inputs the simulator wrote into ``values`` (its
+    prefill times included) and the measured ``bandwidth_bps``, derive the other entries in
+    place, then :func:`normalise` into ``out``. One compiled call per step."""
+    derive_columns(p, cols, values, bandwidth_bps, False)
+    normalise(values, log_cols, divisor, scale, high, out)
 
 
 @compiled
@@ -214,3 +248,49 @@ def allowed(
         for a in range(mask.shape[1]):
             ch = route_channel[a] if a < routes else -1
             mask[i, a] = ch < 0 or bandwidth[i, ch] > 0.0
+
+
+def columns_array(cols: Columns) -> NDArray[np.int64]:
+    """``cols`` as a ``[9, 3]`` int64 array (numba's parallel loops take no nested tuples)."""
+    return np.array(cols, np.int64)
+
+
+@compiled_inline
+def _columns_of(a: NDArray[np.int64]) -> Columns:
+    def span(i: int) -> tuple[int, int, int]:
+        return (a[i, 0], a[i, 1], a[i, 2])
+
+    return Columns(span(0), span(1), span(2), span(3), span(4), span(5), span(6), span(7), span(8))
+
+
+@compiled_parallel
+def finish_parallel(
+    p: DeriveParams,
+    cols: NDArray[np.int64],
+    values: NDArray[np.float64],
+    bandwidth_bps: NDArray[np.float64],
+    log_cols: NDArray[np.bool_],
+    divisor: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    high: float,
+    out: NDArray[np.float32],
+    threads: int,
+) -> None:
+    """:func:`finish` with the rows split into one block per thread (many envs); ``cols``
+    is :func:`columns_array` of the columns."""
+    n = values.shape[0]
+    blocks = max(min(threads, n), 1)
+    for b in prange(blocks):
+        lo = b * n // blocks
+        hi = (b + 1) * n // blocks
+        finish(
+            p,
+            _columns_of(cols),
+            values[lo:hi],
+            bandwidth_bps[lo:hi],
+            log_cols,
+            divisor,
+            scale,
+            high,
+            out[lo:hi],
+        )
