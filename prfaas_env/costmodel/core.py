@@ -318,7 +318,12 @@ class CostModel:
             np.asarray(uncached_tokens, float), np.asarray(cached_tokens, float)
         )
         if self.backend_tables is not None:
-            return np.where(n > 0, self.backend_tables.prefill_s(n, c), 0.0)
+            t = self.backend_tables.prefill_s(n, c)
+            ov = self.overhead
+            if ov.step_scale != 1.0 or ov.prefill_scale != 1.0:
+                non = self.backend_tables.non_attention_s(n)
+                t = ov.step_scale * (t + (ov.prefill_scale - 1.0) * np.maximum(t - non, 0.0))
+            return np.where(n > 0, t, 0.0)
         times = prefill_pass(self.model, self.gpu, self.kernel_efficiency, self.gpus, n, c)
         return np.where(n > 0, prefill_time_s(times, self.prefill_calibration), 0.0)
 
@@ -359,7 +364,9 @@ class CostModel:
         )
         if self.backend_tables is not None:
             per_rank = np.ceil(b / self.serving.attention_dp)
-            step = self.backend_tables.decode_s(per_rank, ctx / np.maximum(b, 1.0))
+            step = self.overhead.step_scale * self.backend_tables.decode_s(
+                per_rank, ctx / np.maximum(b, 1.0)
+            )
             return np.where(b > 0, step + self.overhead.step_time_s(per_rank), 0.0)
         times = decode_pass(self.model, self.gpu, self.kernel_efficiency, self.gpus, b, ctx)
         return np.where(b > 0, decode_time_s(times, self.decode_calibration), 0.0)
@@ -373,7 +380,8 @@ class CostModel:
         """
         n = np.asarray(tokens, dtype=np.float64)
         if self.backend_tables is not None:
-            return np.where(n > 0, self.backend_tables.non_attention_s(n), 0.0)
+            t = self.overhead.step_scale * self.backend_tables.non_attention_s(n)
+            return np.where(n > 0, t, 0.0)
         return self.decode_step_time_continuous_s(n, n)
 
     def mixed_step_time_s(
@@ -512,7 +520,8 @@ def _describe_overhead(o: ServingOverhead) -> str:
     if o == NO_OVERHEAD:
         return o.source
     return (
-        f"request {o.request_s * 1e3:.1f} ms, step {o.step_s * 1e3:.2f} ms + "
+        f"request {o.request_s * 1e3:.1f} ms, kernels x {o.step_scale:.3f}, "
+        f"step {o.step_s * 1e3:.2f} ms + "
         f"{o.per_sequence_step_s * 1e6:.1f} us per sequence, first token after "
         f"{o.first_token_decode_steps} decode step(s) ({o.source})"
     )

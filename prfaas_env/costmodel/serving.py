@@ -255,6 +255,9 @@ class ServingOverhead:
         first_token_decode_steps: decode steps a request waits for before its first token
             is returned (0 when the prefill pass emits it; 1 when disaggregated serving
             hands the request to a decode instance that emits it).
+        step_scale: measured engine-step time over the kernel databases' step time (the
+            databases are of one backend version; the measurements of others).
+        prefill_scale: the same for the attention work of prefill.
         source: where the values come from (fit and its data, or "none").
     """
 
@@ -262,6 +265,8 @@ class ServingOverhead:
     step_s: float = 0.0
     per_sequence_step_s: float = 0.0
     first_token_decode_steps: int = 0
+    step_scale: float = 1.0
+    prefill_scale: float = 1.0
     source: str = "none: no serving overhead (kernel or fitted end-to-end times only)"
 
     def step_time_s(self, batch: Any) -> Any:
