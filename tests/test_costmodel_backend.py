@@ -200,7 +200,7 @@ def test_unknown_version_lists_available():
             where="clusters.pd",
         )
     msg = str(e.value)
-    assert "clusters.pd.version" in msg and "current" in msg
+    assert "clusters.pd.serving.version" in msg and "current" in msg
 
 
 @needs_aic
@@ -209,7 +209,7 @@ def test_missing_precision_data_lists_what_answers():
     with pytest.raises(ConfigError) as e:
         CostModel("deepseek-v3", "h200", 8, serving=spec, where="clusters.pd")
     msg = str(e.value)
-    assert "clusters.pd.weights/kv_cache" in msg and "answers for" in msg
+    assert "clusters.pd.serving.weights/kv_cache" in msg and "answers for" in msg
 
 
 @needs_aic

@@ -184,7 +184,7 @@ class CostModel:
         from prfaas_env.costmodel import aic
 
         try:
-            t = aic.load_backend(self.model, self.gpu, self.serving, where)
+            t = aic.load_backend(self.model, self.gpu, self.serving, f"{where}.serving")
         except aic.BackendUnavailable as exc:
             note = (
                 f"{self.serving.backend} requested but {exc}; the fitted model answers "
