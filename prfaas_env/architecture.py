@@ -167,6 +167,8 @@ class ModelSpec:
         published_total_b, published_active_b: published parameter counts, billions.
         calibration_proxy: a model with the same architecture whose end-to-end calibration
             this one uses when it has none of its own.
+        backend_model: the model's name in aiconfigurator's model configurations
+            (``aic_model`` in the YAML), or None if it has none.
     """
 
     name: str
@@ -182,6 +184,7 @@ class ModelSpec:
     description: str = ""
     source: str = ""
     calibration_proxy: str | None = None
+    backend_model: str | None = None
 
     # ---- parameter counts -------------------------------------------------------------
     @property
@@ -459,6 +462,7 @@ _MODEL_OPTIONAL = (
     "tie_embeddings",
     "expert_weight_bytes",
     "calibration_proxy",
+    "aic_model",
 )
 
 
@@ -513,6 +517,7 @@ def _parse_model(name: str, raw: Any, where: str) -> ModelSpec:
         description=str(raw.get("description", "")).strip(),
         source=str(raw.get("source", "")),
         calibration_proxy=raw.get("calibration_proxy"),
+        backend_model=None if raw.get("aic_model") is None else str(raw["aic_model"]),
     )
 
 

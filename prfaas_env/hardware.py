@@ -28,7 +28,14 @@ _GPU_KEYS_REQUIRED = (
     "nic_gbps",
     "source",
 )
-_GPU_KEYS_OPTIONAL = ("description", "architecture", "fp8_tflops", "aliases", "derived_from")
+_GPU_KEYS_OPTIONAL = (
+    "description",
+    "architecture",
+    "fp8_tflops",
+    "aliases",
+    "derived_from",
+    "aic_system",
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class GPUSpec:
             efficiencies for GPUs without their own measurements.
         derived_from: for a user GPU, a catalog GPU whose measured kernel efficiencies it borrows.
         source: where the figures come from.
+        backend_system: the system name of this GPU in aiconfigurator's measured databases
+            (``aic_system`` in the YAML), or None if it has none.
     """
 
     name: str
@@ -61,6 +70,7 @@ class GPUSpec:
     description: str = ""
     derived_from: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    backend_system: str | None = None
 
     @property
     def bf16_flops(self) -> float:
@@ -118,6 +128,7 @@ def _parse_gpu(name: str, raw: Any, where: str) -> GPUSpec:
         description=str(raw.get("description", "")),
         derived_from=raw.get("derived_from"),
         aliases=tuple(aliases),
+        backend_system=None if raw.get("aic_system") is None else str(raw["aic_system"]),
     )
 
 

@@ -450,8 +450,26 @@ def summarise(points: Iterable[Point], heldout: bool = True) -> tuple[int, float
     return len(errs), float(np.median(errs)), float(np.max(errs))
 
 
+VALIDATION_MARKER = "<!-- end-to-end validation: written by prfaas_env.calibration.validate -->"
+
+
+def fit_section(text: str) -> str:
+    """The part of the report this module writes (before the validation section)."""
+    if VALIDATION_MARKER not in text:
+        return text
+    return text.split(VALIDATION_MARKER)[0].rstrip("\n") + "\n"
+
+
+def replace_validation_section(path: Path, section: str) -> None:
+    """Rewrite the validation section of the report at ``path``, keeping the fit section."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    text = fit_section(old).rstrip("\n") + "\n\n" + VALIDATION_MARKER + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+
+
 def write_report(kernels, quality, cals, points, path: Path = REPORT) -> str:
-    """Write ``docs/calibration.md``; returns its text."""
+    """Write the fit section of ``docs/calibration.md`` (a validation section already there
+    is kept); returns the fit section's text."""
     L: list[str] = []
     L.append("# Cost-model calibration report")
     L.append("")
@@ -560,7 +578,9 @@ def write_report(kernels, quality, cals, points, path: Path = REPORT) -> str:
         )
     text = "\n".join(L) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    rest = old[old.index(VALIDATION_MARKER) :] if VALIDATION_MARKER in old else ""
+    path.write_text(text + ("\n" + rest if rest else ""), encoding="utf-8")
     return text
 
 

@@ -4,6 +4,20 @@ See :class:`~prfaas_env.costmodel.core.CostModel`; ``python -m prfaas_env.costmo
 prints a table for a model on a GPU.
 """
 
-from prfaas_env.costmodel.core import CalibrationRangeWarning, CostModel, check_tokens
+from prfaas_env.costmodel.core import (
+    BackendFallbackWarning,
+    CalibrationRangeWarning,
+    CostModel,
+    check_tokens,
+)
+from prfaas_env.costmodel.serving import ServingOverhead, ServingSpec, parse_serving
 
-__all__ = ["CalibrationRangeWarning", "CostModel", "check_tokens"]
+__all__ = [
+    "BackendFallbackWarning",
+    "CalibrationRangeWarning",
+    "CostModel",
+    "ServingOverhead",
+    "ServingSpec",
+    "check_tokens",
+    "parse_serving",
+]

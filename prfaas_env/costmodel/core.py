@@ -18,6 +18,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from prfaas_env.architecture import ModelSpec, get_model
 from prfaas_env.costmodel.kernels import KernelEfficiency, decode_pass, prefill_pass
+from prfaas_env.costmodel.serving import (
+    NO_OVERHEAD,
+    ServingOverhead,
+    ServingSpec,
+    fitted_overhead,
+)
 from prfaas_env.costmodel.stack import StackCalibration, decode_time_s, prefill_time_s
 from prfaas_env.hardware import GPUSpec, get_gpu
 
@@ -30,6 +36,10 @@ KERNEL_CONTEXT = (1.0, 131072.0)  # decode-attention rows measured up to 128K co
 
 class CalibrationRangeWarning(UserWarning):
     """A query lies outside the range the coefficients were fitted on (the answer extrapolates)."""
+
+
+class BackendFallbackWarning(UserWarning):
+    """A cluster asked for a measured backend that has no data for it; the fitted model answers."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +118,25 @@ class CostModel:
         gpu: catalog name or alias (see :func:`prfaas_env.hardware.gpu_names`) or a GPUSpec.
         gpus_per_instance: GPUs of one prefill or decode instance (tensor/expert parallel).
         coefficients: path to a coefficient file; default the shipped one.
+        serving: backend, precision and parallelism
+            (:class:`~prfaas_env.costmodel.serving.ServingSpec`); default: none, i.e. the
+            fitted roofline at the catalog's precision with all GPUs tensor parallel.
+        overhead: serving overhead added to backend answers; default the fitted one of the
+            backend in ``mode`` (none without a backend).
+        mode: ``agg`` (prefill and decode on the same instances) or ``disagg``: which fitted
+            serving overhead applies.
+        where: name of the cluster, for error messages.
+
+    With a backend in ``serving`` the backend's measured databases answer prefill, decode and
+    non-attention times (tabulated once, see :mod:`prfaas_env.costmodel.aic`); where it has
+    no data (GPU or model not covered, package not installed) the fitted model answers, a
+    :class:`BackendFallbackWarning` says so, and :meth:`describe` names the source.
 
     Raises:
         UnknownNameError: unknown model or GPU (the message lists the known ones).
         ValueError: ``gpus_per_instance`` is not a positive integer.
+        ConfigError: ``serving`` asks for something the backend does not have (the message
+            names ``where`` and the key and lists what is available).
     """
 
     def __init__(
@@ -121,8 +146,12 @@ class CostModel:
         gpus_per_instance: int = 8,
         *,
         coefficients: str | Path | None = None,
+        serving: ServingSpec | None = None,
+        overhead: ServingOverhead | None = None,
+        mode: str = "agg",
+        where: str = "cost model",
     ) -> None:
-        self.model = get_model(model)
+        base_model = get_model(model)
         self.gpu = get_gpu(gpu)
         if (
             isinstance(gpus_per_instance, bool)
@@ -133,11 +162,66 @@ class CostModel:
                 f"gpus_per_instance: expected a positive integer, got {gpus_per_instance!r}"
             )
         self.gpus = int(gpus_per_instance)
+        is_moe = any(g.mlp.type == "moe" for g in base_model.groups)
+        self.serving = (serving or ServingSpec()).resolved(self.gpus, is_moe, where)
+        self.model = self.serving.apply_precision(base_model)
         coef = load_coefficients(str(coefficients) if coefficients else None)
         self.kernel_efficiency, self.kernel_source = self._resolve_kernels(coef)
         self.prefill_calibration, self.prefill_source = self._resolve_stack(coef, "prefill")
         self.decode_calibration, self.decode_source = self._resolve_stack(coef, "decode")
         self._warned: set[str] = set()
+        self.backend_tables, self.backend_note = self._resolve_backend(where)
+        if overhead is not None:
+            self.overhead = overhead
+        elif self.backend_tables is not None:
+            self.overhead = fitted_overhead(self.serving.backend, mode)
+        else:
+            self.overhead = NO_OVERHEAD
+
+    def _resolve_backend(self, where: str):  # -> tuple[BackendTables | None, str]
+        if self.serving.backend is None:
+            return None, ""
+        from prfaas_env.costmodel import aic
+
+        try:
+            t = aic.load_backend(self.model, self.gpu, self.serving, f"{where}.serving")
+        except aic.BackendUnavailable as exc:
+            note = (
+                f"{self.serving.backend} requested but {exc}; the fitted model answers "
+                "(see 'prefill' and 'decode')"
+            )
+            warnings.warn(f"{where}: {note}", BackendFallbackWarning, stacklevel=3)
+            return None, note
+        k = t.key
+        return t, (
+            f"aiconfigurator-core {k.package_version}: {k.backend} {k.version} on {k.system}, "
+            f"{k.model}, {self.serving.label()} (data: {t.provenance})"
+        )
+
+    @property
+    def prefill_parallelism(self) -> int:
+        """Requests one instance prefills at once (its attention data-parallel ranks)."""
+        return self.serving.attention_dp
+
+    @property
+    def kv_replication(self) -> float:
+        """How many copies of each sequence's KV cache an instance holds.
+
+        Only modelled with a measured backend (the fitted model assumes 1): tensor-parallel
+        ranks beyond the KV heads hold copies (MLA's latent cache is one head, so every
+        tensor-parallel rank holds all of it).
+        """
+        if self.backend_tables is None:
+            return 1.0
+        tp = self.serving.tp or 1
+        heads = [
+            (1 if g.attention.type == "mla" else g.attention.num_kv_heads)
+            for g in self.model.groups
+            if g.attention.type in ("gqa", "swa", "mla")
+        ]
+        if not heads:
+            return 1.0
+        return float(max(1.0, tp / max(min(heads), 1)))
 
     # ---- resolution of coefficients -----------------------------------------------------
     def _resolve_kernels(self, coef: Coefficients) -> tuple[KernelEfficiency, str]:
@@ -182,6 +266,19 @@ class CostModel:
         )
         return default, "kernel-composed: no end-to-end measurement of this model (roofline only)"
 
+    def _ranges(self, phase: str) -> tuple[tuple[tuple[float, float], tuple[float, float]], str]:
+        """((tokens or batch range), (context range)) the answers of ``phase`` cover, and
+        their source."""
+        t = self.backend_tables
+        if t is not None:
+            if phase == "prefill":
+                return ((1.0, float(t.u[-1] + t.c[-1])), (0.0, float(t.c[-1]))), self.backend_note
+            batch = float(t.b[-1] * self.serving.attention_dp)
+            return ((1.0, batch), (1.0, float(t.x[-1]))), self.backend_note
+        cal = self.prefill_calibration if phase == "prefill" else self.decode_calibration
+        src = self.prefill_source if phase == "prefill" else self.decode_source
+        return (cal.tokens_range, cal.context_range), src
+
     # ---- public API ---------------------------------------------------------------------
     def prefill_time_s(
         self, uncached_tokens: ArrayLike, cached_tokens: ArrayLike = 0
@@ -198,14 +295,14 @@ class CostModel:
             check_tokens("uncached_tokens", uncached_tokens),
             check_tokens("cached_tokens", cached_tokens),
         )
-        cal = self.prefill_calibration
+        rng, src = self._ranges("prefill")
         _warn_range(
             self._warned,
             "prompt tokens (uncached + cached) for prefill",
             (n + c)[n > 0],
-            cal.tokens_range[0],
-            cal.tokens_range[1],
-            self.prefill_source,
+            rng[0][0],
+            rng[0][1],
+            src,
         )
         return self.prefill_time_continuous_s(n, c)
 
@@ -220,6 +317,13 @@ class CostModel:
         n, c = np.broadcast_arrays(
             np.asarray(uncached_tokens, float), np.asarray(cached_tokens, float)
         )
+        if self.backend_tables is not None:
+            t = self.backend_tables.prefill_s(n, c)
+            ov = self.overhead
+            if ov.step_scale != 1.0 or ov.prefill_scale != 1.0:
+                non = self.backend_tables.non_attention_s(n)
+                t = ov.step_scale * (t + (ov.prefill_scale - 1.0) * np.maximum(t - non, 0.0))
+            return np.where(n > 0, t, 0.0)
         times = prefill_pass(self.model, self.gpu, self.kernel_efficiency, self.gpus, n, c)
         return np.where(n > 0, prefill_time_s(times, self.prefill_calibration), 0.0)
 
@@ -237,24 +341,17 @@ class CostModel:
         b, ctx = np.broadcast_arrays(
             check_tokens("batch_size", batch_size), check_tokens("context_tokens", context_tokens)
         )
-        cal = self.decode_calibration
+        rng, src = self._ranges("decode")
         active = b > 0
-        _warn_range(
-            self._warned,
-            "decode batch size",
-            b[active],
-            cal.tokens_range[0],
-            cal.tokens_range[1],
-            self.decode_source,
-        )
+        _warn_range(self._warned, "decode batch size", b[active], rng[0][0], rng[0][1], src)
         per_seq = (ctx / np.maximum(b, 1))[active]
         _warn_range(
             self._warned,
             "decode context tokens per sequence",
             per_seq,
-            cal.context_range[0],
-            cal.context_range[1],
-            self.decode_source,
+            rng[1][0],
+            rng[1][1],
+            src,
         )
         return self.decode_step_time_continuous_s(b, ctx)
 
@@ -265,16 +362,96 @@ class CostModel:
         b, ctx = np.broadcast_arrays(
             np.asarray(batch_size, float), np.asarray(context_tokens, float)
         )
+        if self.backend_tables is not None:
+            per_rank = np.ceil(b / self.serving.attention_dp)
+            step = self.overhead.step_scale * self.backend_tables.decode_s(
+                per_rank, ctx / np.maximum(b, 1.0)
+            )
+            return np.where(b > 0, step + self.overhead.step_time_s(per_rank), 0.0)
         times = decode_pass(self.model, self.gpu, self.kernel_efficiency, self.gpus, b, ctx)
         return np.where(b > 0, decode_time_s(times, self.decode_calibration), 0.0)
+
+    def non_attention_time_s(self, tokens: ArrayLike) -> NDArray[np.float64]:
+        """Time of the weight, expert and communication work of one pass over ``tokens``
+        tokens (everything but attention), s; 0 for no tokens.
+
+        From the backend where it answers; otherwise a decode step of ``tokens`` sequences
+        holding one token each (attention negligible).
+        """
+        n = np.asarray(tokens, dtype=np.float64)
+        if self.backend_tables is not None:
+            t = self.overhead.step_scale * self.backend_tables.non_attention_s(n)
+            return np.where(n > 0, t, 0.0)
+        return self.decode_step_time_continuous_s(n, n)
+
+    def mixed_step_time_s(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_cached_tokens: ArrayLike,
+        decode_batch: ArrayLike,
+        decode_context_tokens: ArrayLike,
+    ) -> NDArray[np.float64]:
+        """One engine step that prefills a chunk and decodes a batch together, s.
+
+        Args:
+            prefill_tokens: prompt tokens computed in this step (a chunk of one request).
+            prefill_cached_tokens: tokens of that request already in the KV cache (earlier
+                chunks or a prefix-cache hit).
+            decode_batch: sequences decoding one token in this step (per instance).
+            decode_context_tokens: tokens those sequences hold in total.
+
+        The weights are read once for all tokens of the step: the time is the non-attention
+        work of ``prefill_tokens + decode_batch`` tokens plus each part's attention (its time
+        alone minus its own non-attention work), plus the serving overhead of one step.
+        """
+        p = np.asarray(prefill_tokens, dtype=np.float64)
+        c = np.asarray(prefill_cached_tokens, dtype=np.float64)
+        b = np.asarray(decode_batch, dtype=np.float64)
+        ctx = np.asarray(decode_context_tokens, dtype=np.float64)
+        ranks = self.serving.attention_dp
+        b_rank = np.ceil(b / ranks)
+        shared = self.non_attention_time_s(p + b_rank)
+        pre_attn = np.maximum(
+            self.prefill_time_continuous_s(p, c) - self.non_attention_time_s(p), 0.0
+        )
+        dec_only = self.decode_step_time_continuous_s(b, ctx) - np.where(
+            b > 0, self.overhead.step_time_s(b_rank), 0.0
+        )
+        dec_attn = np.maximum(dec_only - self.non_attention_time_s(b_rank), 0.0)
+        busy = (p > 0) | (b > 0)
+        step = shared + pre_attn + dec_attn + self.overhead.step_time_s(b_rank)
+        return np.where(busy, step, 0.0)
 
     def kv_bytes(self, prompt_tokens: ArrayLike) -> NDArray[np.float64]:
         """KV-cache bytes of a request holding ``prompt_tokens`` tokens (what a transfer ships)."""
         return self.model.kv_bytes_for(check_tokens("prompt_tokens", prompt_tokens))
 
     def weight_bytes_per_gpu(self) -> float:
-        """Weight bytes each GPU of an instance holds (weights split evenly), bytes."""
-        return self.model.weight_bytes_total / self.gpus
+        """Weight bytes each GPU of an instance holds, bytes.
+
+        Without a serving spec the weights are split evenly; with attention data parallel,
+        the attention and dense weights are split over ``tp * pp`` GPUs (each
+        data-parallel rank holds a copy) and the experts over all of them.
+        """
+        sv = self.serving
+        if sv.attention_dp == 1:
+            return self.model.weight_bytes_total / self.gpus
+        m = self.model
+        dense = (m.dense_layer_params + m.embedding_params) * m.weight_bytes
+        experts = m.expert_params_total * m.expert_weight_bytes
+        return dense / ((sv.tp or 1) * sv.pp) + experts / self.gpus
+
+    def weight_bytes_per_instance(self) -> float:
+        """Weight bytes one instance holds over all its GPUs (copies included), bytes."""
+        if self.serving.attention_dp == 1:
+            return self.model.weight_bytes_total
+        return self.weight_bytes_per_gpu() * self.gpus
+
+    def kv_capacity_bytes(self, memory_fraction: float = 0.9) -> float:
+        """KV-cache bytes (one copy per sequence, as :meth:`kv_bytes` counts them) that fit
+        next to the weights on one instance; negative when the weights alone do not fit."""
+        hbm = self.gpus * self.gpu.hbm_bytes * memory_fraction
+        return (hbm - self.weight_bytes_per_instance()) / self.kv_replication
 
     def max_decode_batch(
         self, context_tokens_per_request: ArrayLike, memory_fraction: float = 0.9
@@ -291,16 +468,60 @@ class CostModel:
         if not 0 < memory_fraction <= 1:
             raise ValueError(f"memory_fraction: must be in (0, 1], got {memory_fraction!r}")
         ctx = check_tokens("context_tokens_per_request", context_tokens_per_request)
-        free = self.gpus * self.gpu.hbm_bytes * memory_fraction - self.model.weight_bytes_total
+        free = self.kv_capacity_bytes(memory_fraction)
         per_req = self.model.kv_bytes_for(ctx)
         return np.maximum(np.floor(free / per_req), 0).astype(np.int64)
 
     def describe(self) -> dict[str, str]:
-        """Where each part of this cost model's coefficients comes from."""
-        return {
-            "model": f"{self.model.name} ({self.model.source})",
+        """Where each quantity of this cost model comes from (one source per key)."""
+        m = self.model
+        precision = (
+            f"weights {m.weight_bytes:g} B, experts {m.expert_weight_bytes:g} B, "
+            f"KV {m.kv_bytes:g} B per element"
+        )
+        out = {
+            "model": f"{m.name} ({m.source})",
             "gpu": f"{self.gpu.name} ({self.gpu.source})",
-            "kernels": self.kernel_source,
-            "prefill": self.prefill_source,
-            "decode": self.decode_source,
+            "serving": self.serving.label(),
+            "precision": precision,
         }
+        if self.backend_tables is not None:
+            src = f"measured backend: {self.backend_note}"
+            out.update(
+                {
+                    "kernels": src,
+                    "prefill": src,
+                    "decode": src,
+                    "non_attention": src,
+                    "overhead": _describe_overhead(self.overhead),
+                }
+            )
+        else:
+            out.update(
+                {
+                    "kernels": self.kernel_source,
+                    "prefill": self.prefill_source,
+                    "decode": self.decode_source,
+                    "non_attention": f"fitted decode model ({self.decode_source})",
+                    "overhead": _describe_overhead(self.overhead),
+                }
+            )
+            if self.backend_note:
+                out["backend"] = f"fallback: {self.backend_note}"
+        out["kv_bytes"] = f"from the architecture at {m.kv_bytes:g} B per element"
+        out["decode_capacity"] = (
+            f"HBM x memory_fraction less weights ({self.weight_bytes_per_instance() / 1e9:.1f} "
+            f"GB per instance), KV copies per sequence {self.kv_replication:g}"
+        )
+        return out
+
+
+def _describe_overhead(o: ServingOverhead) -> str:
+    if o == NO_OVERHEAD:
+        return o.source
+    return (
+        f"request {o.request_s * 1e3:.1f} ms, kernels x {o.step_scale:.3f}, "
+        f"step {o.step_s * 1e3:.2f} ms + "
+        f"{o.per_sequence_step_s * 1e6:.1f} us per sequence, first token after "
+        f"{o.first_token_decode_steps} decode step(s) ({o.source})"
+    )

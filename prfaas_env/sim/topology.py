@@ -14,13 +14,14 @@ link joins their datacenters (KV moves over that link's channel).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prfaas_env.architecture import ModelSpec, get_model
-from prfaas_env.costmodel import CostModel
+from prfaas_env.costmodel import CostModel, ServingSpec, parse_serving
 from prfaas_env.errors import ConfigError, UnknownNameError, check_keys, number
 from prfaas_env.sim.bandwidth import BandwidthProcess, parse_bandwidth
 
@@ -39,6 +40,8 @@ class Cluster:
         rdma_gbps: RDMA bandwidth per node, Gbps, used for KV moved inside the datacenter.
         max_batch: decode slots per decode instance (sequences per batch).
         memory_fraction: share of decode-instance HBM usable for weights plus KV cache.
+        serving: engine backend, precision and parallelism of the instances (the
+            ``serving:`` mapping; see :mod:`prfaas_env.costmodel.serving`).
     """
 
     name: str
@@ -52,6 +55,7 @@ class Cluster:
     prefix_cache_blocks: int
     max_batch: int
     memory_fraction: float
+    serving: ServingSpec = field(default_factory=ServingSpec)
 
 
 @dataclass(frozen=True)
@@ -158,16 +162,29 @@ class Topology:
         raise UnknownNameError("cluster", name, [c.name for c in self.clusters])
 
     def cost_models(self) -> list[CostModel]:
-        """One cost model per cluster (its GPU type and instance size)."""
-        return [CostModel(self.model, c.gpu, c.gpus_per_instance) for c in self.clusters]
+        """One cost model per cluster (its GPU type, instance size and serving spec)."""
+        return list(self._cost_models)
+
+    @cached_property
+    def _cost_models(self) -> tuple[CostModel, ...]:
+        return tuple(
+            CostModel(
+                self.model,
+                c.gpu,
+                c.gpus_per_instance,
+                serving=c.serving,
+                mode="disagg",
+                where=f"{self.source}.clusters.{c.name}",
+            )
+            for c in self.clusters
+        )
 
     def decode_kv_capacity_bytes(self) -> np.ndarray:
         """KV-cache bytes one decode instance of each cluster can hold (0 for prefill-only)."""
         out = np.zeros(len(self.clusters))
         for i, (c, cm) in enumerate(zip(self.clusters, self.cost_models(), strict=True)):
             if c.role == "pd":
-                hbm = c.gpus_per_instance * cm.gpu.hbm_bytes * c.memory_fraction
-                out[i] = hbm - self.model.weight_bytes_total
+                out[i] = cm.kv_capacity_bytes(c.memory_fraction)
         return out
 
     def route_labels(self) -> list[str]:
@@ -191,6 +208,7 @@ _CLUSTER_KEYS = (
     "prefix_cache_blocks",
     "max_batch",
     "memory_fraction",
+    "serving",
 )
 
 
@@ -238,6 +256,7 @@ def _parse_cluster(name: str, raw: Any, where: str, dcs: tuple[str, ...]) -> Clu
         memory_fraction=number(
             raw, "memory_fraction", where, minimum=0, maximum=1, exclusive_minimum=True, default=0.9
         ),
+        serving=parse_serving(raw.get("serving"), f"{where}.serving"),
     )
 
 
@@ -297,6 +316,9 @@ def parse_topology(raw: Any, where: str, base_dir: Path | None = None) -> Topolo
     names = [c.name for c in clusters]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}.clusters: names must be unique")
+    for c in clusters:
+        _check_weights_fit(model, c, f"{where}.clusters.{c.name}")
+    model = _common_kv_precision(model, clusters, where)
     return Topology(
         model=model,
         block_tokens=block_tokens,
@@ -305,3 +327,44 @@ def parse_topology(raw: Any, where: str, base_dir: Path | None = None) -> Topolo
         links=tuple(links),
         source=where,
     )
+
+
+def _common_kv_precision(model: ModelSpec, clusters: tuple[Cluster, ...], where: str) -> ModelSpec:
+    """The model at the KV-cache precision every cluster serves it at (KV caches move between
+    clusters, so they must agree); ConfigError names the first cluster that differs."""
+    first = clusters[0].serving.apply_precision(model).kv_bytes
+    for c in clusters[1:]:
+        kv = c.serving.apply_precision(model).kv_bytes
+        if kv != first:
+            raise ConfigError(
+                f"{where}.clusters.{c.name}.serving.kv_cache: {kv:g} bytes per element, but "
+                f"cluster {clusters[0].name} uses {first:g}; KV caches move between clusters, "
+                "so every cluster must use the same KV-cache precision"
+            )
+    if first == model.kv_bytes:
+        return model
+    from dataclasses import replace
+
+    return replace(model, kv_bytes=first)
+
+
+def _check_weights_fit(model: ModelSpec, c: Cluster, where: str) -> None:
+    """A cluster with a serving spec must hold the model's weights on each GPU (ConfigError
+    naming the cluster and what to change otherwise). Clusters without one are checked,
+    as before, by the scenario's capacity check."""
+    if c.serving == ServingSpec():
+        return
+    from dataclasses import replace
+
+    spec = replace(c.serving, backend=None, version=None)
+    cm = CostModel(model, c.gpu, c.gpus_per_instance, serving=spec, where=where)
+    per_gpu = cm.weight_bytes_per_gpu()
+    cap = cm.gpu.hbm_bytes * c.memory_fraction
+    if per_gpu > cap:
+        raise ConfigError(
+            f"{where}.serving: the weights of {model.name} ({cm.describe()['precision']}) "
+            f"need {per_gpu / 1e9:.1f} GB on each GPU as {cm.serving.label()}, more than "
+            f"{cap / 1e9:.1f} GB of {c.gpu} at memory_fraction {c.memory_fraction}; use more "
+            "GPUs per instance (gpus_per_instance) or lower-precision weights "
+            "(serving.weights: fp8, nvfp4, int4_wo)"
+        )

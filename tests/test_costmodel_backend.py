@@ -1,0 +1,258 @@
+"""The measured backend behind the cost model: tables, fallback, errors, unchanged defaults."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prfaas_env.costmodel import BackendFallbackWarning, CostModel, ServingSpec, aic, parse_serving
+from prfaas_env.errors import ConfigError
+from prfaas_env.sim.costs import build_tables
+from prfaas_env.sim.scenario import load_scenario
+
+CONFIGS = Path(__file__).resolve().parents[1] / "prfaas_env" / "configs"
+GOLDEN = Path(__file__).resolve().parent / "data" / "default_cost_tables.json"
+needs_aic = pytest.mark.skipif(
+    aic.installed_version() is None, reason="aiconfigurator-core (extra 'aic') is not installed"
+)
+FP8_70B = ServingSpec(backend="trtllm", weights="fp8", kv_cache="fp8", tp=4)
+
+
+# ---- defaults unchanged --------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(json.loads(GOLDEN.read_text())))
+def test_default_scenarios_cost_tables_unchanged(name):
+    """Every shipped scenario tabulates exactly what it did before serving specs existed
+    (values recorded from the commit before them)."""
+    want = json.loads(GOLDEN.read_text())[name]
+    topo = load_scenario(CONFIGS / f"{name}.yaml").topology
+    t = build_tables(topo.cost_models(), [c.max_batch for c in topo.clusters])
+    np.testing.assert_allclose(t.prefill_log_t.sum(), want["prefill_log_t_sum"], rtol=1e-12)
+    np.testing.assert_allclose(t.decode_log_t.sum(), want["decode_log_t_sum"], rtol=1e-12)
+    np.testing.assert_allclose(t.prefill_log_t.ravel()[::97], want["prefill_sample"], rtol=1e-12)
+    np.testing.assert_allclose(t.decode_log_t.ravel()[::997], want["decode_sample"], rtol=1e-12)
+    np.testing.assert_allclose(
+        topo.decode_kv_capacity_bytes(), want["decode_kv_capacity_bytes"], rtol=1e-12
+    )
+
+
+def test_default_describe_names_fitted_sources():
+    d = CostModel("prfaas-1t-hybrid", "h20", 8).describe()
+    assert d["prefill"].startswith("derived")
+    assert d["overhead"].startswith("none")
+    assert "backend" not in d
+
+
+# ---- parsing and bad input -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "key", "listed"),
+    [
+        ({"backend": "tensorrt"}, "c.serving.backend", "trtllm, vllm, sglang"),
+        ({"weights": "fp6"}, "c.serving.weights", "fp8"),
+        ({"kv_cache": "int2"}, "c.serving.kv_cache", "bf16"),
+        ({"tp": 0}, "c.serving.tp", ">= 1"),
+        ({"version": "1.0"}, "c.serving.version", "backend"),
+        ({"speed": 1}, "c.serving", "allowed"),
+    ],
+)
+def test_bad_serving_keys_name_the_key(raw, key, listed):
+    with pytest.raises(ConfigError) as e:
+        parse_serving(raw, "c.serving")
+    assert key in str(e.value) and listed in str(e.value)
+
+
+def test_parallelism_must_match_the_instance():
+    with pytest.raises(ConfigError, match=r"clusterX\.serving.*gpus_per_instance = 8"):
+        CostModel("llama-3.1-70b", "h200", 8, serving=ServingSpec(tp=4), where="clusterX")
+    with pytest.raises(ConfigError, match=r"clusterX\.serving\.moe_ep.*tp \* attention_dp = 8"):
+        CostModel("deepseek-v3", "h200", 8, serving=ServingSpec(tp=8, moe_ep=3), where="clusterX")
+
+
+def _scenario(tmp_path, serving: dict, gpus: int = 8, model: str = "llama-3.1-70b") -> Path:
+    doc = {
+        "topology": {
+            "model": model,
+            "datacenters": ["a"],
+            "clusters": {
+                "pd": {
+                    "datacenter": "a",
+                    "role": "pd",
+                    "gpu": "h100",
+                    "gpus_per_instance": gpus,
+                    "prefill_instances": 1,
+                    "decode_instances": 1,
+                    "serving": serving,
+                }
+            },
+        },
+        "workload": {
+            "arrival": {"rate_rps": 1.0},
+            "input": {"tokens": 1024},
+            "output": {"tokens": 128},
+        },
+    }
+    p = tmp_path / "s.yaml"
+    import yaml
+
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def test_model_that_does_not_fit_names_cluster_and_key(tmp_path):
+    p = _scenario(tmp_path, {"weights": "bf16"}, gpus=1)
+    with pytest.raises(ConfigError) as e:
+        load_scenario(p)
+    msg = str(e.value)
+    assert "clusters.pd.serving" in msg and "gpus_per_instance" in msg and "fp8" in msg
+
+
+def test_precision_changes_kv_and_capacity():
+    bf16 = CostModel("llama-3.1-70b", "h200", 8)
+    fp8 = CostModel("llama-3.1-70b", "h200", 8, serving=ServingSpec(weights="fp8", kv_cache="fp8"))
+    assert float(fp8.kv_bytes(1000)) == pytest.approx(float(bf16.kv_bytes(1000)) / 2)
+    assert fp8.weight_bytes_per_instance() == pytest.approx(bf16.weight_bytes_per_instance() / 2)
+    assert fp8.max_decode_batch(8192) > 2 * bf16.max_decode_batch(8192)
+
+
+# ---- the backend ------------------------------------------------------------------------------
+def test_fallback_for_gpu_without_database_warns_and_says_so():
+    with pytest.warns(BackendFallbackWarning, match=r"h20.*fitted model answers"):
+        cm = CostModel(
+            "prfaas-1t-hybrid", "h20", 8, serving=ServingSpec(backend="vllm"), where="pd"
+        )
+    d = cm.describe()
+    assert d["backend"].startswith("fallback") and d["prefill"].startswith("derived")
+    base = CostModel("prfaas-1t-hybrid", "h20", 8)
+    np.testing.assert_array_equal(
+        cm.prefill_time_s([1024, 8192]), base.prefill_time_s([1024, 8192])
+    )
+
+
+def test_fallback_when_package_missing(monkeypatch, tmp_path):
+    monkeypatch.setattr(aic, "installed_version", lambda: None)
+    monkeypatch.setattr(aic, "SHIPPED_DIR", tmp_path / "none")
+    monkeypatch.setenv("PRFAAS_ENV_CACHE", str(tmp_path / "cache"))
+    aic._MEMORY.clear()
+    with pytest.warns(BackendFallbackWarning, match="not installed"):
+        cm = CostModel("llama-3.1-70b", "h200", 4, serving=FP8_70B)
+    assert cm.backend_tables is None
+
+
+@needs_aic
+def test_backend_tables_agree_with_direct_backend_calls():
+    cm = CostModel("llama-3.1-70b", "h200", 4, serving=FP8_70B, overhead=None)
+    t = cm.backend_tables
+    assert t is not None and "measured backend" in cm.describe()["prefill"]
+    h = aic.compile_handle(t.key)
+    rng = np.random.default_rng(0)
+    # on the grid: exact
+    for ui in rng.choice(t.u.size, 5):
+        for ci in rng.choice(t.c.size, 3):
+            u, c = t.u[ui], t.c[ci]
+            direct = h.predict_prefill_latency(1, int(u + c), int(c)) * 1e-3
+            assert float(t.prefill_s(np.array(u), np.array(c))) == pytest.approx(direct, rel=1e-9)
+    for bi in rng.choice(t.b.size, 5):
+        for xi in rng.choice(t.x.size, 3):
+            b, x = t.b[bi], t.x[xi]
+            direct = h.decode_step_latency(int(b), int(max(x - 1, 1)), 1) * 1e-3
+            assert float(t.decode_s(np.array(b), np.array(x))) == pytest.approx(direct, rel=1e-9)
+    # between grid points: within 5 % of the backend (log-linear interpolation)
+    for u in (300, 3000, 20000):
+        direct = h.predict_prefill_latency(1, u, 0) * 1e-3
+        no_ov = CostModel("llama-3.1-70b", "h200", 4, serving=FP8_70B, overhead=aic_none())
+        assert float(no_ov.prefill_time_s(u)) == pytest.approx(direct, rel=0.05)
+
+
+def aic_none():
+    from prfaas_env.costmodel.serving import NO_OVERHEAD
+
+    return NO_OVERHEAD
+
+
+@needs_aic
+def test_backend_cost_tables_feed_the_simulator_tables():
+    cm = CostModel("llama-3.1-70b", "h200", 4, serving=FP8_70B, overhead=aic_none())
+    t = build_tables([cm], [64])
+    from prfaas_env.sim.costs import decode_grid, prefill_grid
+
+    u, c = prefill_grid()
+    direct = cm.prefill_time_continuous_s(u[40], c[0])
+    assert np.exp(t.prefill_log_t[0, 40, 0]) == pytest.approx(float(direct), rel=1e-12)
+    x = decode_grid()
+    d = cm.decode_step_time_continuous_s(np.array(16.0), np.array(16.0 * x[50]))
+    assert np.exp(t.decode_log_t[0, 16, 50]) == pytest.approx(float(d), rel=1e-12)
+
+
+@needs_aic
+def test_unknown_version_lists_available():
+    with pytest.raises(ConfigError) as e:
+        CostModel(
+            "llama-3.1-70b",
+            "h200",
+            4,
+            serving=replace(FP8_70B, version="0.0.1"),
+            where="clusters.pd",
+        )
+    msg = str(e.value)
+    assert "clusters.pd.serving.version" in msg and "current" in msg
+
+
+@needs_aic
+def test_missing_precision_data_lists_what_answers():
+    spec = ServingSpec(backend="sglang", weights="fp8", moe_weights="fp8", kv_cache="fp8", tp=8)
+    with pytest.raises(ConfigError) as e:
+        CostModel("deepseek-v3", "h200", 8, serving=spec, where="clusters.pd")
+    msg = str(e.value)
+    assert "clusters.pd.serving.weights/kv_cache" in msg and "answers for" in msg
+
+
+@needs_aic
+def test_tables_are_cached_on_disk_by_digest(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRFAAS_ENV_CACHE", str(tmp_path))
+    aic._MEMORY.clear()
+    a = CostModel("llama-3.1-8b", "h100", 1, serving=ServingSpec(backend="vllm"))
+    files = list((tmp_path / "backend_tables").glob("*.npz"))
+    assert len(files) == 1 and files[0].stem == a.backend_tables.key.digest()
+    aic._MEMORY.clear()
+    b = CostModel("llama-3.1-8b", "h100", 1, serving=ServingSpec(backend="vllm"))
+    np.testing.assert_array_equal(a.backend_tables.decode_log_t, b.backend_tables.decode_log_t)
+
+
+@needs_aic
+@settings(max_examples=30, deadline=None)
+@given(
+    p=st.integers(1, 8192),
+    c=st.integers(0, 30000),
+    b=st.integers(0, 256),
+    x=st.integers(1, 30000),
+)
+def test_mixed_step_bounds(p, c, b, x):
+    """A step that prefills a chunk and decodes a batch costs at least each part's own
+    non-attention work, and no more than running the two apart."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = CostModel("llama-3.1-70b", "h200", 4, serving=FP8_70B, overhead=aic_none())
+    mixed = float(cm.mixed_step_time_s(p, c, b, b * x))
+    alone = float(cm.prefill_time_continuous_s(np.array(p), np.array(c)))
+    dec = float(cm.decode_step_time_continuous_s(np.array(b), np.array(b * x))) if b else 0.0
+    assert np.isfinite(mixed) and mixed > 0
+    assert mixed >= 0.99 * float(cm.non_attention_time_s(p + b))
+    assert mixed <= 1.01 * (alone + dec) + 1e-4
+
+
+def test_validation_report_is_current():
+    """docs/calibration.md's validation section is what the saved results render to."""
+    from prfaas_env.calibration import fit, validate
+
+    results = json.loads(validate.RESULTS.read_text(encoding="utf-8"))
+    text = fit.REPORT.read_text(encoding="utf-8")
+    assert text.split(fit.VALIDATION_MARKER)[1].strip() == validate.render(results).strip()
+    for key in ("rows", "ttft_median_abs_error", "tpot_median_abs_error"):
+        assert key in results["silicon"]
+    assert "max_abs_error" in results["table5"]
