@@ -16,6 +16,7 @@ pending request and advances every env to its next arrival.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import numba
@@ -196,6 +197,8 @@ class VecSimulator:
         self._unchecked_steps = 0
         self._slot_steps = 0  # steps that cannot run out of request slots (see step)
         self._view: ViewSpec = no_view()
+        # simulators checked to run this scenario (copy_envs)
+        self._same_as: weakref.WeakSet[VecSimulator] = weakref.WeakSet()
 
     # ---- the view a router would read ---------------------------------------------------------
     def enable_view(
@@ -373,6 +376,78 @@ class VecSimulator:
     def drain(self, limit_s: float = DRAIN_LIMIT_S) -> None:
         """Finish every routed request (no further arrivals); for end-of-run metrics."""
         kernel.drain(*self._kernel_args(), float(limit_s))
+
+    # ---- copies of envs ----------------------------------------------------------------------
+    def copy_envs(
+        self,
+        source: VecSimulator,
+        src: Sequence[int] | NDArray[np.integer],
+        dst: Sequence[int] | NDArray[np.integer],
+    ) -> None:
+        """Make envs ``dst`` of this simulator exact copies of envs ``src`` of ``source`` (a
+        simulator of the same scenario, or this one): queues, caches, links and their
+        bandwidth series, decode batches, metrics, the workload stream (so a copy draws the
+        same future requests) and the view rows. A copy stepped with the same decisions as
+        its original stays equal to it. Per-request records are copied when both keep the
+        same number. Either simulator's request slots grow to match the other's first.
+
+        Raises ValueError when the two simulators run different scenarios or the index lists
+        differ in length or leave their range.
+        """
+        s = np.asarray(src, np.int64).reshape(-1)
+        d = np.asarray(dst, np.int64).reshape(-1)
+        if s.shape != d.shape:
+            raise ValueError(f"src and dst: {s.size} and {d.size} envs; expected as many")
+        for name, idx, sim in (("src", s, source), ("dst", d, self)):
+            if idx.size and (idx.min() < 0 or idx.max() >= sim.num_envs):
+                raise ValueError(f"{name}: env indices must be in [0, {sim.num_envs})")
+        if not source._started:
+            raise RuntimeError("copy_envs: the source simulator was never reset")
+        self._check_same_scenario(source)
+        while self.state.free.shape[1] < source.state.free.shape[1]:
+            self.state = grow_slots(self.state)
+        while source.state.free.shape[1] < self.state.free.shape[1]:
+            source.state = grow_slots(source.state)
+        for mine, theirs in (
+            (self.state, source.state),
+            (self.workload_state, source.workload_state),
+        ):
+            for name in type(mine)._fields:
+                a, b = getattr(mine, name), getattr(theirs, name)
+                if name == "records" and a.shape[1:] != b.shape[1:]:
+                    continue  # a copy without records (or another capacity) keeps none
+                a[d] = b[s]
+        for name in CacheState._fields:
+            if name != "cfg":  # per cluster, not per env
+                getattr(self.cache, name)[d] = getattr(source.cache, name)[s]
+        if self._view.values.shape[0] and source._view.values.shape == (
+            source.num_envs,
+            self._view.values.shape[1],
+        ):
+            for name in ("values", "bandwidth_bps", "mask", "counters"):
+                getattr(self._view, name)[d] = getattr(source._view, name)[s]
+        self._started = True
+        self._slot_steps = 0  # free slots changed: check before the next step
+        self._step_args = None
+
+    def _check_same_scenario(self, other: VecSimulator) -> None:
+        """ValueError unless ``other`` simulates the same scenario (constants and workload)."""
+        if other is self or other in self._same_as:
+            return
+        same = len(self.static) == len(other.static) and all(
+            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+            for a, b in zip(self.static, other.static, strict=True)
+        )
+        same = same and all(
+            np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+            for a, b in zip(self.workload_params, other.workload_params, strict=True)
+        )
+        if not same:
+            raise ValueError(
+                f"copy_envs: {other.scenario.source} and {self.scenario.source} are different "
+                "scenarios (topology, costs or workload differ)"
+            )
+        self._same_as.add(other)
 
     # ---- what a router sees about the pending request -------------------------------------------
     @property
