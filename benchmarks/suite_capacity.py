@@ -7,8 +7,10 @@ For each scenario:
   ``evaluate.py --sweep-rate``); the scenario's sustainable maximum is the best of them, and
   its **load** is the file's rate over that maximum (1 / the best multiplier);
 - **spread** (``--spread``): every built-in heuristic at the file's rate on the same seeds:
-  P90 TTFT, throughput and SLO attainment, and how far the heuristics are apart (the worst
-  and the median P90 over the best, among the policies within 1 % of the best throughput).
+  P90 TTFT, throughput and SLO attainment, and how far the heuristics are apart (the second
+  best, the median and the worst P90 over the best). Throughput here is completed requests
+  over the simulated time including the drain after the last arrival, so it mostly tells how
+  long the backlog took to clear; SLO attainment is the fairer second column.
 
     python benchmarks/suite_capacity.py --suite default
     python benchmarks/suite_capacity.py --suite default --spread --scenarios paper_poisson
@@ -99,16 +101,15 @@ def spread(s: SuiteScenario, seeds: list[int], decisions: int) -> None:
                 float(np.nanmean(m["slo_attainment"])),
             )
         )
-    top = max(r[2] for r in rows)
-    eligible = [r for r in rows if r[2] >= 0.99 * top]
-    best = min(eligible, key=lambda r: r[1])
-    p90s = sorted(r[1] for r in eligible)
+    rows.sort(key=lambda r: r[1])
+    best = rows[0]
+    p90s = [r[1] for r in rows]
     print(
-        f"{s.split:9s} {s.name:28s} best {best[0]} P90 {best[1]:.2f} s; among {len(eligible)} "
-        f"at >= 99 % of the top throughput: median P90 x{np.median(p90s) / best[1]:.2f}, worst "
-        f"x{p90s[-1] / best[1]:.2f}"
+        f"{s.split:9s} {s.name:28s} best {best[0]} P90 {best[1]:.2f} s (SLO {best[3]:.1%}); "
+        f"second x{p90s[1] / best[1]:.2f} ({rows[1][0]}), median x{np.median(p90s) / best[1]:.2f}, "
+        f"worst x{p90s[-1] / best[1]:.2f}"
     )
-    for name, p90, rps, slo in sorted(rows, key=lambda r: r[1]):
+    for name, p90, rps, slo in rows:
         print(f"    {name:20s} P90 {p90:9.2f} s  {rps:8.3f} req/s  SLO {slo:6.1%}")
 
 
