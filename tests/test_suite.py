@@ -307,3 +307,38 @@ def test_new_workload_keys_give_errors_that_name_the_key() -> None:
     )
     assert "rate_shape.kind: 'cosine' is not allowed" in err(rate_shape={"kind": "cosine"})
     assert "rate_shape: give either multipliers" in err(rate_shape={"kind": "steps", "step_s": 1})
+
+
+clients_lists = st.lists(
+    st.fixed_dictionaries(
+        {
+            "share": st.floats(0.01, 10),
+            "family": st.sampled_from(["gamma", "weibull"]),
+            "shape": st.floats(0.15, 5),
+            "input": st.tuples(st.integers(1, 1000), st.integers(0, 5000)).map(
+                lambda t: [[0, t[0]], [0.5, t[0] + t[1] // 2], [1, t[0] + t[1]]]
+            ),
+        }
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(clients=clients_lists, seed=st.integers(0, 2**31))
+def test_client_mix_arrivals_increase_and_lengths_stay_in_their_tables(
+    clients: list[dict], seed: int
+) -> None:
+    w = _workload(
+        arrival={"process": "clients", "rate_rps": 3.0, "clients": clients},
+        input={"distribution": "clients"},
+        rate_shape={"kind": "sinusoid", "amplitude": 0.5, "period_s": 30},
+    )
+    s = wl.sample(w, 500, seed=seed)
+    assert np.all(np.diff(s["arrival_s"]) >= 0) and np.all(np.isfinite(s["arrival_s"]))
+    assert s["client"].min() >= 0 and s["client"].max() < len(clients)
+    for k, c in enumerate(clients):
+        mine = s["input_tokens"][s["client"] == k]
+        if mine.size:
+            assert mine.min() >= c["input"][0][1] and mine.max() <= c["input"][-1][1]
