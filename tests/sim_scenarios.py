@@ -76,7 +76,51 @@ def mooncake() -> dict[str, Any]:
     return d
 
 
-SCENARIOS = {"light": light, "saturated": saturated, "starved": starved, "mooncake": mooncake}
+def servegen_mix() -> dict[str, Any]:
+    """ServeGen's reasoning client mix (each request's lengths from its client's tables), its
+    rate swinging on a sinusoid, on a 20 Gbps link."""
+    d = base()
+    d["topology"]["links"][0]["bandwidth_gbps"] = 20
+    d["workload"] = {
+        "kind": "synthetic",
+        "arrival": {"process": "clients", "rate_rps": 2.0, "clients": "servegen/reason"},
+        "input": {"distribution": "clients"},
+        "output": {"distribution": "clients"},
+        "rate_shape": {"kind": "sinusoid", "amplitude": 0.6, "period_s": 60},
+    }
+    return d
+
+
+def mixture_shaped() -> dict[str, Any]:
+    """Long log-normal prompts mixed with ServeGen's short ones, MMPP arrivals ramping up."""
+    d = base()
+    d["workload"]["arrival"] = {
+        "process": "mmpp",
+        "rate_rps": 2.0,
+        "burst_factor": 4,
+        "burst_fraction": 0.2,
+        "burst_mean_s": 5,
+    }
+    d["workload"]["input"] = {
+        "distribution": "mixture",
+        "weight": 0.4,
+        "components": [
+            d["workload"]["input"],
+            {"distribution": "empirical", "table": "servegen/language"},
+        ],
+    }
+    d["workload"]["rate_shape"] = {"kind": "ramp", "start": 0.3, "end": 1.5, "duration_s": 80}
+    return d
+
+
+SCENARIOS = {
+    "light": light,
+    "saturated": saturated,
+    "starved": starved,
+    "mooncake": mooncake,
+    "servegen_mix": servegen_mix,
+    "mixture_shaped": mixture_shaped,
+}
 
 
 def scenario(name: str) -> Scenario:

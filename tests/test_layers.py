@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "prfaas_env.costmodel",
         "prfaas_env.calibration",
     ),
-    ("prfaas_env.sim", "prfaas_env.traces"),
+    ("prfaas_env.sim", "prfaas_env.traces", "prfaas_env.workloads", "prfaas_env.suite"),
     ("prfaas_env.observation",),
     ("prfaas_env.env", "prfaas_env.policies"),
     (

@@ -186,7 +186,8 @@ class VecSimulator:
         self.state: State = new_state(self.num_envs, slots, *dims)
         self._fresh = new_state(1, 1, *dims)  # the values a reset env starts from
         self.cache: CacheState = new_cache(self.num_envs, [c.prefix_cache_blocks for c in cl])
-        self.workload_state = wl.new_state(self.num_envs, scenario.workload.sessions)
+        w = scenario.workload
+        self.workload_state = wl.new_state(self.num_envs, w.sessions, len(w.clients))
         self._started = False
         if parallel is None:
             parallel = self.num_envs >= PARALLEL_MIN_ENVS and numba.get_num_threads() > 1

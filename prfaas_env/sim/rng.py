@@ -90,3 +90,21 @@ def truncated_lognormal(
         x = np.exp(mu + sigma * normal(state, i))
         if low <= x <= high:
             return x
+
+
+@compiled
+def quantile_draw(
+    state: NDArray[np.uint64], i: int, table: NDArray[np.float64], offset: int, n: int
+) -> float:
+    """A draw from the piecewise-linear quantile function ``table[1, offset:offset+n]`` at
+    cumulative probabilities ``table[0, offset:offset+n]`` (0 first, 1 last, increasing)."""
+    u = uniform(state, i)
+    lo, hi = offset, offset + n - 1  # table[0, lo] <= u < table[0, hi]
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if table[0, mid] <= u:
+            lo = mid
+        else:
+            hi = mid
+    p0, p1 = table[0, lo], table[0, hi]
+    return table[1, lo] + (table[1, hi] - table[1, lo]) * (u - p0) / (p1 - p0)

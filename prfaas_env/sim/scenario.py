@@ -95,8 +95,7 @@ def _check_capacity(topo: Topology, work: Workload, where: str) -> None:
     if work.trace is not None:
         longest = int((work.trace.input_tokens + work.trace.output_tokens).max())
     else:
-        longest = int(work.input.high if work.input.kind == "lognormal" else work.input.tokens)
-        longest += int(work.output.high if work.output.kind == "lognormal" else work.output.tokens)
+        longest = work.input.longest() + work.output.longest()
     longest = min(longest, 2 * MAX_PROMPT_TOKENS)
     need = float(topo.model.kv_bytes_for(longest))
     caps = topo.decode_kv_capacity_bytes()

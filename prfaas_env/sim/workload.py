@@ -9,16 +9,27 @@ share a k-block prefix). Kinds:
     coefficient of variation ``cv``: cv = 1 is Poisson, larger is burstier); ``mmpp``
     (two-state Markov-modulated Poisson: a burst state at ``burst_factor`` times the base rate
     for a fraction ``burst_fraction`` of the time, bursts lasting ``burst_mean_s`` on average;
-    the long-run rate is ``rate_rps``).
-  - input and output lengths: ``fixed`` (``tokens``) or ``lognormal`` (``mu``, ``sigma`` of the
+    the long-run rate is ``rate_rps``); ``clients`` (a client mix: the superposition of one
+    renewal process per client, each with its share of ``rate_rps`` and its own gamma or
+    Weibull gaps, started in equilibrium; ``clients`` names a shipped ServeGen mix or lists
+    the clients, see :mod:`prfaas_env.sim.empirical`).
+  - input and output lengths: ``fixed`` (``tokens``); ``lognormal`` (``mu``, ``sigma`` of the
     natural log, conditioned on [``min``, ``max``]; the paper's workload is mu 9.90, sigma 1.00
-    on [128, 131072]).
+    on [128, 131072]); ``empirical`` (a quantile table: ``table`` names a shipped one, or
+    ``quantiles`` lists [probability, tokens] pairs); ``clients`` (each request's length from
+    the table of the client that sent it; needs the ``clients`` arrival process);
+    ``mixture`` (``components``: two of the above but mixture and clients, the first drawn
+    with probability ``weight``).
   - prefix sharing: with probability ``system_prompt_share`` a new session starts with one of
     ``system_prompts`` shared system prompts of ``system_prompt_tokens`` tokens (rounded down to
     whole blocks); with probability ``session_reuse`` a request is a further turn of one of the
     ``sessions`` most recent sessions (uniformly chosen) and its prompt is that session's block
     chain up to its own length, so it shares ``min`` of the two lengths with earlier turns;
     otherwise it opens a new session, replacing a random one.
+
+**rate_shape** (both kinds): a multiplier of the rate over the episode (``ramp``,
+``sinusoid``, ``steps``), applied by time-warping the arrival process (see
+:mod:`prfaas_env.sim.empirical`). The request stream never depends on routing decisions.
 
 **trace** (Mooncake JSONL or Azure CSV, see :mod:`prfaas_env.sim.traces`)
   Replays a time window of the trace (``window_s``) with gaps divided by ``rate_multiplier``.
@@ -30,7 +41,7 @@ share a k-block prefix). Kinds:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,30 +51,44 @@ from numpy.typing import NDArray
 
 from prfaas_env.errors import ConfigError, check_keys, number
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
+from prfaas_env.sim.empirical import (
+    ClientSpec,
+    QuantileTable,
+    RateShape,
+    parse_clients,
+    parse_quantiles,
+    parse_rate_shape,
+    shipped_lengths,
+)
 from prfaas_env.sim.jit import compiled, compiled_inline
 from prfaas_env.sim.packing import add_views
 from prfaas_env.sim.rng import (
     exponential,
     gamma,
+    quantile_draw,
     seed_states,
     truncated_lognormal,
     uniform,
 )
 from prfaas_env.sim.traces import Trace, load_trace
 
-ARRIVALS = ("poisson", "gamma", "mmpp")
-LENGTHS = ("fixed", "lognormal")
+ARRIVALS = ("poisson", "gamma", "mmpp", "clients")
+LENGTHS = ("fixed", "lognormal", "empirical", "clients", "mixture")
+SHAPES = ("none", "ramp", "sinusoid", "steps")
 KINDS = ("synthetic", "trace")
 ID_STRIDE = 1 << 20  # block-id space of one system prompt or one session chain
 MAX_OUTPUT_TOKENS = 1 << 24  # longest output a trace may ask for (request slots hold int32)
 
 _ARRIVAL_CODE = {a: i for i, a in enumerate(ARRIVALS)}
 _LENGTH_CODE = {a: i for i, a in enumerate(LENGTHS)}
+_SHAPE_CODE = {a: i for i, a in enumerate(SHAPES)}
 
 
 @dataclass(frozen=True)
 class LengthDist:
-    """A token-length distribution (``fixed`` or truncated ``lognormal``)."""
+    """A token-length distribution: ``fixed``, truncated ``lognormal``, ``empirical`` (one
+    quantile table), ``clients`` (one table per client of the mix, weighted by ``shares``) or a
+    ``mixture`` of two ``components`` (the first with probability ``weight``)."""
 
     kind: str = "fixed"
     tokens: int = 1024
@@ -71,11 +96,20 @@ class LengthDist:
     sigma: float = 1.0
     low: float = 1.0
     high: float = float(MAX_PROMPT_TOKENS)
+    tables: tuple[QuantileTable, ...] = ()
+    shares: tuple[float, ...] = ()
+    weight: float = 1.0
+    components: tuple[LengthDist, ...] = ()
 
     def mean(self) -> float:
-        """Mean tokens (analytic for the truncated log-normal, before rounding)."""
+        """Mean tokens (analytic, before rounding)."""
         if self.kind == "fixed":
             return float(self.tokens)
+        if self.kind in ("empirical", "clients"):
+            return sum(s * t.mean() for s, t in zip(self.shares, self.tables, strict=True))
+        if self.kind == "mixture":
+            a, b = self.components
+            return self.weight * a.mean() + (1 - self.weight) * b.mean()
         s, mu = self.sigma, self.mu
 
         def phi(x: float) -> float:
@@ -84,6 +118,16 @@ class LengthDist:
         a, b = (math.log(self.low) - mu) / s, (math.log(self.high) - mu) / s
         mass = phi(b) - phi(a)
         return math.exp(mu + s * s / 2) * (phi(b - s) - phi(a - s)) / mass
+
+    def longest(self) -> int:
+        """Most tokens a draw can have."""
+        if self.kind == "fixed":
+            return self.tokens
+        if self.kind == "lognormal":
+            return int(self.high + 0.5)
+        if self.kind == "mixture":
+            return max(c.longest() for c in self.components)
+        return int(max(t.high for t in self.tables) + 0.5)
 
 
 @dataclass(frozen=True)
@@ -107,14 +151,17 @@ class Workload:
     sessions: int = 64
     trace: Trace | None = None
     random_start: bool = True
+    clients: tuple[ClientSpec, ...] = ()
+    rate_shape: RateShape | None = None
 
     def mean_rate_rps(self) -> float:
-        """Long-run arrival rate after the rate multiplier, requests/s."""
+        """Long-run arrival rate after the rate multiplier and the rate shape, requests/s."""
+        shape = self.rate_shape.long_run_mean() if self.rate_shape is not None else 1.0
         if self.trace is not None:
             n = len(self.trace)
             span = self.trace.duration_s
-            return self.rate_multiplier * (n / span if span > 0 else 0.0)
-        return self.rate_rps * self.rate_multiplier
+            return shape * self.rate_multiplier * (n / span if span > 0 else 0.0)
+        return shape * self.rate_rps * self.rate_multiplier
 
     def mean_output_tokens(self) -> float:
         """Mean output length, tokens: the trace's mean, or the distribution's. A router
@@ -135,18 +182,12 @@ class WorkloadParams(NamedTuple):
     rate_hi: float
     mean_lo_s: float
     mean_hi_s: float
-    in_kind: int
-    in_tokens: float
-    in_mu: float
-    in_sigma: float
-    in_low: float
-    in_high: float
-    out_kind: int
-    out_tokens: float
-    out_mu: float
-    out_sigma: float
-    out_low: float
-    out_high: float
+    lengths: NDArray[np.float64]  # [4, LP]: input first/second component, output first/second
+    quantiles: NDArray[np.float64]  # [2, points]: probabilities, tokens of every table
+    clients: NDArray[np.float64]  # [clients, CP]
+    shape_kind: int
+    shape: NDArray[np.float64]  # [SP]
+    shape_knots: NDArray[np.float64]  # steps: Lambda at each step boundary of one period
     block_tokens: int
     system_prompts: int
     system_blocks: int
@@ -163,6 +204,45 @@ class WorkloadParams(NamedTuple):
     tr_loop_gap: float
 
 
+class LP(IntEnum):
+    """Per length component (rows of ``WorkloadParams.lengths``): kind (index in LENGTHS),
+    fixed tokens, log-normal parameters and bounds, quantile table (offset, points), and the
+    probability of drawing the first component (row 0 of input or output; 1: no mixture)."""
+
+    KIND = 0
+    TOKENS = 1
+    MU = 2
+    SIGMA = 3
+    LOW = 4
+    HIGH = 5
+    QOFF = 6
+    QLEN = 7
+    WEIGHT = 8
+
+
+class CP(IntEnum):
+    """Per client of a client mix: rate (req/s), gap family (0 gamma, 1 Weibull), shape,
+    scale (s), and its input and output tables (offset and points; -1 none)."""
+
+    RATE = 0
+    FAMILY = 1
+    SHAPE = 2
+    SCALE = 3
+    IN_OFF = 4
+    IN_LEN = 5
+    OUT_OFF = 6
+    OUT_LEN = 7
+
+
+class SP(IntEnum):
+    """Rate-shape parameters: ramp (start, end, duration s), sinusoid (amplitude, period s,
+    phase), steps (step s, number of steps)."""
+
+    A = 0
+    B = 1
+    C = 2
+
+
 class WF(IntEnum):
     """Per env (float): last synthetic arrival, next MMPP switch, trace time base (s), and the
     next request's arrival time (s)."""
@@ -176,7 +256,8 @@ class WF(IntEnum):
 class WI(IntEnum):
     """Per env (int): MMPP burst state, sessions opened, trace cursor and loop count; the next
     request's input/output tokens, blocks, system prompt (-1 none) and its blocks, session
-    chain base id, trace block offset (-1 synthetic) and block-id shift."""
+    chain base id, trace block offset (-1 synthetic), block-id shift and client (client
+    mix; 0 otherwise)."""
 
     BURST = 0
     SESS_COUNT = 1
@@ -190,6 +271,7 @@ class WI(IntEnum):
     REQ_BASE = 9
     REQ_TOFF = 10
     REQ_SHIFT = 11
+    REQ_CLIENT = 12
 
 
 class SESS(IntEnum):
@@ -216,18 +298,20 @@ class WorkloadState(NamedTuple):
     wf: NDArray[np.float64]  # [E, 4]
     wi: NDArray[np.int64]  # [E, 12]
     sess: NDArray[np.int32]  # [E, sessions, 2] (int32: 8 bytes a session, read at random)
+    cnext: NDArray[np.float64]  # [E, clients]: next arrival per client (operational time, s)
 
 
 add_views(WorkloadState, WORKLOAD_LAYOUT)
 
 
-def new_state(num_envs: int, sessions: int) -> WorkloadState:
-    """Initial workload state for ``num_envs`` envs."""
+def new_state(num_envs: int, sessions: int, clients: int = 0) -> WorkloadState:
+    """Initial workload state for ``num_envs`` envs (``clients``: size of the client mix)."""
     st = WorkloadState(
         rng=np.zeros(num_envs, np.uint64),
         wf=np.zeros((num_envs, len(WF))),
         wi=np.zeros((num_envs, len(WI)), np.int64),
         sess=np.full((num_envs, max(sessions, 1), len(SESS)), -1, np.int32),
+        cnext=np.full((num_envs, max(clients, 1)), -1.0),
     )
     st.wi[:, WI.REQ_SYS] = -1
     st.wi[:, WI.REQ_TOFF] = -1
@@ -286,18 +370,8 @@ def params(w: Workload, block_tokens: int) -> WorkloadParams:
         rate_hi=rate_lo * w.burst_factor,
         mean_lo_s=w.burst_mean_s * (1.0 - f) / f if f > 0 else math.inf,
         mean_hi_s=w.burst_mean_s,
-        in_kind=_LENGTH_CODE[w.input.kind],
-        in_tokens=float(w.input.tokens),
-        in_mu=w.input.mu,
-        in_sigma=w.input.sigma,
-        in_low=w.input.low,
-        in_high=w.input.high,
-        out_kind=_LENGTH_CODE[w.output.kind],
-        out_tokens=float(w.output.tokens),
-        out_mu=w.output.mu,
-        out_sigma=w.output.sigma,
-        out_low=w.output.low,
-        out_high=w.output.high,
+        **_length_params(w),
+        **_shape_params(w.rate_shape),
         block_tokens=block_tokens,
         system_prompts=w.system_prompts,
         system_blocks=w.system_prompt_tokens // block_tokens,
@@ -315,6 +389,71 @@ def params(w: Workload, block_tokens: int) -> WorkloadParams:
     )
 
 
+class _Tables:
+    """Quantile tables packed one after another (``[2, points]``: probabilities, tokens)."""
+
+    def __init__(self) -> None:
+        self.cols: list[tuple[float, float]] = []
+        self.seen: dict[int, int] = {}
+
+    def add(self, t: QuantileTable | None) -> tuple[float, float]:
+        """(offset, points) of table ``t`` in the packed array; (-1, 0) for None."""
+        if t is None:
+            return -1.0, 0.0
+        if id(t) not in self.seen:
+            self.seen[id(t)] = len(self.cols)
+            self.cols.extend(zip(t.probs, t.tokens, strict=True))
+        return float(self.seen[id(t)]), float(len(t.probs))
+
+    def array(self) -> NDArray[np.float64]:
+        return np.array(self.cols, np.float64).T.copy() if self.cols else np.zeros((2, 1))
+
+
+def _length_params(w: Workload) -> dict[str, Any]:
+    """The ``lengths``, ``quantiles`` and ``clients`` arrays of :class:`WorkloadParams`."""
+    tables = _Tables()
+    rows = np.zeros((4, len(LP)))
+    for side, dist in enumerate((w.input, w.output)):
+        comps = dist.components if dist.kind == "mixture" else (dist,)
+        rows[2 * side, LP.WEIGHT] = dist.weight if dist.kind == "mixture" else 1.0
+        for j, d in enumerate(comps):
+            r = rows[2 * side + j]
+            r[LP.KIND] = _LENGTH_CODE[d.kind]
+            r[LP.TOKENS], r[LP.MU], r[LP.SIGMA] = d.tokens, d.mu, d.sigma
+            r[LP.LOW], r[LP.HIGH] = d.low, d.high
+            r[LP.QOFF], r[LP.QLEN] = tables.add(d.tables[0] if d.kind == "empirical" else None)
+    rate = w.rate_rps * w.rate_multiplier
+    clients = np.zeros((max(len(w.clients), 1), len(CP)))
+    for c, spec in enumerate(w.clients):
+        row = clients[c]
+        row[CP.RATE] = rate * spec.share
+        row[CP.FAMILY] = 1.0 if spec.family == "weibull" else 0.0
+        row[CP.SHAPE] = spec.shape
+        if spec.family == "weibull":  # mean gap scale * Gamma(1 + 1/shape) = 1 / rate
+            row[CP.SCALE] = 1.0 / (row[CP.RATE] * math.gamma(1.0 + 1.0 / spec.shape))
+        else:  # mean gap shape * scale = 1 / rate
+            row[CP.SCALE] = 1.0 / (row[CP.RATE] * spec.shape)
+        row[CP.IN_OFF], row[CP.IN_LEN] = tables.add(spec.input)
+        row[CP.OUT_OFF], row[CP.OUT_LEN] = tables.add(spec.output)
+    return {"lengths": rows, "quantiles": tables.array(), "clients": clients}
+
+
+def _shape_params(shape: RateShape | None) -> dict[str, Any]:
+    """The rate-shape fields of :class:`WorkloadParams`."""
+    sp = np.zeros(len(SP))
+    knots = np.zeros(1)
+    if shape is None:
+        return {"shape_kind": 0, "shape": sp, "shape_knots": knots}
+    if shape.kind == "ramp":
+        sp[:] = shape.start, shape.end, shape.duration_s
+    elif shape.kind == "sinusoid":
+        sp[:] = shape.amplitude, shape.period_s, shape.phase
+    else:
+        sp[SP.A], sp[SP.B] = shape.step_s, len(shape.multipliers)
+        knots = np.concatenate(([0.0], np.cumsum(shape.multipliers) * shape.step_s))
+    return {"shape_kind": _SHAPE_CODE[shape.kind], "shape": sp, "shape_knots": knots}
+
+
 def reset_env(w: Workload, st: WorkloadState, e: int, rng: np.random.Generator) -> None:
     """Re-initialise env ``e``'s workload state from its generator ``rng``."""
     st.rng[e] = seed_states(rng, 1)[0]
@@ -324,6 +463,8 @@ def reset_env(w: Workload, st: WorkloadState, e: int, rng: np.random.Generator) 
     st.sess[e] = -1
     st.wi[e, WI.SESS_COUNT] = 0
     st.wi[e, WI.LOOP] = 0
+    st.wi[e, WI.REQ_CLIENT] = 0
+    st.cnext[e] = -1.0  # drawn with the first request
     if w.trace is not None:
         start = int(rng.integers(len(w.trace))) if w.random_start else 0
         st.wi[e, WI.CURSOR] = start
@@ -334,20 +475,113 @@ def reset_env(w: Workload, st: WorkloadState, e: int, rng: np.random.Generator) 
 
 
 @compiled_inline
-def _length(
-    st: WorkloadState,
-    e: int,
-    kind: int,
-    tokens: float,
-    mu: float,
-    sigma: float,
-    low: float,
-    high: float,
-) -> int:
+def _length(p: WorkloadParams, st: WorkloadState, e: int, side: int) -> int:
+    """Tokens of env ``e``'s next request: input (``side`` 0) or output (1)."""
+    row = 2 * side
+    if p.lengths[row, LP.WEIGHT] < 1.0 and uniform(st.rng, e) >= p.lengths[row, LP.WEIGHT]:
+        row += 1  # the mixture's second component
+    kind = p.lengths[row, LP.KIND]
     if kind == 0:
-        return int(tokens)
-    x = truncated_lognormal(st.rng, e, mu, sigma, low, high)
+        return int(p.lengths[row, LP.TOKENS])
+    if kind == 1:
+        x = truncated_lognormal(
+            st.rng,
+            e,
+            p.lengths[row, LP.MU],
+            p.lengths[row, LP.SIGMA],
+            p.lengths[row, LP.LOW],
+            p.lengths[row, LP.HIGH],
+        )
+    elif kind == 2:
+        x = quantile_draw(
+            st.rng, e, p.quantiles, int(p.lengths[row, LP.QOFF]), int(p.lengths[row, LP.QLEN])
+        )
+    else:  # the table of the client that sent the request
+        c = st.wi[e, WI.REQ_CLIENT]
+        off = CP.IN_OFF if side == 0 else CP.OUT_OFF
+        x = quantile_draw(
+            st.rng, e, p.quantiles, int(p.clients[c, off]), int(p.clients[c, off + 1])
+        )
     return max(int(x + 0.5), 1)
+
+
+@compiled_inline
+def _client_gap(p: WorkloadParams, st: WorkloadState, e: int, c: int, first: bool) -> float:
+    """Seconds to client ``c``'s next arrival; ``first``: from a random instant (the renewal
+    process's equilibrium: a uniform fraction of a length-biased gap, which is gamma with
+    shape k + 1 for gamma gaps, and scale * G^(1/c), G ~ gamma(1 + 1/c), for Weibull gaps)."""
+    k = p.clients[c, CP.SHAPE]
+    scale = p.clients[c, CP.SCALE]
+    if p.clients[c, CP.FAMILY] == 0.0:
+        x = scale * gamma(st.rng, e, k + 1.0 if first else k)
+    elif first:
+        x = scale * gamma(st.rng, e, 1.0 + 1.0 / k) ** (1.0 / k)
+    else:
+        x = scale * exponential(st.rng, e) ** (1.0 / k)
+    if first:
+        x *= uniform(st.rng, e)
+    return x
+
+
+@compiled_inline
+def _next_client(p: WorkloadParams, st: WorkloadState, e: int) -> float:
+    """Operational time of env ``e``'s next arrival under a client mix; sets its client."""
+    n = p.clients.shape[0]
+    if st.cnext[e, 0] < 0.0:  # first call: every client from equilibrium
+        for c in range(n):
+            st.cnext[e, c] = st.wf[e, WF.LAST_T] + _client_gap(p, st, e, c, True)
+    best = 0
+    for c in range(1, n):
+        if st.cnext[e, c] < st.cnext[e, best]:
+            best = c
+    t = st.cnext[e, best]
+    st.cnext[e, best] = t + _client_gap(p, st, e, best, False)
+    st.wi[e, WI.REQ_CLIENT] = best
+    return t
+
+
+@compiled
+def warp(kind: int, sp: NDArray[np.float64], knots: NDArray[np.float64], tau: float) -> float:
+    """Real time (s) of operational time ``tau``: the inverse of Lambda, the rate multiplier's
+    integral (``kind`` 1 ramp, 2 sinusoid, 3 steps; see :mod:`prfaas_env.sim.empirical`)."""
+    if kind == 1:
+        a, b, d = sp[SP.A], sp[SP.B], sp[SP.C]
+        end = d * (a + b) / 2.0
+        if tau >= end:
+            return d + (tau - end) / b
+        # a t + (b - a) t^2 / (2 d) = tau, in the form without cancellation
+        return 2.0 * tau / (a + np.sqrt(a * a + 2.0 * (b - a) * tau / d))
+    if kind == 2:
+        amp, period, phase = sp[SP.A], sp[SP.B], sp[SP.C]
+        w = 2.0 * np.pi / period
+        whole = np.floor(tau / period)
+        r = tau - whole * period  # Lambda(t + period) = Lambda(t) + period
+        lo, hi = 0.0, period
+        t = r
+        for _ in range(100):  # Newton's method, kept inside a shrinking bracket
+            f = t + amp / w * (np.cos(phase) - np.cos(w * t + phase)) - r
+            if abs(f) <= 1e-12 * period:
+                break
+            if f > 0.0:
+                hi = t
+            else:
+                lo = t
+            t = t - f / (1.0 + amp * np.sin(w * t + phase))
+            if not lo < t < hi:
+                t = 0.5 * (lo + hi)
+        return whole * period + t
+    n = knots.shape[0] - 1
+    step = sp[SP.A]
+    whole = np.floor(tau / knots[n])
+    r = tau - whole * knots[n]
+    lo, hi = 0, n  # knots[lo] <= r < knots[hi]
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if knots[mid] <= r:
+            lo = mid
+        else:
+            hi = mid
+    return (whole * n + lo) * step + (r - knots[lo]) * step / (knots[lo + 1] - knots[lo])
 
 
 @compiled_inline
@@ -358,6 +592,8 @@ def _next_gap(p: WorkloadParams, st: WorkloadState, e: int) -> float:
     if p.arrival == 1:
         k = 1.0 / (p.cv * p.cv)
         return gamma(st.rng, e, k) / (k * p.rate)
+    if p.arrival == 3:
+        return _next_client(p, st, e) - st.wf[e, WF.LAST_T]
     # Markov-modulated Poisson: sample within the current state, switching as needed.
     t = st.wf[e, WF.LAST_T]
     if st.wf[e, WF.SWITCH_T] <= 0.0:  # first call: stationary initial state
@@ -390,7 +626,10 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
             st.wi[e, WI.LOOP] += 1
             st.wf[e, WF.BASE_T] -= p.tr_arrival[n - 1] - p.tr_arrival[0] + p.tr_loop_gap
         st.wi[e, WI.CURSOR] = j + 1
-        st.wf[e, WF.REQ_T] = (p.tr_arrival[j] - st.wf[e, WF.BASE_T]) / p.multiplier
+        tau = (p.tr_arrival[j] - st.wf[e, WF.BASE_T]) / p.multiplier
+        st.wf[e, WF.REQ_T] = (
+            tau if p.shape_kind == 0 else warp(p.shape_kind, p.shape, p.shape_knots, tau)
+        )
         st.wi[e, WI.REQ_IN] = p.tr_input[j]
         st.wi[e, WI.REQ_OUT] = p.tr_output[j]
         st.wi[e, WI.REQ_TOFF] = p.tr_offsets[j]
@@ -402,11 +641,9 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
         return
     t = st.wf[e, WF.LAST_T] + _next_gap(p, st, e)
     st.wf[e, WF.LAST_T] = t
-    st.wf[e, WF.REQ_T] = t
-    length = _length(st, e, p.in_kind, p.in_tokens, p.in_mu, p.in_sigma, p.in_low, p.in_high)
-    st.wi[e, WI.REQ_OUT] = _length(
-        st, e, p.out_kind, p.out_tokens, p.out_mu, p.out_sigma, p.out_low, p.out_high
-    )
+    st.wf[e, WF.REQ_T] = t if p.shape_kind == 0 else warp(p.shape_kind, p.shape, p.shape_knots, t)
+    length = _length(p, st, e, 0)
+    st.wi[e, WI.REQ_OUT] = _length(p, st, e, 1)
     s = int(uniform(st.rng, e) * p.sessions)
     if (
         p.session_reuse > 0.0
@@ -444,16 +681,66 @@ def block_id(tr_blocks: NDArray[np.int64], wi: NDArray[np.int64], e: int, b: int
 
 
 # ---- parsing ---------------------------------------------------------------------------------
-def _parse_length(raw: Any, where: str, default: LengthDist) -> LengthDist:
+def _parse_length(
+    raw: Any,
+    where: str,
+    default: LengthDist,
+    side: str,
+    clients: tuple[ClientSpec, ...] = (),
+    allowed: tuple[str, ...] = LENGTHS,
+) -> LengthDist:
+    """A length distribution of ``side`` (input or output) from its mapping."""
     if raw is None:
         return default
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with 'distribution'")
     kind = raw.get("distribution", "fixed")
-    if kind not in LENGTHS:
+    if kind not in allowed:
         raise ConfigError(
-            f"{where}.distribution: {kind!r} is not allowed; allowed: {', '.join(LENGTHS)}"
+            f"{where}.distribution: {kind!r} is not allowed; allowed: {', '.join(allowed)}"
         )
+    if kind == "empirical":
+        check_keys(raw, where, [], ["distribution", "table", "quantiles"])
+        if ("table" in raw) == ("quantiles" in raw):
+            raise ConfigError(f"{where}: give either table (a shipped table) or quantiles")
+        if "table" in raw:
+            table = shipped_lengths(raw, where, side)
+        else:
+            table = parse_quantiles(raw["quantiles"], f"{where}.quantiles", MAX_PROMPT_TOKENS)
+        return LengthDist("empirical", tables=(table,), shares=(1.0,))
+    if kind == "clients":
+        check_keys(raw, where, [], ["distribution"])
+        if not clients:
+            raise ConfigError(
+                f"{where}.distribution: clients needs the clients arrival process "
+                "(workload.arrival.process: clients)"
+            )
+        missing = [i for i, c in enumerate(clients) if getattr(c, side) is None]
+        if missing:
+            raise ConfigError(
+                f"{where}.distribution: clients needs an {side} table for every client; "
+                f"client(s) {', '.join(map(str, missing))} of workload.arrival.clients have none"
+            )
+        tables = tuple(getattr(c, side) for c in clients)
+        return LengthDist("clients", tables=tables, shares=tuple(c.share for c in clients))
+    if kind == "mixture":
+        check_keys(raw, where, ["weight", "components"], ["distribution"])
+        comps = raw["components"]
+        if not (isinstance(comps, list) and len(comps) == 2):
+            raise ConfigError(f"{where}.components: expected a list of two distributions")
+        parts = tuple(
+            _parse_length(
+                c,
+                f"{where}.components[{i}]",
+                default,
+                side,
+                (),
+                ("fixed", "lognormal", "empirical"),
+            )
+            for i, c in enumerate(comps)
+        )
+        weight = number(raw, "weight", where, minimum=0, maximum=1)
+        return LengthDist("mixture", weight=weight, components=parts)
     if kind == "fixed":
         check_keys(raw, where, ["tokens"], ["distribution"])
         tok = number(raw, "tokens", where, minimum=1, maximum=MAX_PROMPT_TOKENS, integer=True)
@@ -481,8 +768,8 @@ def _parse_length(raw: Any, where: str, default: LengthDist) -> LengthDist:
     return d
 
 
-_SYNTH_KEYS = ("arrival", "input", "output", "prefix")
-_TRACE_KEYS = ("trace", "format", "window_s", "start", "on_error", "unsorted")
+_SYNTH_KEYS = ("arrival", "input", "output", "prefix", "rate_shape")
+_TRACE_KEYS = ("trace", "format", "window_s", "start", "on_error", "unsorted", "rate_shape")
 
 
 def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Workload:
@@ -497,8 +784,10 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         raw, where, ["kind"] + (["trace"] if kind == "trace" else []), ("rate_multiplier", *keys)
     )
     mult = number(raw, "rate_multiplier", where, minimum=0, exclusive_minimum=True, default=1.0)
+    shape = parse_rate_shape(raw.get("rate_shape"), f"{where}.rate_shape")
     if kind == "trace":
-        return _parse_trace_workload(raw, where, mult, base_dir)
+        w = _parse_trace_workload(raw, where, mult, base_dir)
+        return w if shape is None else replace(w, rate_shape=shape)
     arr = raw.get("arrival") or {}
     aw = f"{where}.arrival"
     if not isinstance(arr, dict):
@@ -510,7 +799,18 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         "poisson": [],
         "gamma": ["cv"],
         "mmpp": ["burst_factor", "burst_fraction", "burst_mean_s"],
+        "clients": ["clients"],
     }[proc]
+    if proc == "clients" and "clients" not in arr:
+        raise ConfigError(
+            f"{aw}.clients: missing (a shipped mix: servegen/language, servegen/reason; or a "
+            "list of clients)"
+        )
+    clients = (
+        parse_clients(arr["clients"], f"{aw}.clients", MAX_PROMPT_TOKENS)
+        if proc == "clients"
+        else ()
+    )
     check_keys(arr, aw, ["rate_rps"], ["process", *allowed])
     pre = raw.get("prefix") or {}
     pw = f"{where}.prefix"
@@ -541,8 +841,14 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         burst_mean_s=number(
             arr, "burst_mean_s", aw, minimum=0, exclusive_minimum=True, default=10.0
         ),
-        input=_parse_length(raw.get("input"), f"{where}.input", LengthDist("fixed", 8192)),
-        output=_parse_length(raw.get("output"), f"{where}.output", LengthDist("fixed", 1024)),
+        input=_parse_length(
+            raw.get("input"), f"{where}.input", LengthDist("fixed", 8192), "input", clients
+        ),
+        output=_parse_length(
+            raw.get("output"), f"{where}.output", LengthDist("fixed", 1024), "output", clients
+        ),
+        clients=clients,
+        rate_shape=shape,
         system_prompts=number(
             pre, "system_prompts", pw, minimum=0, maximum=1 << 20, integer=True, default=0
         ),
@@ -594,3 +900,36 @@ def _parse_trace_workload(raw: dict, where: str, mult: float, base_dir: Path | N
     if too_long:
         raise ConfigError(f"{where}.trace: {too_long}")
     return Workload(kind="trace", rate_multiplier=mult, trace=trace, random_start=start == "random")
+
+
+# ---- sampling outside the simulator -------------------------------------------------------------
+@compiled
+def _draw_many(
+    p: WorkloadParams, st: WorkloadState, out_f: NDArray[np.float64], out_i: NDArray[np.int64]
+) -> None:
+    for j in range(out_f.shape[0]):
+        next_request(p, st, 0)
+        out_f[j] = st.wf[0, WF.REQ_T]
+        out_i[j, 0] = st.wi[0, WI.REQ_IN]
+        out_i[j, 1] = st.wi[0, WI.REQ_OUT]
+        out_i[j, 2] = st.wi[0, WI.REQ_CLIENT]
+
+
+def sample(w: Workload, n: int, seed: int, block_tokens: int = 512) -> dict[str, NDArray]:
+    """The first ``n`` requests of ``w`` as an env seeded ``seed`` draws them, without
+    simulating the serving system: ``arrival_s``, ``input_tokens``, ``output_tokens`` and
+    ``client`` (the client of a client mix, else 0): the same requests as env 0 of a
+    :class:`~prfaas_env.sim.engine.VecSimulator` seeded ``seed`` (the request stream does not
+    depend on routing). For tests and for looking at a workload."""
+    p = params(w, block_tokens)
+    st = new_state(1, w.sessions, len(w.clients))
+    reset_env(w, st, 0, np.random.default_rng(seed))
+    out_f = np.zeros(n)
+    out_i = np.zeros((n, 3), np.int64)
+    _draw_many(p, st, out_f, out_i)
+    return {
+        "arrival_s": out_f,
+        "input_tokens": out_i[:, 0],
+        "output_tokens": out_i[:, 1],
+        "client": out_i[:, 2],
+    }
