@@ -23,15 +23,42 @@ import numpy as np
 from prfaas_env.env.config import resolve_config
 from prfaas_env.errors import ConfigError, NotApplicableError, UnknownNameError
 from prfaas_env.evaluation import METRICS, heuristic, interval, run_policy, sweep_max_rate
-from prfaas_env.policies import policy_names
+from prfaas_env.policies import PLANNERS, policy_names
 from prfaas_env.report import table, write_outputs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="paper_prfaas", help="config name or YAML path")
     ap.add_argument(
-        "--policies", default="all", help="'all', 'none' or comma-separated policy names"
+        "--config", default=None, help="config name or YAML path (default: paper_prfaas)"
+    )
+    ap.add_argument(
+        "--suite",
+        default=None,
+        metavar="NAME",
+        help="evaluate on every scenario of a suite (a shipped name such as 'default', or a "
+        "folder with train/ and held_out/) instead of one config",
+    )
+    ap.add_argument(
+        "--scenarios", default=None, help="with --suite: comma-separated scenario names only"
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="with --suite: worker processes (default: the machine's cores)",
+    )
+    ap.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="with --suite: run the work as Ray tasks on this cluster ('auto' to join one)",
+    )
+    ap.add_argument(
+        "--policies",
+        default="all",
+        help="'all' (every heuristic), 'none' or comma-separated names; 'rollout_oracle' adds "
+        "the oracle (a bound that sees the future, not a router), e.g. all,rollout_oracle",
     )
     ap.add_argument(
         "--agent",
@@ -67,25 +94,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--seeds and --decisions must be positive")
     if args.rate_multiplier is not None and not args.rate_multiplier > 0:
         ap.error("--rate-multiplier must be positive")
+    if args.suite is not None:
+        for flag, value in (
+            ("--config", args.config),
+            ("--sweep-rate", args.sweep_rate or None),
+            ("--analytic", args.analytic or None),
+            ("--rate-multiplier", args.rate_multiplier),
+        ):
+            if value is not None:
+                ap.error(f"{flag} does not apply with --suite (each scenario runs at its own rate)")
+    elif args.scenarios or args.ray or args.workers is not None:
+        ap.error("--scenarios, --workers and --ray apply with --suite only")
+    if args.workers is not None and args.workers < 1:
+        ap.error("--workers must be positive")
     return args
 
 
 def select_policies(spec: str) -> list[str]:
     """Policy names from ``all`` or a comma-separated list (unknown names are errors)."""
     known = policy_names()
-    if spec == "all":
-        return known
     if spec == "none":
         return []
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        if n not in known:
-            raise UnknownNameError("policy", n, known)
+    names: list[str] = []
+    for n in (s.strip() for s in spec.split(",") if s.strip()):
+        if n == "all":  # every heuristic; planners (the oracle) only when named
+            names += [k for k in known if k not in names]
+        elif n in known or n in PLANNERS:
+            names.append(n)
+        else:
+            raise UnknownNameError("policy", n, [*known, *PLANNERS])
     return names
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.suite is not None:
+        return main_suite(args)
     try:
         names = select_policies(args.policies)
         scenario, env_cfg = resolve_config(args.config)
@@ -166,6 +210,134 @@ def main(argv: list[str] | None = None) -> int:
             + (", goodput.png" if sweeps else "")
         )
     return 0
+
+
+def main_suite(args: argparse.Namespace) -> int:
+    """``--suite``: every router on every scenario of the suite (prfaas_env.suite_eval)."""
+    from tqdm import tqdm
+
+    from prfaas_env.report import suite_table, write_suite_outputs
+    from prfaas_env.suite_eval import builtin_spec, default_workers, evaluate_suite
+
+    try:
+        names = select_policies(args.policies)
+        params = read_policy_params(args.policy_params)
+        specs = [builtin_spec(n, params.get(n)) for n in names]
+        specs += agent_specs(args.agent)
+        suite_spec = args.suite
+        from prfaas_env.suite import load_suite
+
+        suite = load_suite(suite_spec)
+        wanted = [x.strip() for x in args.scenarios.split(",")] if args.scenarios else None
+        for n in wanted or []:
+            suite.get(n)
+    except (ConfigError, UnknownNameError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not specs:
+        print("error: nothing to evaluate (--policies none and no --agent)", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        print(f"error: {out} exists; choose another --out or pass --force", file=sys.stderr)
+        return 2
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    count = len(wanted) if wanted else len(suite.scenarios)
+    bar = tqdm(
+        total=count * len(specs) * len(seeds) * args.decisions,
+        desc=f"suite {suite.name}",
+        unit="decision",
+        unit_scale=True,
+        disable=args.no_progress,
+    )
+    try:
+        result = evaluate_suite(
+            suite_spec,
+            specs,
+            seeds,
+            args.decisions,
+            workers=args.workers or default_workers(),
+            ray_address=args.ray,
+            scenarios=wanted,
+            progress=bar.update,
+        )
+    except ConfigError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    for (scenario, policy), reason in sorted(result.skipped.items()):
+        print(f"skipped {policy} on {scenario}: {reason}")
+    print(
+        f"\nsuite {suite.name}: {count} scenarios, {len(seeds)} seeds x {args.decisions} "
+        f"requests each (seeds {seeds[0]}..{seeds[-1]}), the same requests for every router"
+    )
+    print(suite_table(result))
+    if out is not None:
+        write_suite_outputs(out, result)
+        print(f"\nwrote {out}/results.json, results.csv, summary.json, heatmap.png")
+    return 0
+
+
+def agent_specs(runs: list[str]) -> list[Any]:
+    """:class:`~prfaas_env.suite_eval.PolicySpec` of each ``--agent RUN[:final]`` (a train.py
+    run folder or an exported bundle), for suite evaluation."""
+    from prfaas_env.suite_eval import PolicySpec
+
+    out = []
+    for spec in runs:
+        path, _, which = spec.partition(":")
+        which = which or "selected"
+        if which not in ("selected", "final"):
+            raise ConfigError(f"--agent {spec}: after ':' only 'final' is allowed")
+        root = Path(path).resolve()
+        if not root.is_dir():
+            raise ConfigError(f"--agent {spec}: no such run or bundle folder")
+        if (root / "manifest.json").is_file() and not (root / "run.json").is_file():
+            out.append(
+                PolicySpec(
+                    f"bundle:{root.name}", "evaluate:suite_bundle", {"path": str(root)}, "learned"
+                )
+            )
+        else:
+            out.append(
+                PolicySpec(
+                    f"agent:{root.name}",
+                    "evaluate:suite_run",
+                    {"path": str(root), "which": which},
+                    "learned",
+                )
+            )
+    return out
+
+
+def suite_run(scenario: Any, path: str, which: str) -> Any:
+    """A train.py run as a policy on ``scenario`` of a suite (NotApplicableError when it
+    was trained on other observation features or actions)."""
+    from agents.run import load_run
+    from prfaas_env.env.config import parse_env_config
+
+    env_cfg = parse_env_config((scenario.raw or {}).get("env"), f"{scenario.source}: env")
+    try:
+        return load_run(path, which).policy(scenario, env_cfg, label=f"agent:{Path(path).name}")
+    except ConfigError as exc:
+        if "does not match" in str(exc):
+            raise NotApplicableError(str(exc)) from exc
+        raise
+
+
+def suite_bundle(scenario: Any, path: str) -> Any:
+    """An exported bundle as a policy on ``scenario`` of a suite (NotApplicableError when
+    its features or actions differ from the scenario's)."""
+    from prfaas_env.env.config import parse_env_config
+
+    env_cfg = parse_env_config((scenario.raw or {}).get("env"), f"{scenario.source}: env")
+    try:
+        return bundle_policy(Path(path), scenario, env_cfg)
+    except ConfigError as exc:
+        if "does not match" in str(exc):
+            raise NotApplicableError(str(exc)) from exc
+        raise
 
 
 def agent_factories(runs: list[str], scenario: Any, env_cfg: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from prfaas_env.errors import ConfigError, NotApplicableError
 from prfaas_env.observation.simulated import SimObserver
-from prfaas_env.policies import Policy, RouteTable, make_policy, policy_names
+from prfaas_env.policies import PLANNERS, Policy, RouteTable, make_policy, policy_names
 from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator, routes_from_actions
 from prfaas_env.sim.scenario import Scenario
 
@@ -116,9 +116,10 @@ def check_policies_section(section: Any, where: str) -> dict[str, dict[str, Any]
     naming ``where`` and the key for an unknown policy or a value that is not a mapping)."""
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: expected a mapping of policy name -> parameters")
+    known = [*policy_names(), *PLANNERS]
     for key, value in section.items():
-        if key not in policy_names():
-            raise ConfigError(f"{where}.{key}: unknown policy; known: {', '.join(policy_names())}")
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown policy; known: {', '.join(known)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}.{key}: expected a mapping of parameter -> value")
     return section
@@ -172,6 +173,7 @@ def run_policy(
     sim = VecSimulator(scenario, n, record=decisions)
     policy = factory(scenario)
     policy.reset(n, seed=int(seeds[0]))
+    policy.attach(sim)
     observer = SimObserver(sim, policy.routes.num_routes, staleness_s)
     sim.reset(seed=list(seeds))
     for step in range(decisions):

@@ -85,3 +85,121 @@ def write_outputs(
         fig.tight_layout()
         fig.savefig(out / "goodput.png", dpi=120)
         plt.close(fig)
+
+
+def suite_table(result: Any, metric: str = "ttft_p90_s") -> str:
+    """The suite's tables: per router and scenario the metric relative to that scenario's
+    best heuristic (``*``: the router completes under 99 % of the best heuristic's
+    throughput), with means over the train set, the held-out set and all scenarios; then
+    SLO attainment. ``result`` is a :class:`prfaas_env.suite_eval.SuiteResult`."""
+    rel = result.relative(metric)
+    best = result.best_heuristics(metric)
+    kinds = result.kinds()
+    scenarios = [s for s in result.suite.scenarios if s.name in best]
+    order = sorted(rel, key=lambda p: (("heuristic", "learned", "planner").index(kinds[p]), p))
+    width = max([len(p) + (9 if kinds[p] == "planner" else 0) for p in order] + [8]) + 2
+    cols = [s.name for s in scenarios]
+    split = {s.name: s.split for s in scenarios}
+
+    def cell(x: float, keeps: bool = True) -> str:
+        if not np.isfinite(x):
+            return "n/a"
+        return f"{x:+.0%}" + ("" if keeps else "*")
+
+    def label(p: str) -> str:
+        return f"{p} (bound)" if kinds[p] == "planner" else p
+
+    def means(p: str, key: str) -> list[float]:
+        """Means over the train set, the held-out set and all scenarios (NaN unless the
+        router ran on every scenario of the set)."""
+        out = []
+        for which in ("train", "held_out", None):
+            want = [c for c in cols if which is None or split[c] == which]
+            vals = [rel[p][c][key] for c in want if c in rel[p]]
+            out.append(float(np.mean(vals)) if want and len(vals) == len(want) else np.nan)
+        return out
+
+    idx = "  ".join(f"[{i}] {c}" for i, c in enumerate(cols))
+    lines = [
+        f"{SHORT.get(metric, metric)} relative to each scenario's best heuristic "
+        f"(* = under 99 % of its throughput; mean over scenarios: train / held-out / all)",
+        idx,
+    ]
+    head = "policy".ljust(width) + "".join(f"[{i}]".rjust(8) for i in range(len(cols)))
+    head += "   train  held-out     all"
+    lines += [head, "-" * len(head)]
+    for p in order:
+        row = label(p).ljust(width)
+        for c in cols:
+            v = rel[p].get(c)
+            row += (cell(v["rel"], bool(v["keeps_up"])) if v else "skip").rjust(8)
+        row += "".join(cell(m).rjust(8) for m in means(p, "rel"))
+        lines.append(row)
+    lines.append("")
+    lines.append("best heuristic: " + ", ".join(f"[{i}] {best[c]}" for i, c in enumerate(cols)))
+    lines.append("")
+    lines.append("SLO attainment")
+    lines += [head.replace("   train  held-out     all", ""), "-" * len(head)]
+    for p in order:
+        row = label(p).ljust(width)
+        for c in cols:
+            v = rel[p].get(c)
+            row += (f"{v['slo_attainment']:.2f}" if v else "skip").rjust(8)
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def write_suite_outputs(out: Path, result: Any, metric: str = "ttft_p90_s") -> None:
+    """``results.json`` and ``results.csv`` (one record per scenario, router and seed),
+    ``summary.json`` (relative figures, best heuristics, skipped pairs) and
+    ``heatmap.png`` (the metric relative to each scenario's best heuristic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    out.mkdir(parents=True, exist_ok=True)
+    recs = result.records
+    (out / "results.json").write_text(json.dumps(recs, indent=1) + "\n")
+    keys = ["scenario", "split", "policy", "kind", "seed", *[k for k in SHORT if k in recs[0]]]
+    with (out / "results.csv").open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        wr.writeheader()
+        wr.writerows(recs)
+    rel = result.relative(metric)
+    summary = {
+        "suite": result.suite.name,
+        "metric": metric,
+        "seeds": result.seeds,
+        "decisions": result.decisions,
+        "best_heuristic": result.best_heuristics(metric),
+        "relative": rel,
+        "skipped": [
+            {"scenario": s, "policy": p, "reason": r} for (s, p), r in result.skipped.items()
+        ],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    scenarios = [s.name for s in result.suite.scenarios if s.name in summary["best_heuristic"]]
+    policies = sorted(rel)
+    grid = np.array(
+        [[rel[p].get(s, {}).get("rel", np.nan) for s in scenarios] for p in policies], float
+    )
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 2.5 + 0.6 * len(scenarios)), 2.0 + 0.35 * len(policies))
+    )
+    shown = np.clip(grid, -0.5, 2.0)
+    im = ax.imshow(shown, cmap="RdYlGn_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-0.5, vmax=2.0))
+    ax.set_xticks(range(len(scenarios)), scenarios, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(policies)), policies, fontsize=7)
+    for i in range(len(policies)):
+        for j in range(len(scenarios)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:+.0%}", ha="center", va="center", fontsize=5)
+    fig.colorbar(im, ax=ax, label=f"{SHORT.get(metric, metric)} vs best heuristic (clipped)")
+    ax.set_title(
+        f"suite {result.suite.name}: {SHORT.get(metric, metric)} relative to the best heuristic"
+    )
+    fig.tight_layout()
+    fig.savefig(out / "heatmap.png", dpi=130)
+    plt.close(fig)

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("prfaas_env.env", "prfaas_env.policies"),
     (
         "prfaas_env.evaluation",
+        "prfaas_env.suite_eval",
         "prfaas_env.report",
         "prfaas_env.router",
         "prfaas_env.integrations",

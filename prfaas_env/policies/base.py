@@ -47,6 +47,11 @@ class Policy:
             raise ConfigError(f"{self.name}: needs the topology (to model the clusters' costs)")
         return self.topology
 
+    def attach(self, sim: Any) -> None:
+        """Called with the simulator whose decisions the policy will make. Routers ignore
+        it (they see only views); policies that plan by simulation (the rollout oracle) use
+        it. The default does nothing."""
+
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Start a new run of ``num_envs`` envs (stateful policies clear their state)."""
         self.rng = np.random.default_rng(seed)

@@ -207,10 +207,23 @@ HEURISTICS: dict[str, type[Policy]] = {
 
 
 class CostAware(Policy):
-    """A policy that estimates prefill times with the clusters' cost models."""
+    """A policy that estimates prefill times with the clusters' cost models.
 
-    def __init__(self, routes: RouteTable, **params: Any) -> None:
+    ``prefill_estimate``: ``cost_model`` (default: the exact cost model, as a router
+    computes its own estimate) or ``tables`` (the view's ``prefill_s``, from the simulator's
+    interpolated cost tables, within 0.03 % of the exact model and far cheaper: what the
+    rollout oracle's simulated futures use).
+    """
+
+    def __init__(
+        self, routes: RouteTable, prefill_estimate: str = "cost_model", **params: Any
+    ) -> None:
         super().__init__(routes, **params)
+        if prefill_estimate not in ("cost_model", "tables"):
+            raise ConfigError(
+                f"{self.name}: prefill_estimate: {prefill_estimate!r}; allowed: cost_model, tables"
+            )
+        self.prefill_estimate = prefill_estimate
         topo = self.require_topology()
         models = topo.cost_models()
         self._models = [
@@ -218,10 +231,11 @@ class CostAware(Policy):
         ]
 
     def prefill_s(self, view: View) -> NDArray[np.float64]:
-        """``[env, route]`` prefill seconds of the pending request on each route's cluster,
-        from the exact cost model (the view's ``prefill_s`` comes from the simulator's
-        interpolated tables, within 0.03 % of it; a router computes its own estimate)."""
+        """``[env, route]`` prefill seconds of the pending request on each route's cluster
+        (see ``prefill_estimate``)."""
         r = self.routes
+        if self.prefill_estimate == "tables":
+            return r.per_route(view, "prefill_s")
         cached = np.asarray(view["cached_tokens"], float)
         unc = np.asarray(view["uncached_tokens"], float)
         per_cluster = np.stack(

@@ -490,6 +490,29 @@ class VecSimulator:
             out = np.maximum(out, st.l_t.max(1))
         return out
 
+    def counters(self) -> NDArray[np.float64]:
+        """``[env, len(COUNTERS)]`` totals since each env's reset, now (after :meth:`drain`
+        too): completed requests, those within both SLOs, their summed TTFT (s), the
+        request-seconds spent waiting for a first token (s), output tokens, rejections
+        (:data:`prfaas_env.sim.view.COUNTERS`)."""
+        st = self.state
+        return np.stack(
+            [
+                st.m_done.astype(float),
+                st.m_slo_ok.astype(float),
+                st.m_ttft_sum,
+                st.w_area,
+                st.m_out_tokens,
+                st.m_rejected.astype(float),
+            ],
+            axis=1,
+        )
+
+    def ttft_histogram(self) -> NDArray[np.int64]:
+        """``[env, HIST_BINS]`` completed requests per TTFT bin since each env's reset (bin
+        ``b`` holds TTFTs around :func:`hist_centres` ``[b]``; 20 bins per decade)."""
+        return self.state.m_ttft_hist.astype(np.int64)
+
     def metrics(self) -> dict[str, NDArray[np.float64]]:
         """Aggregate metrics of every env since its reset (arrays over envs).
 
@@ -538,6 +561,11 @@ class VecSimulator:
         out["prefill_utilisation_by_cluster"] = pre
         out["decode_slot_utilisation_by_cluster"] = dec
         return out
+
+
+def hist_centres() -> NDArray[np.float64]:
+    """Geometric centre of each TTFT histogram bin, s."""
+    return HIST_LO_S * 10 ** ((np.arange(HIST_BINS) + 0.5) / HIST_PER_DECADE)
 
 
 def hist_quantile(hist: NDArray[np.integer], q: float) -> NDArray[np.float64]:

@@ -1,0 +1,171 @@
+"""The rollout oracle: a bound on what routing can win, and a teacher. It sees the future.
+
+At each decision it copies every env's simulator state (:meth:`VecSimulator.copy_envs`) once
+per candidate action, applies the candidate, routes the next ``horizon`` arrivals with a base
+heuristic, finishes every request in flight (no further arrivals), and takes the candidate
+with the lowest cost. The copies share the workload stream and the link's bandwidth series
+(common random numbers): every candidate meets the same future requests, so the comparison
+is paired. Costs (``cost``):
+
+- ``ttft`` (default): the summed TTFT of every request that completes (in flight at the
+  decision, the decided one and the next ``horizon``; requests before are common to all
+  candidates and cancel out);
+- ``tail``: the summed time above the TTFT SLO of those requests (from the TTFT histogram,
+  20 bins per decade: within about 12 % of each request's excess);
+- ``goodput``: minus the number of those requests that meet both SLOs.
+
+With ``iterations`` > 0 the base policy of the rollouts is itself a rollout oracle (with one
+iteration fewer): slower by a factor of about ``(actions x horizon)`` per iteration. Inside
+the rollouts a cost-aware base (Mooncake's router) reads prefill times from the simulator's
+cost tables (within 0.03 % of the exact model it uses as a router; about half the oracle's
+time otherwise).
+
+**Not a deployable router**: it reads the simulator's state and the requests that have not
+arrived yet. Its results bound what a router could achieve with the same base heuristic and
+horizon, and it can label decisions for imitation learning; it never appears among the
+heuristics a learned policy is compared to or falls back to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prfaas_env.errors import ConfigError
+from prfaas_env.observation.simulated import SimObserver
+from prfaas_env.policies.base import Policy, RouteTable, View
+from prfaas_env.policies.heuristics import HEURISTICS
+from prfaas_env.sim.engine import VecSimulator, hist_centres, routes_from_actions
+from prfaas_env.sim.topology import Topology
+from prfaas_env.sim.view import COUNTERS
+
+COSTS = ("ttft", "tail", "goodput")
+_TTFT = COUNTERS.index("ttft_sum_s")
+_SLO = COUNTERS.index("slo_met")
+
+
+class RolloutOracle(Policy):
+    """Lookahead routing by simulation (see the module docstring). NOT deployable: it sees
+    the future.
+
+    Parameters (a scenario's ``policies: {rollout_oracle: {...}}`` or ``make_policy``):
+        horizon: arrivals routed by the base policy after each candidate (default 128).
+        base: the base heuristic's name (default ``mooncake``).
+        base_params: the base heuristic's parameters (default: none).
+        cost: ``ttft`` (default), ``tail`` or ``goodput``.
+        iterations: rollouts whose base is the oracle itself, this many times (default 0).
+        ttft_slo_s: the TTFT SLO of the ``tail`` cost, s (default: the simulator's).
+    """
+
+    name = "rollout_oracle"
+    deployable = False
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        topology: Topology | None = None,
+        horizon: int = 128,
+        base: str = "mooncake",
+        base_params: dict[str, Any] | None = None,
+        cost: str = "ttft",
+        iterations: int = 0,
+        ttft_slo_s: float | None = None,
+    ) -> None:
+        super().__init__(routes, topology)
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 0:
+            raise ConfigError(f"rollout_oracle: horizon: expected an integer >= 0, got {horizon!r}")
+        if cost not in COSTS:
+            raise ConfigError(f"rollout_oracle: cost: {cost!r}; allowed: {', '.join(COSTS)}")
+        whole = isinstance(iterations, int) and not isinstance(iterations, bool)
+        if not whole or not 0 <= iterations <= 3:
+            raise ConfigError(
+                f"rollout_oracle: iterations: expected an integer in [0, 3], got {iterations!r}"
+            )
+        if base not in HEURISTICS:
+            raise ConfigError(
+                f"rollout_oracle: base: {base!r} is not a heuristic; known: "
+                f"{', '.join(sorted(HEURISTICS))}"
+            )
+        self.horizon = horizon
+        self.cost = cost
+        self.iterations = iterations
+        self.ttft_slo_s = ttft_slo_s
+        base_routes = RouteTable.from_topology(topology) if topology is not None else routes
+        # the rollouts' base: a heuristic, or this oracle once more with one iteration fewer;
+        # cost-aware heuristics estimate prefill times from the simulator's tables there
+        params = dict(base_params or {})
+        if base == "mooncake":
+            params.setdefault("prefill_estimate", "tables")
+        try:
+            self.base: Policy = (
+                RolloutOracle(
+                    base_routes, topology, horizon, base, params, cost, iterations - 1, ttft_slo_s
+                )
+                if iterations > 0
+                else HEURISTICS[base](base_routes, topology=topology, **params)
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"rollout_oracle: base {base!r}: {exc}") from exc
+        self.sim: VecSimulator | None = None
+        self._scratch: VecSimulator | None = None
+        self._observer: SimObserver | None = None
+
+    # ---- planning with the simulator ------------------------------------------------------
+    def attach(self, sim: VecSimulator) -> None:
+        """Plan with ``sim`` (the simulator whose pending decisions :meth:`act` is given)."""
+        self.sim = sim
+        k = self.routes.num_actions
+        self._scratch = VecSimulator(sim.scenario, sim.num_envs * k, tables=sim.tables)
+        self._observer = SimObserver(self._scratch, self.base.routes.num_routes)
+        self.base.reset(self._scratch.num_envs, seed=0)
+        if isinstance(self.base, RolloutOracle):
+            self.base.attach(self._scratch)
+        self._centres = hist_centres()
+        slo = self.ttft_slo_s if self.ttft_slo_s is not None else sim.scenario.ttft_slo_s
+        self._excess = np.maximum(self._centres - slo, 0.0)
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        if self.sim is None or self._scratch is None or self._observer is None:
+            raise RuntimeError(
+                "rollout_oracle plans with the simulator: run it through "
+                "prfaas_env.evaluation.run_policy, or call attach(sim) first"
+            )
+        costs = self.candidate_costs()
+        full = np.ones((mask.shape[0], self.routes.num_actions), np.bool_)
+        full[:, : mask.shape[1]] = mask
+        costs = np.where(full, costs, np.inf)
+        return np.argmin(costs, axis=1).astype(np.int64)
+
+    def candidate_costs(self) -> NDArray[np.float64]:
+        """``[env, action]`` cost of each action at every env's pending decision (lower is
+        better; masked actions are simulated too)."""
+        sim, scratch, obs = self.sim, self._scratch, self._observer
+        assert sim is not None and scratch is not None and obs is not None
+        n, k = sim.num_envs, self.routes.num_actions
+        scratch.copy_envs(sim, np.repeat(np.arange(n), k), np.arange(n * k))
+        before = scratch.counters()
+        hist_before = scratch.ttft_histogram() if self.cost == "tail" else None
+        first = np.tile(np.arange(k, dtype=np.int64), n)
+        scratch.step(routes_from_actions(first, self.routes.num_routes))
+        for _ in range(self.horizon):
+            a = self.base.act(obs.observe_view(), obs.mask)
+            scratch.step(routes_from_actions(a, self.base.routes.num_routes))
+        scratch.drain()
+        after = scratch.counters()
+        if self.cost == "ttft":
+            cost = after[:, _TTFT] - before[:, _TTFT]
+        elif self.cost == "goodput":
+            cost = -(after[:, _SLO] - before[:, _SLO])
+        else:
+            assert hist_before is not None
+            cost = (scratch.ttft_histogram() - hist_before) @ self._excess
+        return cost.reshape(n, k)
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        super().reset(num_envs, seed)
+        if self.sim is not None and self.sim.num_envs != num_envs:
+            raise ValueError(
+                f"rollout_oracle: planning with {self.sim.num_envs} envs, reset for {num_envs}"
+            )

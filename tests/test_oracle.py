@@ -1,0 +1,159 @@
+"""The rollout oracle: candidate costs are paired and exact, it improves on its base policy,
+it runs on every suite scenario, and it is refused where it cannot plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prfaas_env.errors import ConfigError
+from prfaas_env.evaluation import heuristic, run_policy
+from prfaas_env.observation.simulated import SimObserver
+from prfaas_env.policies import RouteTable, make_policy
+from prfaas_env.policies.oracle import RolloutOracle
+from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.suite import load_suite
+
+SUITE = load_suite("default")
+
+
+def test_candidate_costs_are_what_each_action_then_the_base_policy_gives() -> None:
+    """The oracle's cost of an action equals the summed TTFT of a separate simulation that
+    takes the action, routes the next H arrivals with the base heuristic and drains."""
+    sc = SUITE.get("paper_poisson").scenario
+    topo = sc.topology
+    routes = RouteTable.from_topology(topo)
+    sim = VecSimulator(sc, 2)
+    observer = SimObserver(sim, routes.num_routes)
+    sim.reset(seed=4)
+    base = make_policy(
+        "mooncake", routes, topo, ttft_slo_s=sc.ttft_slo_s, prefill_estimate="tables"
+    )
+    base.reset(2)
+    for _ in range(150):
+        sim.step(base.act(observer.observe_view(), observer.mask))
+    oracle = RolloutOracle(
+        routes, topo, horizon=12, base="mooncake", base_params={"ttft_slo_s": sc.ttft_slo_s}
+    )
+    oracle.reset(2)
+    oracle.attach(sim)
+    costs = oracle.candidate_costs()
+    for action in range(routes.num_routes):
+        alone = VecSimulator(sc, 2)
+        look = SimObserver(alone, routes.num_routes)
+        alone.copy_envs(sim, [0, 1], [0, 1])
+        before = alone.counters()[:, 2]
+        alone.step(np.full(2, action))
+        for _ in range(12):
+            alone.step(base.act(look.observe_view(), look.mask))
+        alone.drain()
+        np.testing.assert_array_equal(costs[:, action], alone.counters()[:, 2] - before)
+    assert (costs[:, 0] != costs[:, 1]).any()  # the choice matters on these requests
+
+
+@pytest.mark.parametrize("name", ["paper_poisson", "region3_prefix_bursty"])
+def test_the_oracle_never_does_worse_than_its_base_policy(name: str) -> None:
+    """Policy improvement with common random numbers: on fixed seeds the oracle's mean TTFT
+    (what its default cost sums) is at most its base heuristic's, seed by seed."""
+    sc = SUITE.get(name).scenario
+    seeds, decisions = [0, 1], 300
+    base = run_policy(sc, heuristic("mooncake"), "mooncake", seeds, decisions)
+    oracle = run_policy(
+        sc, heuristic("rollout_oracle", horizon=16, base="mooncake"), "oracle", seeds, decisions
+    )
+    b, o = base.metrics, oracle.metrics
+    np.testing.assert_array_equal(o["decisions"], b["decisions"])
+    assert (o["ttft_mean_s"] <= b["ttft_mean_s"]).all(), (o["ttft_mean_s"], b["ttft_mean_s"])
+    assert o["ttft_mean_s"].sum() < b["ttft_mean_s"].sum()  # and it does gain
+
+
+@pytest.mark.parametrize("name", [s.name for s in SUITE.scenarios])
+def test_the_oracle_runs_on_every_suite_scenario(name: str) -> None:
+    sc = SUITE.get(name).scenario
+    run = run_policy(sc, heuristic("rollout_oracle", horizon=4, cost="tail"), "oracle", [0], 40)
+    assert run.metrics["decisions"][0] == 40
+
+
+def test_costs_and_iterations() -> None:
+    sc = SUITE.get("paper_poisson").scenario
+    for kwargs in ({"cost": "goodput"}, {"iterations": 1, "horizon": 3}):
+        run = run_policy(sc, heuristic("rollout_oracle", **kwargs), "o", [0], 30)
+        assert run.metrics["decisions"][0] == 30
+
+
+def test_bad_parameters_and_no_simulator_are_refused() -> None:
+    topo = SUITE.get("paper_poisson").scenario.topology
+    routes = RouteTable.from_topology(topo)
+    with pytest.raises(ConfigError, match="cost: 'median'; allowed: ttft, tail, goodput"):
+        make_policy("rollout_oracle", routes, topo, cost="median")
+    with pytest.raises(
+        ConfigError, match=r"base: 'best_guess' is not a heuristic; known: .*mooncake"
+    ):
+        make_policy("rollout_oracle", routes, topo, base="best_guess")
+    with pytest.raises(ConfigError, match=r"horizon: expected an integer >= 0, got -1"):
+        make_policy("rollout_oracle", routes, topo, horizon=-1)
+    oracle = make_policy("rollout_oracle", routes, topo)
+    with pytest.raises(RuntimeError, match="plans with the simulator"):
+        oracle.act({}, np.ones((1, 2), np.bool_))
+
+
+def test_suite_evaluation_ranks_routers_and_writes_its_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """evaluate.py --suite: every router on the same requests of each scenario, the table
+    relative to each scenario's best heuristic (the oracle planning around it), outputs."""
+    import json
+
+    from tests.test_evaluate import _main
+
+    out = tmp_path / "suite"
+    code = _main()(
+        [
+            "--suite",
+            "default",
+            "--scenarios",
+            "paper_poisson,reason_starved",
+            "--policies",
+            "mooncake,least_loaded,prfaas_optimised,rollout_oracle",
+            "--policy-params",
+            str(_params(tmp_path)),
+            "--seeds",
+            "2",
+            "--decisions",
+            "120",
+            "--workers",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "rollout_oracle (bound)" in text and "best heuristic: [0]" in text
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best_heuristic"]
+    assert set(best) == {"paper_poisson", "reason_starved"}
+    for scenario, name in best.items():
+        assert summary["relative"][name][scenario]["rel"] == 0.0
+    recs = json.loads((out / "results.json").read_text())
+    assert {r["policy"] for r in recs} == {
+        "mooncake",
+        "least_loaded",
+        "prfaas_optimised",
+        "rollout_oracle",
+    }
+    assert len(recs) == 4 * 2 * 2
+    assert (out / "heatmap.png").stat().st_size > 1000
+    assert _main()(["--suite", "no_such_suite", "--no-progress"]) == 2
+    assert "shipped suites: default" in capsys.readouterr().err
+    assert _main()(["--suite", "default", "--scenarios", "nope", "--no-progress"]) == 2
+    assert "has no scenario 'nope'; it has: " in capsys.readouterr().err
+
+
+def _params(tmp_path: Path) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text("policies:\n  rollout_oracle: {horizon: 8}\n")
+    return p
