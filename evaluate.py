@@ -286,14 +286,29 @@ def agent_specs(runs: list[str]) -> list[Any]:
 
     out = []
     for spec in runs:
-        path, _, which = spec.partition(":")
-        which = which or "selected"
-        if which not in ("selected", "final"):
-            raise ConfigError(f"--agent {spec}: after ':' only 'final' is allowed")
-        root = Path(path).resolve()
-        if not root.is_dir():
-            raise ConfigError(f"--agent {spec}: no such run or bundle folder")
-        if (root / "manifest.json").is_file() and not (root / "run.json").is_file():
+        kind, root = agent_kind(spec)
+        if kind == "route_bundle":
+            out.append(
+                PolicySpec(
+                    _label(spec, root),
+                    "prfaas_env.router.routes:bundle_policy_for",
+                    {"path": str(root), "label": _label(spec, root)},
+                    "learned",
+                )
+            )
+            continue
+        if kind == "generalist":
+            out.append(
+                PolicySpec(
+                    f"generalist:{root.name}",
+                    "agents.generalist:generalist_policy",
+                    {"path": str(root)},
+                    "learned",
+                )
+            )
+            continue
+        which = spec.partition(":")[2] or "selected"
+        if kind == "bundle":
             out.append(
                 PolicySpec(
                     f"bundle:{root.name}", "evaluate:suite_bundle", {"path": str(root)}, "learned"
@@ -309,6 +324,41 @@ def agent_specs(runs: list[str]) -> list[Any]:
                 )
             )
     return out
+
+
+def agent_kind(spec: str) -> tuple[str, Path]:
+    """What ``--agent spec`` names: ``route_bundle`` (a per-route bundle folder or
+    ``pretrained:NAME``), ``generalist`` (a ``train.py --suite`` run), ``bundle`` or ``run``
+    (one scenario's); ConfigError for anything else."""
+    from prfaas_env.router import resolve_bundle
+    from prfaas_env.router.routes import is_route_bundle
+
+    if spec.startswith("pretrained:"):
+        root = resolve_bundle(spec)
+        return "route_bundle", root
+    path, _, which = spec.partition(":")
+    if which not in ("", "final"):
+        raise ConfigError(f"--agent {spec}: after ':' only 'final' is allowed")
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise ConfigError(f"--agent {spec}: no such run or bundle folder")
+    if is_route_bundle(root):
+        return "route_bundle", root
+    if (root / "run.json").is_file():
+        import json
+
+        try:
+            kind = json.loads((root / "run.json").read_text()).get("kind")
+        except ValueError as exc:
+            raise ConfigError(f"{root}/run.json: invalid JSON: {exc}") from exc
+        if kind == "generalist":
+            return "generalist", root
+        return "run", root
+    return "bundle", root
+
+
+def _label(spec: str, root: Path) -> str:
+    return spec if spec.startswith("pretrained:") else f"bundle:{root.name}"
 
 
 def suite_run(scenario: Any, path: str, which: str) -> Any:
@@ -349,10 +399,21 @@ def agent_factories(runs: list[str], scenario: Any, env_cfg: Any) -> dict[str, A
 
     out: dict[str, Any] = {}
     for spec in runs:
+        kind, root = agent_kind(spec)
+        if kind == "route_bundle":
+            from prfaas_env.router.routes import bundle_policy_for
+
+            policy = bundle_policy_for(root, scenario, _label(spec, root))
+            out[policy.name] = lambda _sc, p=policy: p
+            continue
+        if kind == "generalist":
+            from agents.generalist import generalist_policy
+
+            policy = generalist_policy(scenario, str(root))
+            out[policy.name] = lambda _sc, p=policy: p
+            continue
         path, _, which = spec.partition(":")
         which = which or "selected"
-        if which not in ("selected", "final"):
-            raise ConfigError(f"--agent {spec}: after ':' only 'final' is allowed")
         root = Path(path)
         if (root / "manifest.json").is_file() and not (root / "run.json").is_file():
             if which != "selected":

@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     args = ap.parse_args(argv)
     try:
+        if _kind(Path(args.run)) == "generalist":
+            from agents.generalist import export_generalist
+
+            manifest = export_generalist(args.run, args.out, force=args.force)
+            print(f"wrote {args.out} (content hash {manifest['content_hash'][:16]})")
+            return 0
         trained = load_run(args.run, args.checkpoint)
         fallback = args.fallback or default_fallback(_baseline_scores(Path(args.run)))
         manifest = export_bundle(
@@ -66,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"wrote {args.out} (content hash {manifest['content_hash'][:16]})")
     return 0
+
+
+def _kind(run: Path) -> str | None:
+    """The ``kind`` a run folder's run.json declares (None: a single-scenario agent run)."""
+    try:
+        kind = json.loads((run / "run.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def _baseline_scores(run: Path) -> dict[str, dict[str, float]] | None:

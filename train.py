@@ -2,6 +2,7 @@
 
     python train.py --config paper_prfaas --algo ppo --timesteps 300000 --out runs/ppo_paper
     python train.py --out runs/ppo_paper --resume --timesteps 600000     # continue a run
+    python train.py --suite default --out runs/generalist    # one policy for every topology
     tensorboard --logdir runs/ppo_paper/tb
 
 Writes the run folder described in agents/run.py: the model with its observation
@@ -29,6 +30,13 @@ from prfaas_env.errors import ConfigError, UnknownNameError
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="scenario: shipped name or YAML path")
+    ap.add_argument(
+        "--suite",
+        default=None,
+        metavar="NAME",
+        help="train the generalist (per-route policy, imitation of the rollout oracle) on a "
+        "suite's train scenarios instead of an agent on one scenario (agents/generalist.py)",
+    )
     ap.add_argument("--algo", default=None, help=f"one of {', '.join(ALGOS)} (default ppo)")
     ap.add_argument("--timesteps", type=int, default=200_000, help="total decisions to train on")
     ap.add_argument("--seed", type=int, default=0, help="seed of the whole run (default 0)")
@@ -93,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--suite" in argv or any(a.startswith("--suite=") for a in argv):
+        return main_suite(argv)
     args = parse_args(argv)
     try:
         meta = train(args)
@@ -100,6 +112,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 130 if meta.get("status") == "interrupted" else 0
+
+
+def main_suite(argv: list[str]) -> int:
+    """``--suite``: train the generalist (settings: ``--set NAME=VALUE`` for any field of
+    ``agents.generalist.GeneralistSettings``)."""
+    from dataclasses import fields, replace
+
+    from agents.generalist import GeneralistSettings, train_generalist
+    from prfaas_env.errors import replaceable_out
+
+    ap = argparse.ArgumentParser(description="Train the generalist router on a suite.")
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    ns = ap.parse_args(argv)
+    settings = GeneralistSettings(seed=ns.seed)
+    names = {f.name: f for f in fields(GeneralistSettings)}
+    for item in ns.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            ap.error(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}")
+        settings = replace(settings, **{key: type(getattr(settings, key))(yaml.safe_load(value))})
+    import torch
+
+    torch.set_num_threads(max(1, ns.threads))
+    try:
+        out = Path(ns.out)
+        if replaceable_out(out, ns.force, "run.json", "run"):
+            import shutil
+
+            shutil.rmtree(out)
+        summary = train_generalist(ns.suite, out, settings)
+    except (ConfigError, UnknownNameError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {ns.out} (selected iteration {summary['selected_iteration']})")
+    return 0
 
 
 if __name__ == "__main__":

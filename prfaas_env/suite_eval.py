@@ -127,7 +127,8 @@ def run_unit(unit: Unit) -> dict[str, Any]:
         unit.decisions,
         staleness_s=env_cfg.bandwidth_staleness_s,
     )
-    return {**base, "records": [{**r, **base} for r in run.records()]}
+    stats = policy.stats() if hasattr(policy, "stats") else {}  # e.g. how often a guard fired
+    return {**base, "records": [{**r, **base, **stats} for r in run.records()]}
 
 
 @dataclass

@@ -262,3 +262,44 @@ def test_single_env_refuses_bad_actions(action: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         env.step(action)
     assert env.step(np.int64(1))[3] is False and env.step(1.0)[3] is False
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "configs/suite/default/train/paper_poisson.yaml",
+        "configs/suite/default/held_out/large_poisson.yaml",
+    ],
+)
+def test_the_per_route_form_describes_every_route_of_any_topology(path: str) -> None:
+    """env.observation.form routes: one row of bounded features per route; the checkers
+    pass; rows follow the routes' own state (a route whose link is down says so)."""
+    import yaml
+
+    from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
+
+    d = yaml.safe_load((ROOT / path).read_text())
+    d["env"] = {"max_decisions": 12, "observation": {"form": "routes"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(PrfaaSEnv(d))
+    env = PrfaaSVectorEnv(3, d)
+    routes = len(env.scenario.topology.routes)
+    obs, _ = env.reset(seed=2)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        assert obs["routes"].shape == (3, routes, len(ROUTE_FEATURES))
+        assert obs["global"].shape == (3, len(GLOBAL_FEATURES))
+        assert env.observation_space.contains(obs)
+        remote = [f for f, _ in ROUTE_FEATURES].index("remote")
+        crosses = [r.channel >= 0 for r in env.scenario.topology.routes]
+        np.testing.assert_array_equal(obs["routes"][0, :, remote], np.array(crosses, np.float32))
+        mask = obs["action_mask"] > 0
+        a = np.array([rng.choice(np.flatnonzero(m)) for m in mask])
+        obs, *_ = env.step(a)
+    with pytest.raises(ConfigError, match="form routes describes routes only"):
+        PrfaaSEnv({**d, "env": {"observation": {"form": "routes"}, "admission_control": True}})
+    with pytest.raises(
+        ConfigError, match=r"observation\.form: 'tree' is not allowed; allowed: flat, routes"
+    ):
+        PrfaaSEnv({**d, "env": {"observation": {"form": "tree"}}})

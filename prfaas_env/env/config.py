@@ -10,6 +10,7 @@ Keys (defaults are :class:`EnvConfig`'s; the MDP is specified in
       observation:
         bandwidth_staleness_s:  # link bandwidth as measured at the last multiple of this (s)
         dict:                   # Dict observation {"observation", "action_mask"}, not a Box
+        form:                   # flat (per cluster, channel and route) or routes (per route)
       reward: {TERM: WEIGHT}    # weights of the terms of prfaas_env.env.reward
 """
 
@@ -25,6 +26,9 @@ from prfaas_env.sim.scenario import Scenario, load_scenario, parse_scenario
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = "paper_prfaas"
+# the observation's forms: one entry per cluster, channel and route of the topology (flat), or
+# one row of scale-free features per candidate route (routes: any topology, one network)
+OBSERVATION_FORMS = ("flat", "routes")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class EnvConfig:
     admission_control: bool = False
     bandwidth_staleness_s: float = 0.0
     dict_observation: bool = False
+    observation_form: str = "flat"
     reward: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
@@ -62,7 +67,13 @@ def parse_env_config(raw: Any, where: str) -> EnvConfig:
     obs = raw.get("observation") or {}
     if not isinstance(obs, dict):
         raise ConfigError(f"{where}.observation: expected a mapping")
-    check_keys(obs, f"{where}.observation", [], ["bandwidth_staleness_s", "dict"])
+    check_keys(obs, f"{where}.observation", [], ["bandwidth_staleness_s", "dict", "form"])
+    form = obs.get("form", EnvConfig.observation_form)
+    if form not in OBSERVATION_FORMS:
+        raise ConfigError(
+            f"{where}.observation.form: {form!r} is not allowed; allowed: "
+            f"{', '.join(OBSERVATION_FORMS)}"
+        )
     rew = raw.get("reward") or {}
     if not isinstance(rew, dict):
         raise ConfigError(f"{where}.reward: expected a mapping of {', '.join(REWARD_TERMS)}")
@@ -80,12 +91,18 @@ def parse_env_config(raw: Any, where: str) -> EnvConfig:
             obs, "bandwidth_staleness_s", f"{where}.observation", minimum=0, default=0.0
         ),
         dict_observation=_flag(obs, "dict", f"{where}.observation", False),
+        observation_form=form,
         reward=weights,
     )
     if "max_decisions" not in raw and cfg.max_seconds is None:
         cfg = replace(cfg, max_decisions=EnvConfig.max_decisions)
     if cfg.max_decisions is None and cfg.max_seconds is None:
         raise ConfigError(f"{where}: set max_decisions or max_seconds (episodes must end)")
+    if cfg.observation_form == "routes" and cfg.admission_control:
+        raise ConfigError(
+            f"{where}: observation.form routes describes routes only; it does not combine "
+            "with admission_control (a reject action)"
+        )
     return cfg
 
 

@@ -93,9 +93,27 @@ def environment_doc() -> str:
         + mdp_markdown()
         + "\n## Reward terms\n\n"
         + terms.strip()
-        + "\n\n## Actions and observation of the default scenario\n\n"
+        + "\n\n## The per-route observation form\n\n"
+        + route_form_table()
+        + "\n## Actions and observation of the default scenario\n\n"
         + describe()
     )
+
+
+def route_form_table() -> str:
+    """The features of the per-route form (``env.observation.form: routes``) as Markdown."""
+    from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
+
+    lines = [
+        "Per route (`routes`, one row per route; `slo` is the scenario's TTFT SLO):",
+        "",
+        "| index | feature | value |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {i} | `{n}` | {m} |" for i, (n, m) in enumerate(ROUTE_FEATURES)]
+    lines += ["", "Per decision (`global`):", "", "| index | feature | value |", "|---|---|---|"]
+    lines += [f"| {i} | `{n}` | {m} |" for i, (n, m) in enumerate(GLOBAL_FEATURES)]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

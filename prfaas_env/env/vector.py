@@ -21,6 +21,13 @@ from prfaas_env.env.actions import check_actions
 from prfaas_env.env.config import EnvConfig, resolve_config
 from prfaas_env.env.reward import REWARD_TERMS, Reward, account
 from prfaas_env.observation.encoder import OBS_HIGH
+from prfaas_env.observation.per_route import (
+    GLOBAL_FEATURES,
+    HIGH,
+    ROUTE_FEATURES,
+    RouteForm,
+    route_features,
+)
 from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.sim.engine import RESULT_METRICS, VecSimulator, routes_from_actions
 
@@ -68,7 +75,11 @@ class PrfaaSVectorEnv(VectorEnv):
     cluster and per route, what a deployed router reads from live metrics and derives with
     the cost model, each normalised (token counts ``log1p(x) / log1p(2^18)``, seconds
     ``log1p(x) / log1p(600)``, counts ``log1p(x) / log1p(1024)``, bytes ``log1p(x / 1e9) /
-    log1p(100)``, fractions as they are) and clipped to [0, 10]. The default scenario's
+    log1p(100)``, fractions as they are) and clipped to [0, 10]. With
+    ``env.observation.form: routes`` it is instead ``Dict(routes: Box(-1, 10, (routes, 18)),
+    global: Box(-1, 10, (6,)), action_mask)``: one row of scale-free features per route (times
+    over the TTFT SLO, loads over capacity, lengths on a log scale;
+    :mod:`prfaas_env.observation.per_route`), the same for any topology. The default scenario's
     features (``python -m prfaas_env.env.describe --compact``; a test keeps this table current):
 
     ===== ====================================== =================== ===========================
@@ -182,7 +193,18 @@ class PrfaaSVectorEnv(VectorEnv):
         self.encoder = self.observer.encoder
         self.reward = Reward(self.scenario.ttft_slo_s, cfg.reward)
         box = gym.spaces.Box(0.0, OBS_HIGH, (self.encoder.size,), np.float32)
-        if cfg.dict_observation:
+        self.route_form: RouteForm | None = None
+        if cfg.observation_form == "routes":
+            self.route_form = RouteForm.of(topo, self.scenario.ttft_slo_s)
+            r = self.route_form.num_routes
+            self.single_observation_space = gym.spaces.Dict(
+                {
+                    "routes": gym.spaces.Box(-1.0, HIGH, (r, len(ROUTE_FEATURES)), np.float32),
+                    "global": gym.spaces.Box(-1.0, HIGH, (len(GLOBAL_FEATURES),), np.float32),
+                    "action_mask": gym.spaces.Box(0.0, 1.0, (self.num_actions,), np.float32),
+                }
+            )
+        elif cfg.dict_observation:
             self.single_observation_space: gym.Space = gym.spaces.Dict(
                 {
                     "observation": box,
@@ -218,6 +240,10 @@ class PrfaaSVectorEnv(VectorEnv):
     def _obs(self) -> Any:
         """Observations of the pending decisions."""
         obs = self.observer.observe()
+        if self.route_form is not None:
+            mask = self.observer.mask
+            routes, glob = route_features(self.route_form, self.observer.view(), mask)
+            return {"routes": routes, "global": glob, "action_mask": mask.astype(np.float32)}
         if self.config.dict_observation:
             return {"observation": obs, "action_mask": self.observer.mask.astype(np.float32)}
         return obs

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env.observation.encoder import ObservationEncoder
+from prfaas_env.observation.per_route import RouteForm, route_features
 from prfaas_env.policies.base import Policy, RouteTable, View
 from prfaas_env.sim.topology import Topology
 
@@ -43,4 +44,43 @@ class ScoredPolicy(Policy):
         full = self.full_mask(mask)
         s = self.score_fn(self.encoder.encode(view), full)
         s = np.where(full[:, : s.shape[1]], s, -np.inf)
+        return np.argmax(s, axis=1).astype(np.int64)
+
+
+RouteScores = Callable[
+    [NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]], NDArray[np.float64]
+]
+
+
+class RoutePolicy(Policy):
+    """Routes by ``scores(route_features, global_features, mask)`` (higher is better) of the
+    per-route form (:mod:`prfaas_env.observation.per_route`): one scoring function serves
+    any topology. ``ttft_slo_s`` scales the features' times (the scenario's TTFT SLO)."""
+
+    name = "learned"
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        topology: Topology,
+        scores: RouteScores,
+        ttft_slo_s: float,
+        label: str = "learned",
+    ) -> None:
+        super().__init__(routes, topology)
+        self.form = RouteForm.of(topology, ttft_slo_s)
+        self.score_fn = scores
+        self.name = label
+
+    def features(
+        self, view: View, mask: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+        """The per-route form of ``view`` and the route mask it is scored with."""
+        allowed = np.ascontiguousarray(mask[:, : self.routes.num_routes])
+        routes, glob = route_features(self.form, view, allowed)
+        return routes, glob, allowed
+
+    def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        routes, glob, allowed = self.features(view, mask)
+        s = np.where(allowed, self.score_fn(routes, glob, allowed), -np.inf)
         return np.argmax(s, axis=1).astype(np.int64)

@@ -188,7 +188,6 @@ class Router:
         parsed = self.live.parse(states)
         mask = parsed.mask
         reasons: list[str | None] = ["; ".join(p) if p else None for p in parsed.problems]
-        width = mask.shape[1]
         try:
             actions, scores = self.model.run(parsed.observation(), mask)
             chosen: list[int] = actions.tolist()
@@ -197,33 +196,51 @@ class Router:
             failure = f"model failed: {type(exc).__name__}: {exc}"
             chosen, score_rows = [0] * len(states), None
             reasons = [r or failure for r in reasons]
-        allowed = mask.tolist()
-        for i, a in enumerate(chosen):
-            if reasons[i] is not None:
-                continue
-            if not any(allowed[i]):
-                reasons[i] = "no allowed action"
-            elif not (0 <= a < width and allowed[i][a]):
-                reasons[i] = f"model failed: chose forbidden action {a}"
-        need = [i for i, r in enumerate(reasons) if r is not None and any(allowed[i])]
-        if need:
-            sub = {k: np.asarray(v)[need] for k, v in parsed.view.items()}
-            try:
-                picked = self.fallback.act(sub, mask[need]).tolist()
-            except Exception as exc:  # a server fault, not the client's: say so plainly
-                raise RuntimeError(f"fallback {self.fallback.name} failed: {exc}") from exc
-            for i, a in zip(need, picked, strict=True):
-                chosen[i] = a
-        out = []
-        for i, a in enumerate(chosen):
-            if reasons[i] is None:
-                rows = score_rows[i] if score_rows is not None else None
-                out.append(Decision(a, self.labels[a], "model", None, rows))
-            elif any(allowed[i]):
-                out.append(Decision(a, self.labels[a], "fallback", reasons[i]))
-            else:  # nothing can be chosen: say so rather than name a forbidden route
-                out.append(Decision(-1, "none", "fallback", reasons[i]))
-        return out
+        return finish_decisions(
+            self.labels, chosen, score_rows, reasons, mask, parsed.view, self.fallback
+        )
+
+
+def finish_decisions(
+    labels: Sequence[str],
+    chosen: list[int],
+    score_rows: list[list[float]] | None,
+    reasons: list[str | None],
+    mask: NDArray[np.bool_],
+    view: Mapping[str, NDArray],
+    fallback: Policy,
+) -> list[Decision]:
+    """The decisions of a batch: the model's choice where it had no problem (``reasons[i]``
+    None) and chose an allowed action, else the ``fallback`` heuristic's on the view; action
+    -1 (label ``none``) where nothing is allowed."""
+    width = mask.shape[1]
+    allowed = mask.tolist()
+    for i, a in enumerate(chosen):
+        if reasons[i] is not None:
+            continue
+        if not any(allowed[i]):
+            reasons[i] = "no allowed action"
+        elif not (0 <= a < width and allowed[i][a]):
+            reasons[i] = f"model failed: chose forbidden action {a}"
+    need = [i for i, r in enumerate(reasons) if r is not None and any(allowed[i])]
+    if need:
+        sub = {k: np.asarray(v)[need] for k, v in view.items()}
+        try:
+            picked = fallback.act(sub, mask[need]).tolist()
+        except Exception as exc:  # a server fault, not the client's: say so plainly
+            raise RuntimeError(f"fallback {fallback.name} failed: {exc}") from exc
+        for i, a in zip(need, picked, strict=True):
+            chosen[i] = a
+    out = []
+    for i, a in enumerate(chosen):
+        if reasons[i] is None:
+            rows = score_rows[i] if score_rows is not None else None
+            out.append(Decision(a, labels[a], "model", None, rows))
+        elif any(allowed[i]):
+            out.append(Decision(a, labels[a], "fallback", reasons[i]))
+        else:  # nothing can be chosen: say so rather than name a forbidden route
+            out.append(Decision(-1, "none", "fallback", reasons[i]))
+    return out
 
 
 class BundlePolicy(Policy):

@@ -35,7 +35,7 @@ from numba import njit
 F = TypeVar("F", bound=Callable[..., Any])
 PACKAGE = Path(__file__).resolve().parents[1]
 # the package files whose code is compiled, or read by compiled code (constants, layouts)
-COMPILED_SOURCES = ("sim/*.py", "observation/*.py", "env/reward.py")
+COMPILED_SOURCES = ("sim/*.py", "observation/derive.py", "env/reward.py")
 
 
 def _probe() -> dict[str, Any]:

@@ -1,0 +1,552 @@
+"""A generalist router: one network for any topology, trained across a suite's scenarios.
+
+The policy scores each candidate route from its own row of the per-route observation
+(:mod:`prfaas_env.observation.per_route`) and the decision's global features, with one shared
+network, and picks the best allowed route; a value head (pooled over routes) serves
+reinforcement-learning fine-tuning. The same weights therefore route the paper's two-route
+deployment, a multi-region layout and a seventy-route one.
+
+Training (``train.py --suite NAME``) is imitation of the rollout oracle by DAgger:
+
+1. for every train scenario of the suite, its best heuristic (validation seeds);
+2. per iteration, per train scenario, with a load multiplier drawn per iteration
+   (domain randomisation): warm the system up with the best heuristic, then route with a mix
+   of the oracle (probability ``beta``, halved each iteration) and the learner, and label
+   every visited decision with the oracle's cost of each candidate route (the oracle plans
+   around the scenario's best heuristic and sees the future; it is the teacher only);
+3. fit the network to the aggregated labels: cross-entropy against a softmax of the
+   candidates' negative cost gaps over ``tau`` x the TTFT SLO (decisions where the routes
+   cost the same teach nothing; decisions where one route is far better teach most);
+4. evaluate greedily on the train scenarios' validation seeds against each best heuristic
+   (TensorBoard ``eval/<scenario>/...``) and keep the best iteration.
+
+The trained policy's inputs keep, per feature, the range the training data covered: a
+deployed router falls back to a heuristic for a decision outside it (the guard).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from prfaas_env.errors import NotApplicableError
+from prfaas_env.evaluation import (
+    KEEP_UP,
+    METRICS,
+    VALIDATION_SEED,
+    best_baseline,
+    heuristic,
+    heuristic_params,
+    run_policy,
+    seed_range,
+)
+from prfaas_env.observation.per_route import (
+    GLOBAL_FEATURES,
+    ROUTE_FEATURES,
+    RouteForm,
+    route_features,
+)
+from prfaas_env.observation.simulated import SimObserver
+from prfaas_env.policies import RouteTable, make_policy, policy_names
+from prfaas_env.policies.learned import RoutePolicy
+from prfaas_env.policies.oracle import RolloutOracle
+from prfaas_env.sim.engine import VecSimulator, routes_from_actions
+from prfaas_env.sim.scenario import Scenario
+from prfaas_env.suite import SuiteScenario, load_suite
+
+GENERALIST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class GeneralistSettings:
+    """Everything the generalist's training takes (``train.py --suite``)."""
+
+    hidden: int = 64
+    horizon: int = 64  # the oracle's lookahead while labelling
+    tau: float = 0.25  # soft-label temperature, as a share of the TTFT SLO
+    iterations: int = 5
+    beta0: float = 1.0  # probability the oracle acts in the first iteration (halved each)
+    envs: int = 16  # envs per scenario while collecting
+    warmup: int = 150  # decisions routed by the best heuristic before labelling
+    decisions: int = 250  # labelled decisions per env, scenario and iteration
+    rate_low: float = 0.7  # load multipliers drawn per scenario and iteration
+    rate_high: float = 1.15
+    epochs: int = 4
+    batch: int = 512
+    lr: float = 1e-3
+    eval_seeds: int = 3
+    eval_decisions: int = 1000
+    seed: int = 0
+
+
+class RouteScorer(nn.Module):
+    """Scores every route from its row and the global features with one shared MLP.
+
+    Inputs ``routes`` ``[batch, routes, F]``, ``global`` ``[batch, G]``, ``mask`` ``[batch,
+    routes]`` (bool); :meth:`forward` returns ``(action, scores)`` (scores before masking;
+    the action is the best allowed one), :meth:`value` a value per decision (mean and max
+    of the route embeddings with the global features) for RL fine-tuning. Inputs are
+    standardised inside with fixed statistics (``set_statistics``).
+    """
+
+    def __init__(self, route_dim: int, global_dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(
+            nn.Linear(route_dim + global_dim, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+        )
+        self.head = nn.Linear(hidden, 1)
+        self.critic = nn.Sequential(
+            nn.Linear(2 * hidden + global_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+        self.register_buffer("r_mean", torch.zeros(route_dim))
+        self.register_buffer("r_std", torch.ones(route_dim))
+        self.register_buffer("g_mean", torch.zeros(global_dim))
+        self.register_buffer("g_std", torch.ones(global_dim))
+
+    def set_statistics(self, routes: NDArray[np.float32], glob: NDArray[np.float32]) -> None:
+        """Standardise inputs with the mean and spread of training rows (``[rows, F]``)."""
+        for mean, std, x in ((self.r_mean, self.r_std, routes), (self.g_mean, self.g_std, glob)):
+            mean.copy_(torch.as_tensor(x.mean(0), dtype=torch.float32))
+            std.copy_(torch.as_tensor(np.maximum(x.std(0), 1e-3), dtype=torch.float32))
+
+    def _hidden(
+        self, routes: torch.Tensor, glob: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r = (routes - self.r_mean) / self.r_std
+        g = (glob - self.g_mean) / self.g_std
+        x = torch.cat([r, g.unsqueeze(1).expand(-1, r.shape[1], -1)], dim=2)
+        return self.embed(x), g
+
+    def scores(self, routes: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        h, _ = self._hidden(routes, glob)
+        return self.head(h).squeeze(2)
+
+    def forward(
+        self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scores(routes, glob)
+        allowed = torch.where(mask, s, torch.full_like(s, float("-inf")))
+        return torch.argmax(allowed, dim=1), s
+
+    def value(self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h, g = self._hidden(routes, glob)
+        m = mask.unsqueeze(2).float()
+        mean = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        top = torch.where(mask.unsqueeze(2), h, torch.full_like(h, -1e9)).max(1).values
+        return self.critic(torch.cat([mean, top, g], dim=1)).squeeze(1)
+
+
+def score_fn(net: RouteScorer) -> Callable[..., NDArray[np.float64]]:
+    """NumPy scoring function of ``net`` (what :class:`RoutePolicy` calls)."""
+
+    def scores(
+        routes: NDArray[np.float32], glob: NDArray[np.float32], mask: NDArray[np.bool_]
+    ) -> NDArray[np.float64]:
+        with torch.no_grad():
+            return (
+                net.scores(torch.from_numpy(routes), torch.from_numpy(glob))
+                .numpy()
+                .astype(np.float64)
+            )
+
+    return scores
+
+
+@dataclass
+class Labels:
+    """Labelled decisions of one scenario: route rows, global rows, masks, oracle costs."""
+
+    routes: list[NDArray[np.float32]] = field(default_factory=list)
+    glob: list[NDArray[np.float32]] = field(default_factory=list)
+    mask: list[NDArray[np.bool_]] = field(default_factory=list)
+    costs: list[NDArray[np.float64]] = field(default_factory=list)
+    slo: float = 1.0
+
+    def arrays(self) -> tuple[NDArray[np.float32], ...]:
+        return (
+            np.concatenate(self.routes),
+            np.concatenate(self.glob),
+            np.concatenate(self.mask),
+            np.concatenate(self.costs),
+        )
+
+    def __len__(self) -> int:
+        return sum(len(x) for x in self.mask)
+
+
+def best_heuristics(
+    scenarios: list[SuiteScenario], seeds: list[int], decisions: int
+) -> dict[str, str]:
+    """Each scenario's best heuristic on ``seeds`` (lowest P90 TTFT at >= 99 % of the best
+    throughput)."""
+    out = {}
+    for sc in scenarios:
+        scores = {}
+        for name in policy_names():
+            try:
+                run = run_policy(sc.scenario, heuristic(name), name, seeds, decisions)
+            except NotApplicableError:
+                continue
+            scores[name] = {k: float(np.nanmean(run.metrics[k])) for k in METRICS}
+        out[sc.name] = best_baseline(scores, "ttft_p90_s")
+    return out
+
+
+def collect(
+    sc: Scenario,
+    best: str,
+    net: RouteScorer | None,
+    s: GeneralistSettings,
+    beta: float,
+    rng: np.random.Generator,
+    labels: Labels,
+) -> None:
+    """One DAgger round on one scenario (see the module docstring)."""
+    topo = sc.topology
+    routes = RouteTable.from_topology(topo)
+    sim = VecSimulator(sc, s.envs)
+    observer = SimObserver(sim, routes.num_routes)
+    teacher = make_policy(best, routes, topo, **heuristic_params(sc, best))
+    teacher.reset(s.envs, seed=int(rng.integers(2**31)))
+    oracle = RolloutOracle(routes, topo, s.horizon, best, heuristic_params(sc, best))
+    oracle.reset(s.envs)
+    oracle.attach(sim)
+    form = RouteForm.of(topo, sc.ttft_slo_s)
+    sim.reset(seed=int(rng.integers(2**31)))
+    for _ in range(s.warmup):
+        sim.step(
+            routes_from_actions(
+                teacher.act(observer.observe_view(), observer.mask), routes.num_routes
+            )
+        )
+    for _ in range(s.decisions):
+        view = observer.observe_view()
+        mask = observer.mask.copy()
+        feats, glob = route_features(form, view, mask)
+        costs = oracle.candidate_costs()
+        labels.routes.append(feats)
+        labels.glob.append(glob)
+        labels.mask.append(mask)
+        labels.costs.append(costs)
+        expert = np.argmin(np.where(mask, costs, np.inf), axis=1)
+        if net is None or beta >= 1.0:
+            a = expert
+        else:
+            learner = np.argmax(np.where(mask, score_fn(net)(feats, glob, mask), -np.inf), axis=1)
+            a = np.where(rng.random(s.envs) < beta, expert, learner)
+        sim.step(routes_from_actions(a, routes.num_routes))
+    labels.slo = sc.ttft_slo_s
+
+
+def soft_targets(
+    costs: NDArray[np.float64], mask: NDArray[np.bool_], temperature_s: float
+) -> NDArray[np.float32]:
+    """``softmax(-(cost - lowest allowed cost) / temperature)`` over the allowed routes."""
+    c = np.where(mask, costs, np.inf)
+    gap = (c - c.min(axis=1, keepdims=True)) / temperature_s
+    w = np.where(mask, np.exp(-np.minimum(gap, 50.0)), 0.0)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def fit(
+    net: RouteScorer,
+    data: dict[str, Labels],
+    s: GeneralistSettings,
+    optimiser: torch.optim.Optimizer,
+    rng: np.random.Generator,
+) -> float:
+    """``s.epochs`` passes of minibatches over every scenario's labels (a minibatch holds
+    one scenario's decisions: their route counts match); returns the last mean loss."""
+    per = {name: lab.arrays() for name, lab in data.items()}
+    targets = {name: soft_targets(a[3], a[2], s.tau * data[name].slo) for name, a in per.items()}
+    batches = []
+    for name, a in per.items():
+        n = len(a[0])
+        for start in range(0, n, s.batch):
+            batches.append((name, start))
+    net.train()
+    last = math.nan
+    for _ in range(s.epochs):
+        order = {name: rng.permutation(len(a[0])) for name, a in per.items()}
+        losses = []
+        for k in rng.permutation(len(batches)):
+            name, start = batches[k]
+            idx = order[name][start : start + s.batch]
+            routes, glob, mask, _ = per[name]
+            scores = net.scores(torch.from_numpy(routes[idx]), torch.from_numpy(glob[idx]))
+            m = torch.from_numpy(mask[idx])
+            logp = torch.log_softmax(torch.where(m, scores, torch.full_like(scores, -1e9)), dim=1)
+            p = torch.from_numpy(targets[name][idx])
+            loss = -(p * torch.where(m, logp, torch.zeros_like(logp))).sum(1).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        last = float(np.mean(losses))
+    net.eval()
+    return last
+
+
+def evaluate(
+    net: RouteScorer,
+    scenarios: list[SuiteScenario],
+    best: dict[str, str],
+    s: GeneralistSettings,
+    baselines: dict[str, dict[str, float]] | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The learner (greedy) and each scenario's best heuristic on the validation seeds:
+    per scenario the learner's P90 relative to the heuristic's and the throughput ratio.
+    ``baselines`` (the heuristics' means, computed once) is returned for reuse."""
+    seeds = seed_range(VALIDATION_SEED, s.eval_seeds)
+    out: dict[str, dict[str, float]] = {}
+    base = dict(baselines or {})
+    for sc in scenarios:
+        topo = sc.scenario.topology
+        pol = RoutePolicy(
+            RouteTable.from_topology(topo),
+            topo,
+            score_fn(net),
+            sc.scenario.ttft_slo_s,
+            "generalist",
+        )
+        run = run_policy(sc.scenario, lambda _sc, p=pol: p, "generalist", seeds, s.eval_decisions)
+        mine = {k: float(np.nanmean(run.metrics[k])) for k in METRICS}
+        if sc.name not in base:
+            b = run_policy(
+                sc.scenario, heuristic(best[sc.name]), best[sc.name], seeds, s.eval_decisions
+            )
+            base[sc.name] = {k: float(np.nanmean(b.metrics[k])) for k in METRICS}
+        ref = base[sc.name]
+        out[sc.name] = {
+            "p90_rel": mine["ttft_p90_s"] / ref["ttft_p90_s"] - 1.0,
+            "rps_ratio": mine["throughput_rps"] / ref["throughput_rps"],
+            "p90_s": mine["ttft_p90_s"],
+            "best_p90_s": ref["ttft_p90_s"],
+            "slo_attainment": mine["slo_attainment"],
+        }
+    return out, base
+
+
+def selection_score(result: dict[str, dict[str, float]]) -> float:
+    """Lower is better: the mean relative P90, with a scenario that does not keep up with its
+    best heuristic's throughput counted as +100 %."""
+    vals = [r["p90_rel"] if r["rps_ratio"] >= KEEP_UP else 1.0 for r in result.values()]
+    return float(np.mean(vals))
+
+
+def train_generalist(
+    suite: str, out: Path, s: GeneralistSettings, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Train on the train set of ``suite`` into folder ``out`` (see the module docstring);
+    returns the summary written to ``out/run.json``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    loaded = load_suite(suite)
+    scenarios = list(loaded.train)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(s.seed)
+    torch.manual_seed(s.seed)
+    writer = SummaryWriter(str(out / "tb"))
+    t0 = time.perf_counter()
+    echo(f"best heuristics of the {len(scenarios)} train scenarios (validation seeds) ...")
+    best = best_heuristics(scenarios, seed_range(VALIDATION_SEED, s.eval_seeds), s.eval_decisions)
+    echo("  " + ", ".join(f"{k}: {v}" for k, v in best.items()))
+    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), s.hidden)
+    optimiser = torch.optim.Adam(net.parameters(), lr=s.lr)
+    data: dict[str, Labels] = {sc.name: Labels() for sc in scenarios}
+    history = []
+    baselines: dict[str, dict[str, float]] | None = None
+    best_score, best_iteration = math.inf, -1
+    for it in range(s.iterations):
+        beta = s.beta0 * 0.5**it
+        t = time.perf_counter()
+        for sc in scenarios:
+            m = float(rng.uniform(s.rate_low, s.rate_high))
+            collect(
+                sc.scenario.with_rate(m),
+                best[sc.name],
+                net if it else None,
+                s,
+                beta,
+                rng,
+                data[sc.name],
+            )
+        collect_s = time.perf_counter() - t
+        if it == 0:
+            allr = np.concatenate(
+                [
+                    np.concatenate(lab.routes).reshape(-1, len(ROUTE_FEATURES))
+                    for lab in data.values()
+                ]
+            )
+            allg = np.concatenate([np.concatenate(lab.glob) for lab in data.values()])
+            net.set_statistics(allr, allg)
+        loss = fit(net, data, s, optimiser, rng)
+        result, baselines = evaluate(net, scenarios, best, s, baselines)
+        score = selection_score(result)
+        labels = sum(len(lab) for lab in data.values())
+        for name, r in result.items():
+            writer.add_scalar(f"eval/{name}/p90_vs_best_heuristic", r["p90_rel"], it)
+            writer.add_scalar(f"eval/{name}/throughput_ratio", r["rps_ratio"], it)
+        writer.add_scalar("eval/mean_p90_vs_best_heuristic", score, it)
+        writer.add_scalar("train/loss", loss, it)
+        writer.add_scalar("train/labels", labels, it)
+        echo(
+            f"iteration {it}: beta {beta:.2f}, {labels:,} labels ({collect_s:.0f} s to collect), "
+            f"loss {loss:.4f}, mean P90 vs best heuristic {score:+.1%} ("
+            + ", ".join(f"{k} {v['p90_rel']:+.0%}" for k, v in result.items())
+            + ")"
+        )
+        history.append(
+            {
+                "iteration": it,
+                "beta": beta,
+                "labels": labels,
+                "loss": loss,
+                "eval": result,
+                "score": score,
+            }
+        )
+        if score < best_score:
+            best_score, best_iteration = score, it
+            torch.save(net.state_dict(), out / "model.pt")
+    writer.close()
+    net.load_state_dict(torch.load(out / "model.pt"))
+    ranges = feature_ranges(data)
+    summary = {
+        "format": GENERALIST_FORMAT,
+        "kind": "generalist",
+        "suite": loaded.name,
+        "train_scenarios": [sc.name for sc in scenarios],
+        "best_heuristics": best,
+        "settings": asdict(s),
+        "route_features": [n for n, _ in ROUTE_FEATURES],
+        "global_features": [n for n, _ in GLOBAL_FEATURES],
+        "selected_iteration": best_iteration,
+        "history": history,
+        "ranges": ranges,
+        "wall_s": time.perf_counter() - t0,
+        "commit": _commit(),
+        "command": " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0] else None,
+    }
+    (out / "run.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    return summary
+
+
+def _commit() -> str | None:
+    """The repository's commit (with "+dirty" when files differ from it), or None."""
+    import subprocess
+
+    here = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def feature_ranges(data: dict[str, Labels], q: float = 0.001) -> dict[str, list[list[float]]]:
+    """Per feature the ``[q, 1 - q]`` quantiles of the training rows (allowed routes only):
+    the range a deployed router trusts the policy in."""
+    rows = []
+    globs = []
+    for lab in data.values():
+        r, g, m, _ = lab.arrays()
+        rows.append(r[m])
+        globs.append(g)
+    r = np.concatenate(rows)
+    g = np.concatenate(globs)
+    return {
+        "routes": np.quantile(r, [q, 1 - q], axis=0).T.tolist(),
+        "global": np.quantile(g, [q, 1 - q], axis=0).T.tolist(),
+    }
+
+
+def load_generalist(path: str | Path) -> tuple[RouteScorer, dict[str, Any]]:
+    """The network and run summary of a ``train.py --suite`` run folder (ConfigError naming
+    what is missing)."""
+    from prfaas_env.errors import ConfigError, load_folder_json
+
+    root = Path(path)
+    summary = load_folder_json(root, "run.json", "run", "train.py --suite")
+    if summary.get("kind") != "generalist" or summary.get("format") != GENERALIST_FORMAT:
+        raise ConfigError(f"{root}/run.json: not a generalist run of format {GENERALIST_FORMAT}")
+    if not (root / "model.pt").is_file():
+        raise ConfigError(f"{root}: model.pt is missing (was training finished?)")
+    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), int(summary["settings"]["hidden"]))
+    net.load_state_dict(torch.load(root / "model.pt"))
+    net.eval()
+    return net, summary
+
+
+def generalist_policy(scenario: Scenario, path: str, label: str | None = None) -> RoutePolicy:
+    """A generalist run as a router on any ``scenario`` (suite evaluation's builder)."""
+    net, _ = load_generalist(path)
+    topo = scenario.topology
+    return RoutePolicy(
+        RouteTable.from_topology(topo),
+        topo,
+        score_fn(net),
+        scenario.ttft_slo_s,
+        label or f"generalist:{Path(path).name}",
+    )
+
+
+def export_generalist(
+    run: str | Path, out: str | Path, force: bool = False, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """A generalist run as a per-route bundle (golden lines from every scenario of its
+    suite; the guard from its training data's ranges; Mooncake's router as fallback)."""
+    from prfaas_env.export.route_bundle import export_route_bundle
+
+    net, summary = load_generalist(run)
+    suite = load_suite(summary["suite"])
+    provenance = {
+        "summary": {
+            "kind": "generalist",
+            "suite": summary["suite"],
+            "train_scenarios": summary["train_scenarios"],
+            "settings": summary["settings"],
+            "selected_iteration": summary["selected_iteration"],
+            "commit": summary.get("commit"),
+            "command": summary.get("command"),
+        },
+        "run": summary,
+    }
+    return export_route_bundle(
+        net,
+        score_fn(net),
+        [(s.name, s.scenario) for s in suite.scenarios],
+        out,
+        summary["ranges"],
+        provenance,
+        seeds=2,
+        decisions=300,
+        golden=24,
+        force=force,
+        echo=echo,
+    )

@@ -1,0 +1,173 @@
+"""The generalist: the per-route policy's training, its bundle, the router that serves it on
+any topology, its guard and fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents.generalist import (
+    GeneralistSettings,
+    RouteScorer,
+    load_generalist,
+    score_fn,
+    soft_targets,
+    train_generalist,
+)
+from prfaas_env.export.route_bundle import export_route_bundle
+from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
+from prfaas_env.router import BundleError, open_router, pretrained_names
+from prfaas_env.router.routes import load_route_bundle, replay_golden
+from prfaas_env.suite import load_suite
+
+SUITE = load_suite("default")
+WIDE = {
+    "routes": [[-1.0, 10.0]] * len(ROUTE_FEATURES),
+    "global": [[-1.0, 10.0]] * len(GLOBAL_FEATURES),
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained scorer exported on two topologies (2 and 15 routes)."""
+    torch.manual_seed(0)
+    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 16).eval()
+    out = tmp_path_factory.mktemp("route") / "bundle"
+    ranges = {"routes": [[0.0, 1.0]] * len(ROUTE_FEATURES), "global": WIDE["global"]}
+    ranges["routes"] = WIDE["routes"][:]
+    ranges["routes"][[n for n, _ in ROUTE_FEATURES].index("wait")] = [0.0, 3.0]
+    scenarios = [(n, SUITE.get(n).scenario) for n in ("paper_poisson", "region3_mixed_ramp")]
+    export_route_bundle(
+        net,
+        score_fn(net),
+        scenarios,
+        out,
+        ranges,
+        {"summary": {"test": True}},
+        seeds=1,
+        decisions=80,
+        golden=10,
+        echo=lambda s: None,
+    )
+    return out
+
+
+def test_the_bundle_replays_its_golden_lines_on_every_topology(bundle: Path) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["form"] == "routes" and m["parity"]["decisions"] == 2 * 80
+    assert m["parity"]["onnx_agree"] == m["parity"]["decisions"]
+    count, wrong = replay_golden(bundle)
+    assert count == m["golden"]["lines"] > 10 and not wrong
+    tops = json.loads((bundle / "topologies.json").read_text())
+    assert set(tops) == {"paper_poisson", "region3_mixed_ramp"}
+
+
+def test_one_bundle_routes_any_topology_with_guard_and_fallback(bundle: Path) -> None:
+    sc = SUITE.get("large_poisson").scenario  # a topology the bundle never saw: 72 routes
+    router = open_router(
+        bundle,
+        topology=sc.raw["topology"],
+        ttft_slo_s=sc.ttft_slo_s,
+        expected_output_tokens=1024,
+    )
+    assert len(router.labels) == 72
+    d = router.decide({"request": {"input_tokens": 20000}})
+    assert d.source == "fallback" and "missing" in d.reason  # metrics absent: fallback
+    state = {"request": {"input_tokens": 20000}, "recent": {"ttft_ewma_s": 1.0}}
+    state["prefill"] = {
+        c: {
+            "cached_tokens": 0,
+            "queued_requests": 0,
+            "queued_tokens": 0,
+            "wait_s": 0.0,
+            "busy_fraction": 0.0,
+        }
+        for c in router.live.entities["prefill"]
+    }
+    state["channels"] = {
+        c: {"bandwidth_gbps": 50.0, "bytes_in_flight": 0, "flows": 0}
+        for c in router.live.entities["channels"]
+    }
+    state["decode"] = {
+        c: {"free_slots": 1.0, "kv_used": 0.0, "admission_queue": 0, "admission_wait_s": 0.0}
+        for c in router.live.entities["decode"]
+    }
+    ok = router.decide(state)
+    assert ok.source == "model" and 0 <= ok.action < 72 and len(ok.scores) == 72
+    first = router.live.entities["prefill"][0]
+    state["prefill"][first]["wait_s"] = 3600.0  # far beyond the guard's wait range
+    guarded = router.decide(state)
+    assert guarded.source == "fallback" and guarded.reason.startswith("guard: route ")
+    assert "wait" in guarded.reason and router.guard_fired == 1
+    with pytest.raises(BundleError, match="give the deployment's topology, ttft_slo_s"):
+        open_router(bundle)
+
+
+def test_altered_or_foreign_bundles_are_refused(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    (copy / "golden.jsonl").write_text("{}\n")
+    with pytest.raises(BundleError, match=r"golden\.jsonl: SHA-256 differs"):
+        load_route_bundle(copy)
+    with pytest.raises(BundleError, match="no such pretrained bundle; shipped: "):
+        open_router("pretrained:nothing-like-this")
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["features"]["routes"][0]["name"] = "something_else"
+    shutil.rmtree(copy)
+    shutil.copytree(bundle, copy)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"features\.routes are .*this version computes"):
+        load_route_bundle(copy)
+
+
+def test_soft_targets_follow_the_cost_gaps() -> None:
+    costs = np.array([[10.0, 12.0, 50.0], [3.0, 3.0, np.inf]])
+    mask = np.array([[True, True, True], [True, True, False]])
+    p = soft_targets(costs, mask, temperature_s=2.0)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
+    assert p[0, 0] > p[0, 1] > p[0, 2] and p[1, 2] == 0.0 and p[1, 0] == p[1, 1]
+    np.testing.assert_allclose(p[0, 0] / p[0, 1], np.e, rtol=1e-5)
+
+
+def test_training_writes_a_usable_run(tmp_path: Path) -> None:
+    """A tiny DAgger run: labels from the oracle, a fitted scorer, run.json with the
+    guard's ranges, TensorBoard logs; the run routes a held-out topology."""
+    s = GeneralistSettings(
+        hidden=8,
+        horizon=2,
+        iterations=1,
+        envs=2,
+        warmup=5,
+        decisions=6,
+        epochs=1,
+        eval_seeds=1,
+        eval_decisions=40,
+    )
+    summary = train_generalist("default", tmp_path / "g", s, echo=lambda m: None)
+    assert summary["selected_iteration"] == 0
+    assert len(summary["ranges"]["routes"]) == len(ROUTE_FEATURES)
+    assert summary["history"][0]["labels"] == 7 * 2 * 6
+    assert set(summary["history"][0]["eval"]) == {sc.name for sc in SUITE.train}
+    assert any((tmp_path / "g" / "tb").iterdir())
+    net, _ = load_generalist(tmp_path / "g")
+    assert net.head.in_features == 8
+    from agents.generalist import generalist_policy
+    from prfaas_env.evaluation import run_policy
+
+    sc = SUITE.get("large_poisson").scenario
+    run = run_policy(sc, lambda _sc: generalist_policy(sc, str(tmp_path / "g")), "g", [0], 30)
+    assert run.metrics["decisions"][0] == 30
+
+
+def test_shipped_pretrained_bundles_replay_their_golden_files() -> None:
+    for name in pretrained_names():
+        count, wrong = replay_golden(
+            Path(__file__).resolve().parents[1] / "prfaas_env" / "pretrained" / name
+        )
+        assert count > 0 and not wrong, wrong[:3]
