@@ -61,6 +61,7 @@ from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy, policy_names
 from prfaas_env.policies.learned import RoutePolicy
 from prfaas_env.policies.oracle import RolloutOracle
+from prfaas_env.policies.route_scorer import RouteScorer, score_fn
 from prfaas_env.sim.engine import VecSimulator, routes_from_actions
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.suite import SuiteScenario, load_suite
@@ -88,82 +89,6 @@ class GeneralistSettings:
     eval_seeds: int = 3
     eval_decisions: int = 1000
     seed: int = 0
-
-
-class RouteScorer(nn.Module):
-    """Scores every route from its row and the global features with one shared MLP.
-
-    Inputs ``routes`` ``[batch, routes, F]``, ``global`` ``[batch, G]``, ``mask`` ``[batch,
-    routes]`` (bool); :meth:`forward` returns ``(action, scores)`` (scores before masking;
-    the action is the best allowed one), :meth:`value` a value per decision (mean and max
-    of the route embeddings with the global features) for RL fine-tuning. Inputs are
-    standardised inside with fixed statistics (``set_statistics``).
-    """
-
-    def __init__(self, route_dim: int, global_dim: int, hidden: int = 64) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(
-            nn.Linear(route_dim + global_dim, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-        )
-        self.head = nn.Linear(hidden, 1)
-        self.critic = nn.Sequential(
-            nn.Linear(2 * hidden + global_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
-        )
-        self.register_buffer("r_mean", torch.zeros(route_dim))
-        self.register_buffer("r_std", torch.ones(route_dim))
-        self.register_buffer("g_mean", torch.zeros(global_dim))
-        self.register_buffer("g_std", torch.ones(global_dim))
-
-    def set_statistics(self, routes: NDArray[np.float32], glob: NDArray[np.float32]) -> None:
-        """Standardise inputs with the mean and spread of training rows (``[rows, F]``)."""
-        for mean, std, x in ((self.r_mean, self.r_std, routes), (self.g_mean, self.g_std, glob)):
-            mean.copy_(torch.as_tensor(x.mean(0), dtype=torch.float32))
-            std.copy_(torch.as_tensor(np.maximum(x.std(0), 1e-3), dtype=torch.float32))
-
-    def _hidden(
-        self, routes: torch.Tensor, glob: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        r = (routes - self.r_mean) / self.r_std
-        g = (glob - self.g_mean) / self.g_std
-        x = torch.cat([r, g.unsqueeze(1).expand(-1, r.shape[1], -1)], dim=2)
-        return self.embed(x), g
-
-    def scores(self, routes: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
-        h, _ = self._hidden(routes, glob)
-        return self.head(h).squeeze(2)
-
-    def forward(
-        self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.scores(routes, glob)
-        allowed = torch.where(mask, s, torch.full_like(s, float("-inf")))
-        return torch.argmax(allowed, dim=1), s
-
-    def value(self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h, g = self._hidden(routes, glob)
-        m = mask.unsqueeze(2).float()
-        mean = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-        top = torch.where(mask.unsqueeze(2), h, torch.full_like(h, -1e9)).max(1).values
-        return self.critic(torch.cat([mean, top, g], dim=1)).squeeze(1)
-
-
-def score_fn(net: RouteScorer) -> Callable[..., NDArray[np.float64]]:
-    """NumPy scoring function of ``net`` (what :class:`RoutePolicy` calls)."""
-
-    def scores(
-        routes: NDArray[np.float32], glob: NDArray[np.float32], mask: NDArray[np.bool_]
-    ) -> NDArray[np.float64]:
-        with torch.no_grad():
-            return (
-                net.scores(torch.from_numpy(routes), torch.from_numpy(glob))
-                .numpy()
-                .astype(np.float64)
-            )
-
-    return scores
 
 
 @dataclass
