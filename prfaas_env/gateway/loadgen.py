@@ -87,11 +87,11 @@ def synthetic_trace_file(
     """Draw ``requests`` requests of scenario ``config``'s workload (the simulator's own
     sampler and seed rules: the stream env 0 of a simulator seeded ``seed`` sees) and write
     them as a Mooncake JSONL trace (timestamps in ms, ``hash_ids`` the prefix-block ids)."""
-    from prfaas_env.env.config import load_config
+    from prfaas_env.env.config import resolve_config
     from prfaas_env.sim import workload as wl
     from prfaas_env.sim.engine import VecSimulator
 
-    sc = load_config(config).scenario
+    sc = resolve_config(config)[0]
     if rate_multiplier != 1.0:
         sc = sc.with_rate(rate_multiplier)
     vec = VecSimulator(sc, 1)
@@ -189,11 +189,10 @@ async def replay(
         t0 = loop.time()
         tasks = []
 
-        async def one(i: int, res: Result) -> None:
+        async def one(i: int, res: Result, body: bytes) -> None:
             nonlocal inflight
             headers = {"content-type": "application/json", **o.headers}
             try:
-                body = _body(req, i, o)
                 async with session.post(o.url + path, data=body, headers=headers) as resp:
                     res.status = resp.status
                     res.route = resp.headers.get("x-prfaas-route", "")
@@ -225,6 +224,7 @@ async def replay(
             at = float(req.arrival_s[i]) / scale
             if at > o.duration_s:
                 break
+            body = _body(req, i, o)  # made before its send time: client work is not latency
             delay = t0 + at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -234,7 +234,7 @@ async def replay(
                 res.skipped = True
                 continue
             inflight += 1
-            tasks.append(asyncio.create_task(one(i, res)))
+            tasks.append(asyncio.create_task(one(i, res, body)))
         if tasks:
             await asyncio.wait(tasks, timeout=o.timeout_s)
             for t in tasks:

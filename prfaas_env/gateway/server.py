@@ -416,6 +416,10 @@ class PickerServer:
             store.settings.scrape_timeout_s,
         )
         await server.start()
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the router and tables are long-lived: keep them out of every GC pass
         svc = health_pb2.HealthCheckResponse
         for name in ("", "liveness"):
             await health_servicer.set(name, svc.SERVING)
@@ -452,6 +456,24 @@ class PickerServer:
             if web_runner is not None:
                 await web_runner.cleanup()
 
+    def stats(self) -> dict[str, Any]:
+        """Exact decision-time percentiles of the recent decisions (ms) and the counters."""
+        import numpy as np
+
+        rec = np.array(self.metrics.recent) * 1e3
+        out: dict[str, Any] = {"decisions": int(rec.size)}
+        if rec.size:
+            for q in (50, 90, 99):
+                out[f"decision_p{q}_ms"] = float(np.percentile(rec, q))
+            out["decision_max_ms"] = float(rec.max())
+        for metric in (self.metrics.requests, self.metrics.decisions, self.metrics.fallbacks):
+            for fam in metric.collect():
+                for sm in fam.samples:
+                    if sm.name.endswith("_total"):
+                        key = ",".join(f"{k}={v}" for k, v in sorted(sm.labels.items()))
+                        out.setdefault(fam.name, {})[key] = int(sm.value)
+        return out
+
     async def _start_web(self) -> Any:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -465,6 +487,9 @@ class PickerServer:
         async def healthz(_: web.Request) -> web.Response:
             return web.json_response({"status": "ok"})
 
+        async def stats(_: web.Request) -> web.Response:
+            return web.json_response(self.stats())
+
         async def readyz(_: web.Request) -> web.Response:
             return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
 
@@ -472,6 +497,7 @@ class PickerServer:
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        app.router.add_get("/stats", stats)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.metrics_port)
