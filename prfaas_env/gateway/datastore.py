@@ -99,6 +99,7 @@ class EndpointState:
     # prefill instances: (start, end, uncached tokens) of requests sent, by the estimate
     busy_until: float = 0.0
     assigned: deque[tuple[float, float, float]] = field(default_factory=deque)
+    assigned_tokens: float = 0.0  # sum of the uncached tokens in ``assigned``
     last_routed: float = -math.inf
     # decode instances: estimated KV-ready times of requests sent, not yet visible
     pending: list[float] = field(default_factory=list)
@@ -218,6 +219,7 @@ class Datastore:
                 if r.at - self.settings.scrape_timeout_s > st.last_routed:
                     st.busy_until = min(st.busy_until, now)
                     st.assigned.clear()
+                    st.assigned_tokens = 0.0
             if st.endpoint.role == "decode" and st.pending:
                 seen = now - self.settings.scrape_interval_s
                 st.pending = [t for t in st.pending if t > seen]
@@ -283,15 +285,16 @@ class Datastore:
         self, st: EndpointState, now: float, fresh: bool
     ) -> tuple[float, float, float, bool]:
         """(wait s, queued requests, queued tokens, busy) of one prefill instance."""
-        while st.assigned and st.assigned[0][1] <= now:
-            st.assigned.popleft()
+        q = st.assigned
+        while q and q[0][1] <= now:
+            st.assigned_tokens -= q.popleft()[2]
         own_wait = max(0.0, st.busy_until - now) * self.scale
-        own_q = 0
-        own_tok = 0.0
-        for start, _, unc in st.assigned:
-            if start > now:
-                own_q += 1
-                own_tok += unc
+        # one prefill at a time, in order: only the head can have started
+        own_q = len(q)
+        own_tok = st.assigned_tokens
+        if q and q[0][0] <= now:
+            own_q -= 1
+            own_tok -= q[0][2]
         busy = own_wait > 0
         if not fresh or st.waiting is None:
             return own_wait, float(own_q), own_tok, busy
@@ -445,6 +448,7 @@ class Datastore:
         end = start + dur_s / self.scale
         prefill.busy_until = end
         prefill.assigned.append((start, end, float(unc)))
+        prefill.assigned_tokens += float(unc)
         prefill.last_routed = now
         ready = end
         if r.channel >= 0:

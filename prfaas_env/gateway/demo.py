@@ -91,23 +91,89 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None, help="heuristic (default prfaas_threshold)")
     p.add_argument("--policy-params", help="the heuristic's parameters as a JSON object")
     p.add_argument("--bundle", help="decide with a policy bundle instead of a heuristic")
-    p.add_argument("--time-scale", type=float, default=20.0)
+    p.add_argument("--time-scale", type=float, default=10.0)
     p.add_argument("--body-mode", default="BUFFERED", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"])
     p.add_argument("--no-compare", action="store_true", help="skip the simulator's replay")
     p.add_argument("--out", help="keep the inventory, configs, logs and results here")
 
 
+def run_case(
+    topology: dict[str, Any],
+    trace_path: str | Path,
+    requests: int,
+    work: Path,
+    policy: str | None = "prfaas_threshold",
+    bundle: str | None = None,
+    params: dict[str, Any] | None = None,
+    time_scale: float = 10.0,
+    rate_multiplier: float = 1.0,
+    body_mode: str = "BUFFERED",
+    compare: bool = True,
+    slo: dict[str, Any] | None = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """Replay the first ``requests`` of a trace through Envoy, the picker and an emulated
+    deployment of ``topology`` (and, with ``compare``, through the simulator with the same
+    policy); the summary of what the client saw (deployment seconds)."""
+    from prfaas_env.gateway.loadgen import LoadOptions, replay, summarise, trace_requests
+    from prfaas_env.gateway.stack import Stack
+
+    reqs = trace_requests(trace_path, requests)
+    print(
+        f"demo: {len(reqs)} requests of {trace_path} over {label or 'the'} topology, policy "
+        f"{bundle or policy}, deployment {time_scale:g}x wall speed",
+        flush=True,
+    )
+    stack = Stack(
+        topology,
+        policy,
+        bundle,
+        time_scale,
+        body_mode,
+        workdir=work / "stack",
+        policy_params=params,
+    )
+    with stack:
+        print(
+            f"demo: Envoy on {stack.url}, picker on 127.0.0.1:{stack.picker_port}, "
+            f"{len(stack.inventory.endpoints)} emulated servers",
+            flush=True,
+        )
+        opts = LoadOptions(
+            url=stack.url,
+            model="prfaas-1t-hybrid",
+            time_scale=time_scale,
+            rate_multiplier=rate_multiplier,
+            duration_s=3600.0,
+            timeout_s=600.0,
+        )
+        results, wall = asyncio.run(replay(reqs, opts))
+        stats = stack.picker_stats()
+    summary = summarise(results, wall, time_scale)
+    summary["picker_decision_p50_ms"] = stats.get("decision_p50_ms")
+    summary["picker_decision_p99_ms"] = stats.get("decision_p99_ms")
+    summary["picker_fallbacks"] = stats.get("prfaas_gateway_fallbacks", {})
+    summary["policy"] = bundle or policy
+    summary["time_scale"] = time_scale
+    if compare:
+        sim = simulate_trace(
+            topology, trace_path, len(reqs), policy, bundle, params, slo, rate_multiplier
+        )
+        summary["sim_ttft_p50_s"] = sim["ttft_p50_s"]
+        summary["sim_ttft_p90_s"] = sim["ttft_p90_s"]
+        summary["sim_ttft_p99_s"] = sim["ttft_p99_s"]
+        if summary["ttft_p90_s"] is not None:
+            summary["ttft_p90_vs_sim"] = summary["ttft_p90_s"] / sim["ttft_p90_s"] - 1.0
+    with open(work / "results.jsonl", "w") as f:
+        for r in results:
+            f.write(json.dumps(r.__dict__) + "\n")
+    return summary
+
+
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo (see the module docstring); its summary."""
     from prfaas_env.env.config import resolve_config
-    from prfaas_env.gateway.loadgen import (
-        LoadOptions,
-        replay,
-        summarise,
-        synthetic_trace_file,
-        trace_requests,
-    )
-    from prfaas_env.gateway.stack import Stack
+    from prfaas_env.gateway.loadgen import synthetic_trace_file
 
     sc, _ = resolve_config(args.config)
     topology = (sc.raw or {})["topology"]
@@ -121,60 +187,27 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             args.config, args.requests, args.seed, work / "trace.jsonl", args.rate_multiplier
         )
         mult = 1.0
-    reqs = trace_requests(trace_path, args.requests)
     policy = None if args.bundle else (args.policy or "prfaas_threshold")
     params = json.loads(args.policy_params) if args.policy_params else None
-    print(
-        f"demo: {len(reqs)} requests of {trace_path} over {args.config}'s topology, "
-        f"policy {args.bundle or policy}, deployment {args.time_scale:g}x wall speed",
-        flush=True,
-    )
-    stack = Stack(
-        topology, policy, args.bundle, args.time_scale, args.body_mode, workdir=work / "stack"
-    )
-    with stack:
-        print(
-            f"demo: Envoy on {stack.url}, picker on 127.0.0.1:{stack.picker_port}, "
-            f"{len(stack.inventory.endpoints)} emulated servers",
-            flush=True,
-        )
-        opts = LoadOptions(
-            url=stack.url,
-            model="prfaas-1t-hybrid",
-            time_scale=args.time_scale,
-            rate_multiplier=mult,
-            duration_s=3600.0,
-            timeout_s=600.0,
-        )
-        results, wall = asyncio.run(replay(reqs, opts))
-        stats = stack.picker_stats()
-    summary = summarise(results, wall, args.time_scale)
-    summary["picker_decision_p50_ms"] = stats.get("decision_p50_ms")
-    summary["picker_decision_p99_ms"] = stats.get("decision_p99_ms")
-    summary["picker_fallbacks"] = stats.get("prfaas_gateway_fallbacks", {})
-    summary["policy"] = args.bundle or policy
-    summary["time_scale"] = args.time_scale
-    if not args.no_compare:
-        sim = simulate_trace(
+    try:
+        return run_case(
             topology,
             trace_path,
-            len(reqs),
+            args.requests,
+            work,
             policy,
             args.bundle,
             params,
-            (sc.raw or {}).get("slo"),
+            args.time_scale,
             mult,
+            args.body_mode,
+            not args.no_compare,
+            (sc.raw or {}).get("slo"),
+            f"{args.config}'s",
         )
-        summary["sim_ttft_p50_s"] = sim["ttft_p50_s"]
-        summary["sim_ttft_p90_s"] = sim["ttft_p90_s"]
-        if summary["ttft_p90_s"] is not None:
-            summary["ttft_p90_vs_sim"] = summary["ttft_p90_s"] / sim["ttft_p90_s"] - 1.0
-    with open(work / "results.jsonl", "w") as f:
-        for r in results:
-            f.write(json.dumps(r.__dict__) + "\n")
-    if not args.out:
-        shutil.rmtree(work, ignore_errors=True)
-    return summary
+    finally:
+        if not args.out:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

@@ -65,6 +65,9 @@ __all__ = ["Deployment", "run_deployment"]
 GBPS = 1e9 / 8
 PREFILL_HEADER = "x-prefiller-host-port"
 KV_DESTINATION = "x-prfaas-kv-destination"
+# when (time.monotonic, wall seconds) the request reached the server and its answer began:
+# a client on the same machine subtracts them from its own clock to time the path between
+WALL_IN, WALL_OUT = "x-prfaas-wall-in", "x-prfaas-wall-out"
 TTFT_BUCKETS = (
     0.001,
     0.005,
@@ -669,6 +672,7 @@ class _Handlers:
 
     async def completions(self, request: Any) -> Any:
         dep = self.dep
+        wall_in = dep.loop.time()
         arrival = dep.clock.now()
         body = await request.read()
         try:
@@ -744,11 +748,13 @@ class _Handlers:
             "x-prfaas-served-by": self.address,
             "x-prfaas-prefill": prefill_addr,
             "x-prfaas-route": route,
+            WALL_IN: repr(wall_in),
         }
         rid = f"cmpl-{id(seq):x}"
         chat = prompt.kind == "chat"
         if not prompt.stream:
             await seq.finished
+            headers[WALL_OUT] = repr(dep.loop.time())
             return _json(_final(rid, prompt, output, chat, timing, arrival, first), headers)
         return await self._stream(request, seq, prompt, output, rid, chat, headers)
 
@@ -764,6 +770,7 @@ class _Handlers:
     ) -> Any:
         from aiohttp import web
 
+        headers[WALL_OUT] = repr(self.dep.loop.time())
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", **headers})
         await resp.prepare(request)
         sent = 0

@@ -38,7 +38,7 @@ from prfaas_env.gateway.protocol import DESTINATION, PREFILL, SUBSET_NAMESPACE
 
 __all__ = ["EnvoyProcess", "config_yaml", "envoy_binary", "envoy_config"]
 
-_LUA_STRIP = f"""
+_LUA_STRIP = f"""\
 function envoy_on_request(handle)
   local h = handle:headers()
   if h:get("{DESTINATION}") ~= nil or h:get("{PREFILL}") ~= nil then
@@ -224,9 +224,19 @@ def envoy_config(
 
 
 def config_yaml(config: dict[str, Any]) -> str:
+    """``config`` as YAML to copy: no anchors, multi-line strings (the Lua code) as blocks."""
     import yaml
 
-    return yaml.safe_dump(config, sort_keys=False, width=1000)
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    def text(dumper: yaml.SafeDumper, data: str) -> Any:
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(config, Dumper=Dumper, sort_keys=False, width=1000)
 
 
 def envoy_binary() -> str | None:

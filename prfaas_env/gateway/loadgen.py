@@ -12,7 +12,10 @@ after it, and answers still open ``--timeout-s`` later are cut) and in requests 
 What the client saw, per request: the status, the time to the first streamed token (TTFT;
 for an answer that is not streamed, the time to the whole answer), the time to the last
 byte, and the ``x-prfaas-route`` / ``x-prfaas-served-by`` headers the emulated servers
-echo. :func:`summarise` turns them into the figures the demo and the benchmarks print;
+echo. Against the emulated servers it also times the *path*: the wall time between sending
+the request and its arrival at the model server, plus between the server starting its
+answer and the client getting the answer's headers (the servers stamp both instants with
+the machine's monotonic clock), i.e. what a gateway in between adds to a request. :func:`summarise` turns them into the figures the demo and the benchmarks print;
 times are reported in the deployment's seconds (wall seconds x ``time_scale``).
 
 Traces: a Mooncake JSONL file or a shipped trace name (``mooncake-conversation``), or a
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from prfaas_env.gateway.emulator import WALL_IN, WALL_OUT
 from prfaas_env.gateway.prompt import DEFAULT_CHARS_PER_TOKEN, synthetic_prompt
 
 __all__ = [
@@ -134,6 +138,7 @@ class Result:
     served_by: str = ""
     error: str = ""
     skipped: bool = False
+    path_s: float = math.nan  # wall s between client and server, both ways (see replay)
 
 
 @dataclass
@@ -150,6 +155,8 @@ class LoadOptions:
     chars_per_token: int = DEFAULT_CHARS_PER_TOKEN
     max_output_tokens: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # send straight to servers instead of a gateway: (base URL, extra headers), in turn
+    direct: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
 def _body(req: TraceRequests, i: int, o: LoadOptions) -> bytes:
@@ -192,9 +199,18 @@ async def replay(
         async def one(i: int, res: Result, body: bytes) -> None:
             nonlocal inflight
             headers = {"content-type": "application/json", **o.headers}
+            base = o.url
+            if o.direct:
+                base, extra = o.direct[i % len(o.direct)]
+                headers.update(extra)
             try:
-                async with session.post(o.url + path, data=body, headers=headers) as resp:
+                t_send = loop.time()
+                async with session.post(base + path, data=body, headers=headers) as resp:
+                    t_head = loop.time()
                     res.status = resp.status
+                    w_in, w_out = resp.headers.get(WALL_IN), resp.headers.get(WALL_OUT)
+                    if w_in and w_out:  # the server's clock is this machine's monotonic clock
+                        res.path_s = (float(w_in) - t_send) + (t_head - float(w_out))
                     res.route = resp.headers.get("x-prfaas-route", "")
                     res.served_by = resp.headers.get("x-prfaas-served-by", "")
                     if resp.status == 200 and o.stream:
@@ -255,6 +271,7 @@ def summarise(results: list[Result], wall_s: float, time_scale: float = 1.0) -> 
     ok = [r for r in answered if r.status == 200]
     ttft = [(r.first_s - r.sent_s) * time_scale for r in ok if not math.isnan(r.first_s)]
     e2e = [(r.done_s - r.sent_s) * time_scale for r in ok if not math.isnan(r.done_s)]
+    path = [r.path_s * 1e3 for r in ok if not math.isnan(r.path_s)]
     span = max((r.done_s for r in answered if not math.isnan(r.done_s)), default=0.0) - min(
         (r.sent_s for r in sent), default=0.0
     )
@@ -280,6 +297,8 @@ def summarise(results: list[Result], wall_s: float, time_scale: float = 1.0) -> 
         "ttft_mean_s": float(np.mean(ttft)) if ttft else None,
         "e2e_p50_s": _pct(e2e, 50),
         "e2e_p99_s": _pct(e2e, 99),
+        "path_p50_ms": _pct(path, 50),
+        "path_p99_ms": _pct(path, 99),
         "routes": dict(sorted(Counter(r.route or "none" for r in ok).items())),
     }
 

@@ -125,7 +125,9 @@ class Stack:
         message_timeout_s: float = 0.2,
         envoy_concurrency: int = 1,
         models: list[str] | None = None,
+        policy_params: dict[str, Any] | None = None,
     ) -> None:
+        self.policy_params = policy_params
         self.dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="prfaas-gateway-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.policy, self.bundle = policy, bundle
@@ -215,6 +217,8 @@ class Stack:
             self.body_mode,
         ]
         args += ["--bundle", str(self.bundle)] if self.bundle else ["--policy", str(self.policy)]
+        if self.policy_params:
+            args += ["--policy-params", json.dumps(self.policy_params)]
         self.picker = self._spawn(args, "picker.log")
         url = f"http://127.0.0.1:{self.metrics_port}/readyz"
         self._wait(lambda: _get(url)[0] == 200, self.picker, "picker", timeout_s)
