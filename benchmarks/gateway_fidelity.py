@@ -62,7 +62,8 @@ def main() -> int:
     }
     rows = {}
     print(
-        f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; time scale {args.time_scale:g}"
+        f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+        f"time scale {args.time_scale:g}"
     )
     for name in args.cases.split(","):
         topo, tr, policy = cases[name]
@@ -96,8 +97,10 @@ def main() -> int:
         r = rows[name]
         print(
             f"{name:16s} emulated TTFT p50 {r['ttft_p50_s']:.3f} p90 {r['ttft_p90_s']:.3f} p99 "
-            f"{r['ttft_p99_s']:.3f} | simulator p50 {r['sim_ttft_p50_s']:.3f} p90 {r['sim_ttft_p90_s']:.3f} "
-            f"p99 {r['sim_ttft_p99_s']:.3f} | p90 {r['ttft_p90_vs_sim']:+.1%} | routes {r['routes']}",
+            f"{r['ttft_p99_s']:.3f} | simulator p50 {r['sim_ttft_p50_s']:.3f} "
+            f"p90 {r['sim_ttft_p90_s']:.3f} "
+            f"p99 {r['sim_ttft_p99_s']:.3f} | p90 {r['ttft_p90_vs_sim']:+.1%} "
+            f"| routes {r['routes']}",
             flush=True,
         )
     print(json.dumps(rows))

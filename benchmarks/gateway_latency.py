@@ -63,7 +63,8 @@ SCALE = 1000.0
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
 
 
 def short_requests(n: int, rate: float, seed: int) -> TraceRequests:
@@ -214,7 +215,8 @@ def load_bench(args: argparse.Namespace) -> dict[str, Any]:
                 walls[arm] += wall
                 s = summarise(res, wall, SCALE)
                 print(
-                    f"block {b + 1}/{len(starts)} {arm:8s}: {s['responses']}/{s['requests']} answered, "
+                    f"block {b + 1}/{len(starts)} {arm:8s}: "
+                    f"{s['responses']}/{s['requests']} answered, "
                     f"5xx {s['status_5xx']}, {s['throughput_rps']} req/s, path p50 "
                     f"{s['path_p50_ms']:.2f} ms p99 {s['path_p99_ms']:.2f} ms",
                     flush=True,
@@ -225,17 +227,25 @@ def load_bench(args: argparse.Namespace) -> dict[str, Any]:
         "rate_rps": args.rate,
         "requests_per_arm": len(req),
     }
+    paths: dict[str, list[float]] = {}
     for arm in arms:
-        s = summarise(results[arm], walls[arm], SCALE)
-        s.pop("routes", None)
-        out[arm] = s
+        res = results[arm]
+        ok = [r for r in res if r.status == 200]
+        paths[arm] = [r.path_s * 1e3 for r in ok if not np.isnan(r.path_s)]
+        e2e = [(r.done_s - r.sent_s) * 1e3 for r in ok]
+        out[arm] = {
+            "sent": sum(not r.skipped for r in res),
+            "answered": sum(1 for r in res if r.status),
+            "ok": len(ok),
+            "status_5xx": sum(1 for r in res if r.status >= 500),
+            "no_response": sum(1 for r in res if not r.skipped and not r.status),
+            "achieved_rps": round(sum(1 for r in res if r.status) / walls[arm], 1),
+            **{f"path_p{q}_ms": pct(paths[arm], q) for q in (50, 90, 99, 99.9)},
+            "e2e_p50_ms": pct(e2e, 50),
+            "e2e_p99_ms": pct(e2e, 99),
+        }
     if "gateway" in out and "direct" in out:
-        gw = [
-            r.path_s * 1e3 for r in results["gateway"] if r.status == 200 and not np.isnan(r.path_s)
-        ]
-        di = [
-            r.path_s * 1e3 for r in results["direct"] if r.status == 200 and not np.isnan(r.path_s)
-        ]
+        gw, di = paths["gateway"], paths["direct"]
         out["added_ms"] = {f"p{q}": pct(gw, q) - pct(di, q) for q in (50, 90, 99, 99.9)}
     out["picker"] = {
         k: stats.get(k)

@@ -16,22 +16,22 @@ from hypothesis import strategies as st
 
 pytest.importorskip("envoy.service.ext_proc.v3.external_processor_pb2", reason="gateway extra")
 
-from envoy.config.core.v3 import base_pb2  # noqa: E402
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep  # noqa: E402
-from google.protobuf import struct_pb2  # noqa: E402
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from google.protobuf import struct_pb2
 
-from prfaas_env.env.config import resolve_config  # noqa: E402
-from prfaas_env.env.features import mean_output_tokens, view_from_sim  # noqa: E402
-from prfaas_env.errors import ConfigError  # noqa: E402
-from prfaas_env.gateway import protocol as proto  # noqa: E402
-from prfaas_env.gateway.build import build_picker  # noqa: E402
-from prfaas_env.gateway.inventory import load_inventory, parse_inventory  # noqa: E402
-from prfaas_env.gateway.prompt import BadRequest, estimate, parse_request, synthetic_prompt  # noqa: E402
-from prfaas_env.gateway.scrape import ScrapeResult, parse_metrics, select  # noqa: E402
-from prfaas_env.gateway.server import StreamHandler, _Options  # noqa: E402
-from prfaas_env.policies import RouteTable, make_policy  # noqa: E402
-from prfaas_env.router.heuristic import HeuristicRouter  # noqa: E402
-from prfaas_env.sim.engine import VecSimulator  # noqa: E402
+from prfaas_env.env.config import resolve_config
+from prfaas_env.env.features import mean_output_tokens, view_from_sim
+from prfaas_env.errors import ConfigError
+from prfaas_env.gateway import protocol as proto
+from prfaas_env.gateway.build import build_picker
+from prfaas_env.gateway.inventory import load_inventory, parse_inventory
+from prfaas_env.gateway.prompt import BadRequest, estimate, parse_request, synthetic_prompt
+from prfaas_env.gateway.scrape import ScrapeResult, parse_metrics, select
+from prfaas_env.gateway.server import StreamHandler, _Options
+from prfaas_env.policies import RouteTable, make_policy
+from prfaas_env.router.heuristic import HeuristicRouter
+from prfaas_env.sim.engine import VecSimulator
 
 TOPOLOGY: dict[str, Any] = {
     "model": "prfaas-1t-hybrid",

@@ -24,9 +24,9 @@ import pytest
 pytest.importorskip("envoy.service.ext_proc.v3.external_processor_pb2", reason="gateway extra")
 pytest.importorskip("aiohttp", reason="gateway extra")
 
-from prfaas_env.gateway.envoy import EnvoyProcess, envoy_binary, envoy_config  # noqa: E402
-from prfaas_env.gateway.loadgen import LoadOptions, TraceRequests, replay, summarise  # noqa: E402
-from prfaas_env.gateway.stack import Stack, free_ports  # noqa: E402
+from prfaas_env.gateway.envoy import EnvoyProcess, envoy_binary, envoy_config
+from prfaas_env.gateway.loadgen import LoadOptions, TraceRequests, replay, summarise
+from prfaas_env.gateway.stack import Stack, free_ports
 
 TOPOLOGY: dict[str, Any] = {
     "model": "prfaas-1t-hybrid",
@@ -69,7 +69,8 @@ def _envoy_runs() -> str | None:
 
 
 def trace(n: int, seed: int, rate_rps: float) -> TraceRequests:
-    """``n`` requests: Poisson arrivals, log-normal prompts (a few shared prefixes), short outputs."""
+    """``n`` requests: Poisson arrivals, log-normal prompts (three shared system prompts),
+    short outputs."""
     rng = np.random.default_rng(seed)
     arrival = np.cumsum(rng.exponential(1 / rate_rps, n))
     arrival -= arrival[0]
@@ -149,7 +150,7 @@ def test_a_killed_picker_loses_no_request_and_a_restarted_one_resumes(stack: Sta
         time.sleep(float(req.arrival_s[50]) / SCALE)
         stack.kill_picker()
 
-    results, summary = run(stack.url, req, during=kill_midway)
+    _, summary = run(stack.url, req, during=kill_midway)
     assert summary["requests"] == summary["responses"] == 150, summary  # every request answered
     assert summary["status_5xx"] == 0 and summary["ok"] == 150, summary
     routes = summary["routes"]
@@ -157,7 +158,7 @@ def test_a_killed_picker_loses_no_request_and_a_restarted_one_resumes(stack: Sta
         routes
     )  # before and after
     stack.start_picker()
-    results, summary = run(stack.url, trace(30, 3, 1.0), stream=False)
+    _, summary = run(stack.url, trace(30, 3, 1.0), stream=False)
     assert summary["ok"] == 30 and "default" not in summary["routes"], summary
 
 
@@ -187,7 +188,7 @@ def test_bad_input_gets_4xx_from_the_gateway(stack: Stack) -> None:
     with urllib.request.urlopen(stack.url + "/v1/models", timeout=5) as r:
         assert r.status == 200
     # a client cannot choose the endpoint itself
-    status, body = post(
+    status, _ = post(
         url,
         json.dumps({"model": "prfaas-1t-hybrid", "prompt": "hi", "max_tokens": 2}).encode(),
         {"x-gateway-destination-endpoint": "127.0.0.1:9"},

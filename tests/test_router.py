@@ -546,7 +546,10 @@ def test_gateway_picker_decides_with_a_bundle(bundle: Path, tmp_path: Path) -> N
     now = [100.0]
     picker = build_picker(tmp_path / "inventory.yaml", bundle=bundle, clock=lambda: now[0])
     store = picker.store
-    text = "vllm:num_requests_waiting 0\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.2\n"
+    gauges = {"waiting": 0, "running": 1, "kv_cache_usage_perc": 0.2}
+    text = "".join(
+        f"vllm:{k if k.startswith('kv') else 'num_requests_' + k} {v}\n" for k, v in gauges.items()
+    )
     samples, _ = parse_metrics(text, store.wanted)
     for url in store.scrape_urls():
         store.on_scrape(ScrapeResult(url, samples, None, 0, now[0]))

@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--body-mode", default="BUFFERED", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"])
     c.add_argument("--message-timeout", type=float, default=0.2, help="seconds per picker answer")
 
-    from prfaas_env.gateway.loadgen import add_load_arguments
     from prfaas_env.gateway.demo import add_demo_arguments
+    from prfaas_env.gateway.loadgen import add_load_arguments
 
     add_load_arguments(sub.add_parser("load", help="replay a trace against an OpenAI endpoint"))
     add_demo_arguments(

@@ -1,24 +1,19 @@
 """The picker's datastore: endpoints, their scraped metrics, the picker's own bookkeeping
 of what it routed, and the live state a router reads, built from all three.
 
-What each live-state entry is made of (``now`` is the picker's clock; times become the
-deployment's seconds through ``picker.time_scale``):
+Each live-state entry is made of (docs/gateway.md has the full table; times become the
+deployment's seconds through the inventory's ``time_scale``):
 
-| live state | made from |
-|---|---|
-| ``request.input_tokens`` | the body's estimated tokens (:mod:`.prompt`), at most 262,144 |
-| ``prefill.C.cached_tokens`` | leading prefix blocks of the prompt found in C's LRU of block hashes x ``block_tokens`` |
-| ``prefill.C.queued_requests`` | per instance, the larger of the scraped waiting gauge and the picker's own count of requests it sent there that have not started by its estimate; summed |
-| ``prefill.C.queued_tokens`` | uncached tokens of those own requests, plus the mean routed uncached length for each request the gauge shows beyond them |
-| ``prefill.C.wait_s`` | per instance, the picker's estimate of when the instance is free (each request it sends starts when the previous one ends and lasts the cost model's prefill time), raised to cover waiting requests it did not send; the least over C's instances |
-| ``prefill.C.busy_fraction`` | share of C's instances running a prefill (scraped running gauge > 0) or busy by the estimate |
-| ``channels.A->B.bandwidth_gbps`` | the configured metric x ``scale``; the link's nominal Gbps when none is configured |
-| ``channels.A->B.bytes_in_flight`` / ``flows`` | the configured metrics; otherwise the picker's estimate of the KV transfers it caused that are still on the link |
-| ``decode.C.free_slots`` | 1 - sum of scraped running / (``max_batch`` x decode instances) |
-| ``decode.C.kv_used`` | mean scraped KV-cache usage |
-| ``decode.C.admission_queue`` | sum of scraped waiting on decode instances |
-| ``decode.C.admission_wait_s`` | 0 while a slot is free; else (queue + 1) / the cluster's completion rate at full batch (cost model decode step x expected output) |
-| ``recent.ttft_ewma_s`` | moving average (weight 0.05 a completion) of the decode instances' TTFT histogram means between scrapes |
+- ``prefill.C.cached_tokens``: the prompt's leading blocks found in C's LRU of block hashes;
+- ``prefill.C.queued_requests`` / ``queued_tokens`` / ``wait_s`` / ``busy_fraction``: the
+  scraped waiting and running gauges combined with the picker's own estimate of each
+  instance's queue (every request it sends starts when the previous one ends and lasts the
+  cost model's prefill time);
+- ``channels.A->B.*``: configured metrics, else the link's nominal bandwidth and the
+  picker's estimate of the KV transfers it caused;
+- ``decode.C.*``: the scraped running, waiting and KV-usage gauges; the admission wait is
+  estimated from the cost model's decode step when no slot is free;
+- ``recent.ttft_ewma_s``: the decode instances' TTFT histogram means between scrapes.
 
 An endpoint whose last good scrape is older than ``stale_after_s`` is *stale*: its metrics
 are left out and it is not picked while its pool has fresh ones. When every endpoint of a
@@ -131,7 +126,7 @@ class Datastore:
         self.topo = topo = inventory.topology
         self.tables = tables
         self.clock = clock
-        self.settings = s = inventory.picker
+        self.settings = inventory.picker
         self.scale = inventory.time_scale
         self.states = {(e.address, e.role): EndpointState(e) for e in inventory.endpoints}
         self.by_url: dict[str, list[EndpointState]] = {}

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -223,10 +222,12 @@ def run_demo_command(args: argparse.Namespace) -> int:
     if "sim_ttft_p90_s" in summary:
         print(
             f"simulator, same trace and policy: TTFT p50 {_s(summary['sim_ttft_p50_s'])}, "
-            f"p90 {_s(summary['sim_ttft_p90_s'])} (emulated p90 {summary.get('ttft_p90_vs_sim', 0):+.1%})"
+            f"p90 {_s(summary['sim_ttft_p90_s'])} "
+            f"(emulated p90 {summary.get('ttft_p90_vs_sim', 0):+.1%})"
         )
     print(
-        f"picker decision p50 {summary['picker_decision_p50_ms']} ms, p99 {summary['picker_decision_p99_ms']} ms"
+        f"picker decision p50 {summary['picker_decision_p50_ms']} ms, "
+        f"p99 {summary['picker_decision_p99_ms']} ms"
     )
     print(f"routes {summary['routes']}")
     print(json.dumps(summary))

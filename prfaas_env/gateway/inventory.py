@@ -279,7 +279,8 @@ def parse_inventory(
     eps_raw = data["endpoints"]
     if not isinstance(eps_raw, dict) or not eps_raw:
         raise ConfigError(
-            f"{where}: endpoints: expected a mapping of cluster -> {{prefill: [...], decode: [...]}}"
+            f"{where}: endpoints: expected a mapping of cluster -> "
+            "{prefill: [...], decode: [...]}"
         )
     listed: dict[str, dict[str, list[tuple[str, str]]]] = {}
     seen: dict[str, str] = {}

@@ -15,7 +15,8 @@ byte, and the ``x-prfaas-route`` / ``x-prfaas-served-by`` headers the emulated s
 echo. Against the emulated servers it also times the *path*: the wall time between sending
 the request and its arrival at the model server, plus between the server starting its
 answer and the client getting the answer's headers (the servers stamp both instants with
-the machine's monotonic clock), i.e. what a gateway in between adds to a request. :func:`summarise` turns them into the figures the demo and the benchmarks print;
+the machine's monotonic clock), i.e. what a gateway in between adds to a request.
+:func:`summarise` turns them into the figures the demo and the benchmarks print;
 times are reported in the deployment's seconds (wall seconds x ``time_scale``).
 
 Traces: a Mooncake JSONL file or a shipped trace name (``mooncake-conversation``), or a

@@ -123,7 +123,8 @@ class Picker:
         if self.inv.models is not None and prompt.model not in self.inv.models:
             return Pick(
                 404,
-                message=f"model {prompt.model!r} is not served here; served: {', '.join(self.inv.models)}",
+                message=f"model {prompt.model!r} is not served here; served: "
+                + ", ".join(self.inv.models),
                 seconds=time.perf_counter() - t0,
             )
         now = self.store.clock()

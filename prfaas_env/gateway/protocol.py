@@ -2,20 +2,20 @@
 
 The Gateway API Inference Extension's Endpoint Picker Protocol
 (kubernetes-sigs/gateway-api-inference-extension, ``docs/proposals/004-endpoint-picker-protocol``)
-runs over Envoy's external processing service (``envoy.service.ext_proc.v3``). What this
-picker reads and writes:
+runs over Envoy's external processing service (``envoy.service.ext_proc.v3``). This module
+builds the picker's answers and reads the proxy's hints with Envoy's own message types:
 
-| direction | where | key | value |
-|---|---|---|---|
-| proxy -> picker | ``metadata_context.filter_metadata["envoy.lb.subset_hint"]`` | ``x-gateway-destination-endpoint-subset`` | list of ``ip:port``: pick only among these (none eligible: 503) |
-| proxy -> picker | response ``metadata_context.filter_metadata["envoy.lb"]`` | ``x-gateway-destination-endpoint-served`` | the endpoint that served the request (counted) |
-| proxy -> picker | request headers | ``:path``, ``content-type`` | completions or chat |
-| picker -> proxy | request header | ``x-gateway-destination-endpoint`` | chosen decode endpoint ``ip:port`` (with ``fallback_format: list``: ``ip:port,ip:port,...``) |
-| picker -> proxy | ``dynamic_metadata["envoy.lb"]`` | ``x-gateway-destination-endpoint`` | the same value as the header |
-| picker -> proxy | ``dynamic_metadata["envoy.lb"]`` | ``x-gateway-destination-endpoint-fallback`` | with ``fallback_format: key``: the next decode endpoints, comma-separated |
-| picker -> model server | request header | ``x-prefiller-host-port`` | the prefill endpoint when the request prefills on another instance (llm-d's P/D header) |
-| picker -> model server | request headers | ``x-prfaas-route``, ``x-prfaas-decision`` | route label (``prfaas->pd``) and ``source[:reason]``, for logs |
-| picker -> client | ``ImmediateResponse`` | status | 400 bad body, 404 unknown model, 413 too large, 429 shed (the policy rejected), 503 no endpoint fits |
+- read: the request headers (``:path``), the subset hint
+  (``metadata_context.filter_metadata["envoy.lb.subset_hint"]``, key
+  ``x-gateway-destination-endpoint-subset``) and, on the response path, the endpoint that
+  served (``envoy.lb`` / ``x-gateway-destination-endpoint-served``);
+- written: the ``x-gateway-destination-endpoint`` header and the same value in
+  ``dynamic_metadata["envoy.lb"]``, fallbacks under ``x-gateway-destination-endpoint-fallback``
+  (or appended to the value), llm-d's ``x-prefiller-host-port`` header naming the prefill
+  endpoint, ``x-prfaas-route`` / ``x-prfaas-decision`` for logs, and ImmediateResponses
+  (400, 404, 413, 429, 503) with an OpenAI-style error body.
+
+docs/gateway.md has the full table and the status codes.
 
 The destination goes on the response to the request headers (full-duplex streaming, or a
 request without a body) or on the response to the body (buffered mode, where Envoy still

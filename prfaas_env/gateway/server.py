@@ -21,17 +21,11 @@ A request the picker cannot parse gets an ImmediateResponse (400/404/413); a fau
 the picker lets the request continue without a destination (Envoy's default route takes
 it) and is logged and counted as ``internal``.
 
-Metrics (``GET /metrics`` on the metrics port; ``/healthz`` and ``/readyz`` there too):
-
-| metric | labels | meaning |
-|---|---|---|
-| ``prfaas_gateway_requests_total`` | ``outcome`` | routed, no_body, 400, 404, 413, 429, 503, internal |
-| ``prfaas_gateway_decisions_total`` | ``route``, ``source`` | routed requests by route and by who decided |
-| ``prfaas_gateway_fallbacks_total`` | ``reason`` | decisions the router's fallback or the picker made, by the first reason |
-| ``prfaas_gateway_decision_seconds`` | | time from the complete body to the decision (histogram) |
-| ``prfaas_gateway_scrapes_total`` | ``result`` | ok, timeout, connect, http, garbage |
-| ``prfaas_gateway_endpoint_up`` | ``endpoint``, ``role`` | 1 while the endpoint's metrics are fresh |
-| ``prfaas_gateway_served_total`` | ``endpoint`` | responses whose serving endpoint Envoy reported |
+Metrics (``GET /metrics`` on the metrics port, with ``/healthz``, ``/readyz`` and ``/stats``):
+``prfaas_gateway_requests_total{outcome}``, ``prfaas_gateway_decisions_total{route,source}``,
+``prfaas_gateway_fallbacks_total{reason}``, ``prfaas_gateway_decision_seconds``,
+``prfaas_gateway_scrapes_total{result}``, ``prfaas_gateway_endpoint_up{endpoint,role}``,
+``prfaas_gateway_served_total{endpoint}`` (docs/gateway.md says what each counts).
 """
 
 from __future__ import annotations
@@ -323,7 +317,7 @@ class _Servicer(epg.ExternalProcessorServicer):
     def __init__(self, picker: Picker, opts: _Options, metrics: PickerMetrics) -> None:
         self.picker, self.opts, self.metrics = picker, opts, metrics
 
-    async def Process(self, request_iterator: Any, context: Any) -> Any:  # noqa: N802 (gRPC name)
+    async def Process(self, request_iterator: Any, context: Any) -> Any:
         handler = StreamHandler(self.picker, self.opts, self.metrics)
         async for req in request_iterator:
             for resp in handler.handle(req):

@@ -78,15 +78,16 @@ def write_inventory(
 
         topo = parse_topology(topology, "topology")
         used = [f"{topo.channels[c][1]}->{topo.channels[c][2]}" for c in topo.route_channels]
-        data["channels"] = {
-            name: {
+        data["channels"] = {}
+        for name in used:
+            a, b = name.split("->")
+            lab = f'{{from="{a}",to="{b}"}}'
+            data["channels"][name] = {
                 "url": f"http://127.0.0.1:{link_port}/metrics",
-                "bandwidth_gbps": f'prfaas_link_bandwidth_gbps{{from="{name.split("->")[0]}",to="{name.split("->")[1]}"}}',
-                "bytes_in_flight": f'prfaas_link_bytes_in_flight{{from="{name.split("->")[0]}",to="{name.split("->")[1]}"}}',
-                "flows": f'prfaas_link_flows{{from="{name.split("->")[0]}",to="{name.split("->")[1]}"}}',
+                "bandwidth_gbps": "prfaas_link_bandwidth_gbps" + lab,
+                "bytes_in_flight": "prfaas_link_bytes_in_flight" + lab,
+                "flows": "prfaas_link_flows" + lab,
             }
-            for name in used
-        }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, ports
 
@@ -158,7 +159,7 @@ class Stack:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        log = open(self.dir / log_name, "ab")  # noqa: SIM115 (handed to the process)
+        log = open(self.dir / log_name, "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "prfaas_env.gateway", *args],
             stdout=log,
