@@ -472,6 +472,19 @@ def test_immediate_responses_for_bad_input_and_no_body_routing(picker: Any) -> N
     )
 
 
+def test_a_shed_request_gets_429(picker: Any, monkeypatch: Any) -> None:
+    """A policy trained with admission control may answer ``reject``: the request is shed
+    with the protocol's 429, and the picker says so."""
+    from prfaas_env.router.core import Decision
+
+    monkeypatch.setattr(picker.router, "decide", lambda state: Decision(2, "reject", "model"))
+    h = StreamHandler(picker, options("BUFFERED"))
+    h.handle(headers_msg())
+    [resp] = h.handle(body_msg(body(100)))
+    assert resp.immediate_response.status.code == 429
+    assert "overloaded" in json.loads(resp.immediate_response.body)["error"]["message"]
+
+
 def test_a_picker_fault_lets_the_request_continue_to_the_default_route(
     picker: Any, monkeypatch: Any
 ) -> None:

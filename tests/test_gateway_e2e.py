@@ -222,3 +222,21 @@ def test_full_duplex_streamed_body_mode(stack: Stack) -> None:
     with EnvoyProcess(cfg, stack.dir / "envoy-duplex.log"):
         _, summary = run(f"http://127.0.0.1:{port}", trace(40, 5, 1.0))
     assert summary["ok"] == 40 and "default" not in summary["routes"], summary
+
+
+def test_the_proxys_subset_hint_reaches_the_picker(stack: Stack) -> None:
+    """A filter ahead of ext_proc sets ``envoy.lb.subset_hint`` to one decode endpoint;
+    Envoy forwards that namespace and the picker sends every request there."""
+    only = [e.address for e in stack.inventory.endpoints if e.role == "decode"][1]
+    port, admin = free_ports(2)
+    cfg = envoy_config(
+        stack.inventory,
+        f"127.0.0.1:{stack.picker_port}",
+        f"127.0.0.1:{port}",
+        f"127.0.0.1:{admin}",
+        subset_hint=[only],
+    )
+    with EnvoyProcess(cfg, stack.dir / "envoy-subset.log"):
+        results, summary = run(f"http://127.0.0.1:{port}", trace(20, 6, 1.0))
+    assert summary["ok"] == 20 and "default" not in summary["routes"], summary
+    assert {r.served_by for r in results} == {only}

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prfaas_env.gateway.inventory import Inventory
-from prfaas_env.gateway.protocol import DESTINATION, PREFILL, SUBSET_NAMESPACE
+from prfaas_env.gateway.protocol import DESTINATION, PREFILL, SUBSET, SUBSET_NAMESPACE
 
 __all__ = ["EnvoyProcess", "config_yaml", "envoy_binary", "envoy_config"]
 
@@ -65,6 +65,7 @@ def envoy_config(
     message_timeout_s: float = 0.2,
     failure_mode_allow: bool = True,
     max_body_bytes: int | None = None,
+    subset_hint: list[str] | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap for ``inventory`` (see the module docstring).
 
@@ -76,6 +77,8 @@ def envoy_config(
         message_timeout_s: how long Envoy waits for each picker answer.
         failure_mode_allow: let requests through to the default route when the picker fails.
         max_body_bytes: the largest request body Envoy buffers (default: the inventory's).
+        subset_hint: endpoints every request may go to, set as ``envoy.lb.subset_hint``
+            metadata by a filter ahead of ext_proc (what a gateway that narrows the pool does).
     """
     if body_mode not in ("BUFFERED", "FULL_DUPLEX_STREAMED"):
         raise ValueError(f"body_mode {body_mode!r}; allowed: BUFFERED, FULL_DUPLEX_STREAMED")
@@ -128,6 +131,7 @@ def envoy_config(
             ],
         },
         "http_filters": [
+            *_subset_filter(subset_hint),
             {
                 "name": "envoy.filters.http.lua",
                 "typed_config": {
@@ -220,6 +224,21 @@ def envoy_config(
             "clusters": clusters,
         },
     }
+
+
+def _subset_filter(subset: list[str] | None) -> list[dict[str, Any]]:
+    if subset is None:
+        return []
+    meta = {"metadata_namespace": SUBSET_NAMESPACE, "value": {SUBSET: list(subset)}}
+    return [
+        {
+            "name": "envoy.filters.http.set_metadata",
+            "typed_config": {
+                "@type": _TYPE + "filters.http.set_metadata.v3.Config",
+                "metadata": [meta],
+            },
+        }
+    ]
 
 
 def config_yaml(config: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,7 @@ class PickerMetrics:
 def _reason_label(reason: str) -> str:
     """A bounded label for a reason: its first clause without the offending value."""
     first = reason.split(";")[0].strip()
-    return first.split(":")[0][:80]
+    return re.sub(r"\d+", "N", first.split(":")[0])[:80]
 
 
 @dataclass
