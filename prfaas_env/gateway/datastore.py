@@ -23,6 +23,7 @@ fallback decides and its reason names them.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import OrderedDict, deque
@@ -103,11 +104,41 @@ class EndpointState:
         return now - self.scraped_at <= stale_after_s
 
 
-@dataclass
-class _Transfer:
-    start: float
-    end: float
-    kv: float
+class LinkEstimate:
+    """KV transfers the picker caused on one link direction, by its estimates: a transfer
+    is on the link from ``start`` to ``end`` (picker clock, s) and its bytes drain linearly.
+    Flows and bytes in flight are kept as running sums, so a query costs O(log n) however
+    many transfers are outstanding."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[float, float, float]] = []  # heap of (start, end, bytes)
+        self.live: list[tuple[float, float, float]] = []  # heap of (end, start, bytes)
+        self.flows = 0
+        self._a = 0.0  # sum of bytes * end / duration over live transfers
+        self._b = 0.0  # sum of bytes / duration over live transfers
+
+    def add(self, start: float, end: float, nbytes: float) -> None:
+        heapq.heappush(self.waiting, (start, end, nbytes))
+
+    def at(self, now: float) -> tuple[float, float]:
+        """(bytes in flight, flows) at ``now``."""
+        while self.waiting and self.waiting[0][0] <= now:
+            start, end, nbytes = heapq.heappop(self.waiting)
+            if end > now:
+                heapq.heappush(self.live, (end, start, nbytes))
+                d = max(end - start, 1e-9)
+                self._a += nbytes * end / d
+                self._b += nbytes / d
+                self.flows += 1
+        while self.live and self.live[0][0] <= now:
+            end, start, nbytes = heapq.heappop(self.live)
+            d = max(end - start, 1e-9)
+            self._a -= nbytes * end / d
+            self._b -= nbytes / d
+            self.flows -= 1
+        if not self.live:
+            self._a = self._b = 0.0  # no drift from the running sums
+        return max(self._a - now * self._b, 0.0), float(self.flows)
 
 
 class Datastore:
@@ -164,7 +195,7 @@ class Datastore:
                     sel[key] = parse_selector(text)
                     self.wanted.add(sel[key][0])
             self.channel_selectors[name] = sel
-        self.transfers: dict[str, list[_Transfer]] = {n: [] for n in self.channel_names}
+        self.transfers = {n: LinkEstimate() for n in self.channel_names}
         self.ttft_ewma = 0.0
         self.mean_uncached = 1024.0  # running mean of routed uncached tokens
         self.scrapes_ok = 0
@@ -407,13 +438,11 @@ class Datastore:
             out["bandwidth_gbps"] = vals.get("bandwidth_gbps")
         else:
             out["bandwidth_gbps"] = self.channel_nominal[name]
-        q = self.transfers[name] = [t for t in self.transfers[name] if t.end > now]
-        live = [t for t in q if t.start <= now]
-        own_bytes = sum(t.kv * (t.end - now) / max(t.end - t.start, 1e-9) for t in live)
+        own_bytes, own_flows = self.transfers[name].at(now)
         out["bytes_in_flight"] = (
             vals.get("bytes_in_flight") if "bytes_in_flight" in sel else own_bytes
         )
-        out["flows"] = vals.get("flows") if "flows" in sel else float(len(live))
+        out["flows"] = vals.get("flows") if "flows" in sel else own_flows
         return out
 
     # ---- bookkeeping ----------------------------------------------------------------------
@@ -453,6 +482,6 @@ class Datastore:
             bw = ch.get("bandwidth_gbps") or self.channel_nominal[name]
             share = bw * GBPS / ((ch.get("flows") or 0.0) + 1.0)
             t_end = start + (kv / share + topo.channel_latency_s(r.channel)) / self.scale
-            self.transfers[name].append(_Transfer(start, t_end, kv))
+            self.transfers[name].add(start, t_end, kv)
             ready = max(ready, t_end)
         decode.pending.append(ready)
