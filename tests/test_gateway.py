@@ -532,3 +532,59 @@ def test_envoy_config_has_the_gaie_pieces(tmp_path: Path) -> None:
     default = clusters["prfaas_default"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert len(default) == 2
     np.testing.assert_equal(yaml.safe_load(text), cfg)
+
+
+metric_value = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 10**6), st.just("x")
+)
+
+
+@settings(max_examples=40)
+@given(
+    scrapes=st.lists(
+        st.tuples(
+            st.integers(0, 4),  # which URL
+            st.one_of(
+                st.none(),  # a failed scrape
+                st.tuples(metric_value, metric_value, metric_value, metric_value),
+            ),
+            st.floats(0, 5),  # seconds passing before it
+        ),
+        max_size=12,
+    ),
+    lengths=st.lists(st.integers(1, 400_000), min_size=1, max_size=4),
+)
+def test_any_scrapes_and_prompts_give_a_decision_or_503(
+    tmp_path_factory: Any, scrapes: list[Any], lengths: list[int]
+) -> None:
+    """Property: whatever the servers' metrics say (garbage, NaN, negative, huge, missing,
+    stale), every request gets a route with endpoints from the inventory, or 503; the live
+    state always parses."""
+    clock = FakeClock()
+    p = build_picker(inventory_file(tmp_path_factory.mktemp("inv")), policy="mooncake", clock=clock)
+    urls = p.store.scrape_urls()
+    addresses = {e.address for e in p.inv.endpoints}
+    for which, values, wait in scrapes:
+        clock.t += wait
+        url = urls[which % len(urls)]
+        if values is None:
+            p.store.on_scrape(ScrapeResult(url, None, "connect: refused", 0, clock.t))
+            continue
+        w, r, kv, ttft = values
+        text = (
+            f"vllm:num_requests_waiting {w}\nvllm:num_requests_running {r}\n"
+            f"vllm:kv_cache_usage_perc {kv}\nvllm:time_to_first_token_seconds_sum {ttft}\n"
+            f"vllm:time_to_first_token_seconds_count {len(str(ttft))}\n"
+        )
+        samples, bad = parse_metrics(text, p.store.wanted)
+        p.store.on_scrape(ScrapeResult(url, samples, None, bad, clock.t))
+    for n in lengths:
+        prompt = parse_request(
+            json.dumps({"model": "m", "prompt": list(range(n))}).encode(), "/v1/completions", 512
+        )
+        p.router.live.parse([p.store.live_state(n, prompt.hashes)])  # never LiveStateError
+        pick = p.pick(prompt)
+        assert pick.status in (200, 503)
+        if pick.status == 200:
+            assert pick.destination in addresses and pick.route in p.labels
+            assert pick.prefill is None or pick.prefill in addresses
