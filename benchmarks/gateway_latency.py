@@ -128,6 +128,8 @@ def picker_bench(n: int) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     for name, req in traces.items():
+        picker = build_picker(inv_path, policy="prfaas_threshold")  # a fresh state per workload
+        store = picker.store
         o = LoadOptions(url="", stream=False)
         bodies = [_body(req, i, o) for i in range(len(req))]
         msgs = [
