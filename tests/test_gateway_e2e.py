@@ -210,16 +210,19 @@ def test_garbage_metrics_make_the_router_fall_back_and_say_why(stack: Stack) -> 
     assert any("missing decode.pd" in k for k in fallbacks), fallbacks
 
 
-def test_full_duplex_streamed_body_mode(stack: Stack) -> None:
+@pytest.mark.parametrize("mode", ["FULL_DUPLEX_STREAMED", "STREAMED"])
+def test_streamed_body_modes(stack: Stack, mode: str) -> None:
+    """The picker holds the headers' answer until the body has ended, in the GAIE
+    reference picker's full-duplex mode and in plain streaming (body sent with the headers)."""
     port, admin = free_ports(2)
     cfg = envoy_config(
         stack.inventory,
         f"127.0.0.1:{stack.picker_port}",
         f"127.0.0.1:{port}",
         f"127.0.0.1:{admin}",
-        "FULL_DUPLEX_STREAMED",
+        mode,
     )
-    with EnvoyProcess(cfg, stack.dir / "envoy-duplex.log"):
+    with EnvoyProcess(cfg, stack.dir / f"envoy-{mode}.log"):
         _, summary = run(f"http://127.0.0.1:{port}", trace(40, 5, 1.0))
     assert summary["ok"] == 40 and "default" not in summary["routes"], summary
 

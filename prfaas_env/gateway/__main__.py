@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--picker", default="127.0.0.1:9002")
     c.add_argument("--listen", default="127.0.0.1:8080")
     c.add_argument("--admin", default="127.0.0.1:9901")
-    c.add_argument("--body-mode", default="BUFFERED", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"])
+    c.add_argument(
+        "--body-mode", default="BUFFERED", choices=["BUFFERED", "STREAMED", "FULL_DUPLEX_STREAMED"]
+    )
     c.add_argument("--message-timeout", type=float, default=0.2, help="seconds per picker answer")
 
     from prfaas_env.gateway.demo import add_demo_arguments

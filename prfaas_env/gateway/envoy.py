@@ -36,7 +36,9 @@ from typing import Any
 from prfaas_env.gateway.inventory import Inventory
 from prfaas_env.gateway.protocol import DESTINATION, PREFILL, SUBSET, SUBSET_NAMESPACE
 
-__all__ = ["EnvoyProcess", "config_yaml", "envoy_binary", "envoy_config"]
+__all__ = ["BODY_MODES", "EnvoyProcess", "config_yaml", "envoy_binary", "envoy_config"]
+
+BODY_MODES = ("BUFFERED", "STREAMED", "FULL_DUPLEX_STREAMED")
 
 _TYPE = "type.googleapis.com/envoy.extensions."  # prefix of the typed configs' @type
 _LUA_STRIP = f"""\
@@ -80,8 +82,8 @@ def envoy_config(
         subset_hint: endpoints every request may go to, set as ``envoy.lb.subset_hint``
             metadata by a filter ahead of ext_proc (what a gateway that narrows the pool does).
     """
-    if body_mode not in ("BUFFERED", "FULL_DUPLEX_STREAMED"):
-        raise ValueError(f"body_mode {body_mode!r}; allowed: BUFFERED, FULL_DUPLEX_STREAMED")
+    if body_mode not in BODY_MODES:
+        raise ValueError(f"body_mode {body_mode!r}; allowed: {', '.join(BODY_MODES)}")
     limit = max_body_bytes or inventory.picker.max_body_bytes
     decode = [e.address for e in inventory.endpoints if e.role == "decode"]
     ext_proc = {
@@ -90,6 +92,8 @@ def envoy_config(
             "timeout": "10s",
         },
         "failure_mode_allow": failure_mode_allow,
+        # STREAMED: the body goes out with the headers, the picker answers both at once
+        "send_body_without_waiting_for_header_response": body_mode == "STREAMED",
         "message_timeout": f"{message_timeout_s}s",
         "processing_mode": {
             "request_header_mode": "SEND",

@@ -104,6 +104,7 @@ class PickerMetrics:
             ["endpoint", "role"],
             registry=r,
         )
+        self.streams = Gauge("prfaas_gateway_streams_open", "ext_proc streams open", registry=r)
         self.served = Counter(
             "prfaas_gateway_served", "Responses by serving endpoint", ["endpoint"], registry=r
         )
@@ -320,11 +321,15 @@ class _Servicer(epg.ExternalProcessorServicer):
 
     async def Process(self, request_iterator: Any, context: Any) -> Any:
         handler = StreamHandler(self.picker, self.opts, self.metrics)
-        async for req in request_iterator:
-            for resp in handler.handle(req):
-                yield resp
-            if handler.done:
-                return
+        self.metrics.streams.inc()
+        try:
+            async for req in request_iterator:
+                for resp in handler.handle(req):
+                    yield resp
+                if handler.done:
+                    return
+        finally:
+            self.metrics.streams.dec()
 
 
 class PickerServer:
