@@ -226,12 +226,16 @@ def run_demo_command(args: argparse.Namespace) -> int:
             f"(emulated p90 {summary.get('ttft_p90_vs_sim', 0):+.1%})"
         )
     print(
-        f"picker decision p50 {summary['picker_decision_p50_ms']} ms, "
-        f"p99 {summary['picker_decision_p99_ms']} ms"
+        f"picker decision p50 {_ms(summary['picker_decision_p50_ms'])}, "
+        f"p99 {_ms(summary['picker_decision_p99_ms'])}"
     )
     print(f"routes {summary['routes']}")
     print(json.dumps(summary))
     return 0 if summary["status_5xx"] == 0 and summary["no_response"] == 0 else 1
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f} ms"
 
 
 def _s(x: float | None) -> str:
