@@ -30,6 +30,29 @@ def _params(text: str | None) -> dict[str, Any]:
     return value
 
 
+class _RepeatFilter(logging.Filter):
+    """Lets a message through at most once a second (a server out of file descriptors
+    fails its accept loop on every turn, and would otherwise fill the disk with the same
+    line); the number held back is added to the next one let through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: dict[tuple[str, str], float] = {}
+        self.held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = record.created
+        if now - self.last.get(key, -1e9) < 1.0:
+            self.held[key] = self.held.get(key, 0) + 1
+            return False
+        self.last[key] = now
+        n = self.held.pop(key, 0)
+        if n:
+            record.msg = f"{record.msg} (and {n} more like it in the last second)"
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m prfaas_env.gateway",
@@ -79,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RepeatFilter())
     try:
         return _run(args)
     except ConfigError as exc:

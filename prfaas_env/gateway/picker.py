@@ -97,11 +97,12 @@ class Picker:
         return pool
 
     def _down(self, st: EndpointState, now: float) -> bool:
-        """Known down: stale and the last scrapes could not connect."""
+        """Known down: stale, and the last three scrapes could not even connect (a server
+        whose metrics are slow or garbled is busy or broken, not gone: it stays eligible)."""
         return (
             not st.fresh(now, self.inv.picker.stale_after_s)
             and st.failures >= 3
-            and (st.last_error or "").startswith(("connect", "timeout"))
+            and (st.last_error or "").startswith("connect")
         )
 
     @staticmethod
