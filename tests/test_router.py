@@ -532,3 +532,43 @@ def test_evaluate_py_reads_policy_params(
     p.write_text(yaml.safe_dump({"policies": {"nope": {}}}))
     assert evaluate_cli.main([*args, "--policy-params", str(p)]) == 2
     assert "policies.nope: unknown policy" in capsys.readouterr().err
+
+
+def test_gateway_picker_decides_with_a_bundle(bundle: Path, tmp_path: Path) -> None:
+    """The endpoint picker with a bundle: an inventory without a topology takes the
+    bundle's; with fresh metrics the model decides, with none the bundle's fallback does and
+    says which metrics were missing."""
+    pytest.importorskip("envoy.service.ext_proc.v3.external_processor_pb2", reason="gateway extra")
+    from prfaas_env.gateway.build import build_picker
+    from prfaas_env.gateway.prompt import parse_request, synthetic_prompt
+    from prfaas_env.gateway.scrape import ScrapeResult, parse_metrics
+
+    topo = load_bundle(bundle).live.topology
+    port = iter(range(7000, 8000))
+    endpoints = {
+        c.name: {
+            role: [f"127.0.0.1:{next(port)}" for _ in range(n)]
+            for role, n in (("prefill", c.prefill_instances), ("decode", c.decode_instances))
+            if n
+        }
+        for c in topo.clusters
+    }
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump({"endpoints": endpoints}))
+    now = [100.0]
+    picker = build_picker(tmp_path / "inventory.yaml", bundle=bundle, clock=lambda: now[0])
+    store = picker.store
+    gauges = {"waiting": 0, "running": 1, "kv_cache_usage_perc": 0.2}
+    text = "".join(
+        f"vllm:{k if k.startswith('kv') else 'num_requests_' + k} {v}\n" for k, v in gauges.items()
+    )
+    samples, _ = parse_metrics(text, store.wanted)
+    for url in store.scrape_urls():
+        store.on_scrape(ScrapeResult(url, samples, None, 0, now[0]))
+    body = json.dumps({"model": "m", "prompt": synthetic_prompt(20_000, [], 512)}).encode()
+    prompt = parse_request(body, "/v1/completions", topo.block_tokens)
+    pick = picker.pick(prompt)
+    assert pick.status == 200 and pick.source == "model" and pick.reason is None
+    assert pick.route in topo.action_labels(False)
+    now[0] += 60.0  # every scrape stale
+    pick = picker.pick(prompt)
+    assert pick.status == 200 and pick.source == "fallback" and "missing" in (pick.reason or "")
