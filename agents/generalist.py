@@ -90,6 +90,43 @@ class GeneralistSettings:
     eval_decisions: int = 1000
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from dataclasses import fields
+
+        from prfaas_env.errors import ConfigError
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"{f.name}: expected a whole number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ConfigError(f"{f.name}: expected a number, got {v!r}")
+        positive = (
+            "hidden",
+            "iterations",
+            "envs",
+            "decisions",
+            "epochs",
+            "batch",
+            "eval_seeds",
+            "eval_decisions",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected at least 1, got {getattr(self, name)}")
+        for name in ("horizon", "warmup", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected at least 0, got {getattr(self, name)}")
+        if not 0 <= self.beta0 <= 1:
+            raise ConfigError(f"beta0: expected a probability in [0, 1], got {self.beta0}")
+        if not self.tau > 0 or not self.lr > 0:
+            raise ConfigError(f"tau and lr: expected positive numbers, got {self.tau}, {self.lr}")
+        if not 0 < self.rate_low <= self.rate_high:
+            raise ConfigError(
+                f"rate_low, rate_high: expected 0 < low <= high, got {self.rate_low}, "
+                f"{self.rate_high}"
+            )
+
 
 @dataclass
 class Labels:
@@ -196,7 +233,11 @@ def fit(
 ) -> float:
     """``s.epochs`` passes of minibatches over every scenario's labels (a minibatch holds
     one scenario's decisions: their route counts match); returns the last mean loss."""
-    per = {name: lab.arrays() for name, lab in data.items()}
+    per = {}
+    for name, lab in data.items():
+        routes, glob, mask, costs = lab.arrays()
+        keep = mask.any(axis=1)  # a decision with no allowed route teaches nothing
+        per[name] = (routes[keep], glob[keep], mask[keep], costs[keep])
     targets = {name: soft_targets(a[3], a[2], s.tau * data[name].slo) for name, a in per.items()}
     batches = []
     for name, a in per.items():

@@ -550,15 +550,53 @@ def final_evaluation(
         f"({rel:+.1%}); throughput {ag['throughput_rps']:.3f} vs {bs['throughput_rps']:.3f} req/s"
         f"\nwrote {out}/final_eval.json"
     )
+    shipped = _pretrained_row(ctx, seeds, decisions, scores[best], best, ev.metric, echo)
     return {
         "metric": ev.metric,
         "agent": ag,
+        "pretrained": shipped,
         "best_heuristic": best,
         "best_heuristic_metrics": bs,
         "relative": rel,
         "seeds": seeds,
         "decisions": decisions,
     }
+
+
+def _pretrained_row(
+    ctx: Context,
+    seeds: list[int],
+    decisions: int,
+    best_scores: dict[str, float],
+    best: str,
+    metric: str,
+    echo: Callable[[str], None],
+) -> dict[str, float] | None:
+    """The shipped generalist (``pretrained:generalist``, trained on other scenarios) on the
+    final table's requests: its row, and how it compares with the best heuristic."""
+    from prfaas_env.router import pretrained_names
+    from prfaas_env.router.routes import bundle_policy_for
+
+    if "generalist" not in pretrained_names() or ctx.eval_env_cfg.admission_control:
+        return None
+    label = "pretrained:generalist"
+    policy = bundle_policy_for(label, ctx.eval_scenario, label)
+    run = evaluate_policy(
+        ctx.eval_scenario, ctx.eval_env_cfg, lambda _sc: policy, label, seeds, decisions
+    )
+    echo(
+        f"\nthe shipped generalist (trained on other scenarios; its guard sent "
+        f"{policy.stats()['guard_fired']:.1%} of decisions to its fallback) on the same requests:"
+    )
+    echo(table({label: {k: interval(run.metrics[k]) for k in METRICS}}, list(METRICS)))
+    mine = means(run)
+    rel = mine[metric] / best_scores[metric] - 1.0 if best_scores[metric] else float("nan")
+    echo(
+        f"{label} {metric} {mine[metric]:.4g} vs best heuristic {best} {best_scores[metric]:.4g} "
+        f"({rel:+.1%}); throughput {mine['throughput_rps']:.3f} vs "
+        f"{best_scores['throughput_rps']:.3f} req/s"
+    )
+    return mine
 
 
 def _raw_of(cfg: AgentConfig) -> dict[str, Any]:

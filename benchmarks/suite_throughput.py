@@ -8,7 +8,8 @@ queues stay as short as the scenario allows) and two figures are printed:
 
 - **step**: decisions/s counting only the time inside ``VecSimulator.step`` (the simulator);
 - **decision**: decisions/s of the whole loop ``evaluate.py`` runs: the router-visible view of
-  every env (``view_from_sim``), the heuristic over it, then the step.
+  every env (:class:`~prfaas_env.observation.SimObserver`), the heuristic over it, then
+  the step.
 
 Both at the scenario's own rate, after a warm-up that compiles everything (cached on disk).
 """
@@ -20,9 +21,9 @@ import platform
 import time
 
 import numba
-from prfaas_env.env.features import view_from_sim
 
 from prfaas_env.evaluation import heuristic
+from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.sim.engine import VecSimulator, routes_from_actions
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.suite import load_suite
@@ -35,10 +36,11 @@ def rates(sc: Scenario, envs: int, decisions: int) -> tuple[float, float]:
     policy = heuristic("lmetric")(sc)
     policy.reset(envs, seed=0)
     n = policy.routes.num_routes
+    observer = SimObserver(sim, n)
     step_s = 0.0
 
     def one() -> float:
-        actions = policy.act(view_from_sim(sim, 0.0, 1024.0), sim.route_mask())
+        actions = policy.act(observer.observe_view(), observer.mask)
         routes = routes_from_actions(actions, n)
         t0 = time.perf_counter()
         sim.step(routes)

@@ -145,6 +145,8 @@ def heuristic(name: str, **params: Any) -> PolicyFactory:
     def build(sc: Scenario) -> Policy:
         routes = RouteTable.from_topology(sc.topology)
         chosen = {**heuristic_params(sc, name), **params}
+        if name in PLANNERS and "base_params" not in chosen:  # its base as the scenario sets it
+            chosen["base_params"] = heuristic_params(sc, chosen.get("base", "mooncake"))
         try:
             return make_policy(name, routes, sc.topology, **chosen)
         except NotApplicableError:

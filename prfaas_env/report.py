@@ -98,6 +98,7 @@ def suite_table(result: Any, metric: str = "ttft_p90_s") -> str:
     scenarios = [s for s in result.suite.scenarios if s.name in best]
     order = sorted(rel, key=lambda p: (("heuristic", "learned", "planner").index(kinds[p]), p))
     width = max([len(p) + (9 if kinds[p] == "planner" else 0) for p in order] + [8]) + 2
+    planners = [p for p in order if kinds[p] == "planner"]
     cols = [s.name for s in scenarios]
     split = {s.name: s.split for s in scenarios}
 
@@ -107,7 +108,7 @@ def suite_table(result: Any, metric: str = "ttft_p90_s") -> str:
         return f"{x:+.0%}" + ("" if keeps else "*")
 
     def label(p: str) -> str:
-        return f"{p} (bound)" if kinds[p] == "planner" else p
+        return f"{p} (future)" if kinds[p] == "planner" else p
 
     def means(p: str, key: str) -> list[float]:
         """Means over the train set, the held-out set and all scenarios (NaN unless the
@@ -137,6 +138,11 @@ def suite_table(result: Any, metric: str = "ttft_p90_s") -> str:
         lines.append(row)
     lines.append("")
     lines.append("best heuristic: " + ", ".join(f"[{i}] {best[c]}" for i, c in enumerate(cols)))
+    if planners:
+        lines.append(
+            "(future): sees requests that have not arrived yet; a reference and a teacher, not "
+            "a router"
+        )
     lines.append("")
     lines.append("SLO attainment")
     lines += [head.replace("   train  held-out     all", ""), "-" * len(head)]

@@ -10,7 +10,9 @@ learned policies are never candidates for the best heuristic.
 Work runs in units of (scenario, router, seeds); units run in worker processes (``workers``)
 or as Ray tasks on a cluster (``ray_address``). A router is rebuilt in each worker from a
 :class:`PolicySpec` (a builder function named by its import path and its arguments), so
-anything importable in the workers can be evaluated.
+anything importable in the workers can be evaluated: on a Ray cluster every node needs the
+project installed, and for trained agents the repository on its path (agents/ is not part of
+the installed package), e.g. ``ray start`` from a checkout.
 """
 
 from __future__ import annotations
@@ -58,8 +60,7 @@ class PolicySpec:
 
 def build_builtin(scenario: Any, name: str, **params: Any) -> Any:
     """A built-in policy (heuristic or planner) on ``scenario``, with the scenario's own
-    ``policies:`` parameters overridden by ``params``. A planner's base heuristic runs with
-    the scenario's parameters for it unless ``base_params`` is given."""
+    ``policies:`` parameters overridden by ``params`` (:func:`prfaas_env.evaluation.heuristic`)."""
     from prfaas_env.evaluation import heuristic, heuristic_params
     from prfaas_env.policies import PLANNERS
 
@@ -148,9 +149,10 @@ class SuiteResult:
             acc.setdefault((r["scenario"], r["policy"]), []).append(r)
         out = {}
         for key, recs in acc.items():
+            # a seed without the metric (no completion) makes the mean unknown rather than
+            # dropping that seed for this router only: the routers stay on the same requests
             out[key] = {
-                m: float(np.nanmean([np.nan if x[m] is None else x[m] for x in recs]))
-                for m in METRICS
+                m: float(np.mean([np.nan if x[m] is None else x[m] for x in recs])) for m in METRICS
             }
         return out
 
@@ -228,6 +230,22 @@ def evaluate_suite(
         raise ConfigError("a planner with base 'best' needs heuristics to pick the best from")
     units = [Unit(suite_arg, n, spec, tuple(seeds), decisions) for n in order for spec in first]
     runner = _Runner(workers, ray_address, progress)
+    try:
+        return _evaluate(loaded, runner, units, later, order, suite_arg, seeds, decisions)
+    finally:
+        runner.close()
+
+
+def _evaluate(
+    loaded: Suite,
+    runner: _Runner,
+    units: list[Unit],
+    later: list[PolicySpec],
+    order: list[str],
+    suite_arg: str,
+    seeds: list[int],
+    decisions: int,
+) -> SuiteResult:
     result = _collect(loaded, runner.run(units), seeds, decisions)
     if later:
         best = result.best_heuristics()
@@ -246,7 +264,6 @@ def evaluate_suite(
         more = _collect(loaded, runner.run(units), seeds, decisions)
         result.records += more.records
         result.skipped.update(more.skipped)
-    runner.close()
     return result
 
 
@@ -299,7 +316,7 @@ class _Runner:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
 
 
 def _weight(sc: SuiteScenario) -> float:
@@ -318,8 +335,8 @@ def _run_on_ray(
     pending = {task.remote(u): u for u in units}
     out = []
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
             u = pending.pop(ref)
             out.append(ray.get(ref))
             done(u)

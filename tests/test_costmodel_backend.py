@@ -256,3 +256,26 @@ def test_validation_report_is_current():
     for key in ("rows", "ttft_median_abs_error", "tpot_median_abs_error"):
         assert key in results["silicon"]
     assert "max_abs_error" in results["table5"]
+
+
+@needs_aic
+def test_cached_tables_serve_current_but_not_relative_versions_without_the_package(
+    monkeypatch, tmp_path
+):
+    """Tables cached while the package was installed are used when it is not, for the
+    ``current`` version; ``previous`` means a version relative to the installed package's
+    data, so without the package it is not guessed from whatever tables are cached."""
+    from dataclasses import replace
+
+    monkeypatch.setattr(aic, "SHIPPED_DIR", tmp_path / "none")
+    monkeypatch.setenv("PRFAAS_ENV_CACHE", str(tmp_path / "cache"))
+    aic._MEMORY.clear()
+    built = CostModel("llama-3.1-70b", "h200", 4, serving=FP8_70B).backend_tables
+    assert built is not None
+    monkeypatch.setattr(aic, "installed_version", lambda: None)
+    aic._MEMORY.clear()
+    again = CostModel("llama-3.1-70b", "h200", 4, serving=FP8_70B).backend_tables
+    assert again is not None and again.key == built.key
+    with pytest.warns(BackendFallbackWarning, match="relative to the installed package"):
+        cm = CostModel("llama-3.1-70b", "h200", 4, serving=replace(FP8_70B, version="previous"))
+    assert cm.backend_tables is None

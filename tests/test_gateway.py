@@ -26,7 +26,7 @@ from prfaas_env.gateway import protocol as proto
 from prfaas_env.gateway.build import build_picker
 from prfaas_env.gateway.inventory import load_inventory, parse_inventory
 from prfaas_env.gateway.prompt import BadRequest, estimate, parse_request, synthetic_prompt
-from prfaas_env.gateway.scrape import ScrapeResult, parse_metrics, select
+from prfaas_env.gateway.scrape import Scraper, ScrapeResult, parse_metrics, select
 from prfaas_env.gateway.server import StreamHandler, _Options
 from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy
@@ -275,6 +275,49 @@ def test_prometheus_parser_keeps_what_it_can_and_counts_the_rest() -> None:
     assert select(samples, "vllm:num_requests_running") == 1.5
     assert select(samples, "vllm:kv_cache_usage_perc") is None  # NaN only
     assert bad == 3
+
+
+def test_a_large_metrics_page_is_read_whole_and_an_oversized_one_refused() -> None:
+    """A real engine's /metrics page runs to hundreds of kB (histograms per model): the
+    scraper reads all of it, so a metric near the end is seen; a page over ``max_bytes`` is
+    reported as garbage instead of being held in memory."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    filler = "".join(
+        f'vllm:request_latency_bucket{{le="{i}",model_name="m"}} {i}\n' for i in range(6000)
+    )
+    page = filler + 'vllm:num_requests_waiting{model_name="m"} 7\n'
+    assert len(page) > 300_000
+
+    async def main() -> tuple[ScrapeResult, ScrapeResult]:
+        async def metrics(_request: web.Request) -> web.Response:
+            return web.Response(text=page)
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            async with aiohttp.ClientSession() as session:
+                whole = Scraper([url], ["vllm:num_requests_waiting"], print, 1.0, 5.0)
+                small = Scraper([url], ["vllm:num_requests_waiting"], print, 1.0, 5.0, 100_000)
+                return (
+                    await whole.scrape_once(session, url),
+                    await small.scrape_once(session, url),
+                )
+        finally:
+            await runner.cleanup()
+
+    whole, small = asyncio.run(main())
+    assert whole.error is None and select(whole.samples, "vllm:num_requests_waiting") == 7.0
+    assert small.samples is None and small.error == "garbage: body too large"
 
 
 # ---- the heuristic router -------------------------------------------------------------------

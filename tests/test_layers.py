@@ -18,6 +18,7 @@ from tests.sim_scenarios import ROOT
 LAYERS: list[tuple[str, ...]] = [
     (
         "prfaas_env.errors",
+        "prfaas_env.user_cache",
         "prfaas_env.hardware",
         "prfaas_env.architecture",
         "prfaas_env.costmodel",

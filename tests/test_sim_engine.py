@@ -14,7 +14,8 @@ from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.lookahead import PREFETCH_AHEAD
 from prfaas_env.sim.reference import ReferenceSimulator
 from prfaas_env.sim.scenario import parse_scenario
-from prfaas_env.sim.state import EI, RECORD_FIELDS, STATE_LAYOUT
+from prfaas_env.sim.state import EI, RECORD_FIELDS, REJECT, STATE_LAYOUT
+from prfaas_env.sim.view import COUNTERS
 from tests.sim_scenarios import SCENARIOS, saturated, scenario, starved
 
 
@@ -233,28 +234,40 @@ def test_waiting_integral_sums_to_the_ttfts(name: str) -> None:
         assert sim.state.w_area[e] == pytest.approx(np.nansum(ttft), rel=1e-9)
 
 
-@pytest.mark.parametrize("name", ["saturated", "mooncake"])
-def test_a_copied_env_stepped_like_its_original_stays_equal(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "rejects"), [("saturated", False), ("mooncake", False), ("saturated", True)]
+)
+def test_a_copied_env_stepped_like_its_original_stays_equal(name: str, rejects: bool) -> None:
     """copy_envs is exact: envs copied into another simulator (other seeds, other slot
     count, its view on) and stepped with the same decisions as their originals produce the
-    same request records, state, caches and view rows, so also the same future requests."""
+    same request records, state, caches and view rows, so also the same future requests.
+    With ``rejects`` a fifth of the decisions turn the request away (admission control), so
+    the rejection counters and the reject action's view entries are copied too."""
     sc = scenario(name)
     a = VecSimulator(sc, 4, record=400)
-    SimObserver(a, a.num_routes)
+    actions = a.num_routes + int(rejects)
+    SimObserver(a, actions)
     a.reset(seed=1)
     rng = np.random.default_rng(3)
+
+    def draw(n: int) -> np.ndarray:
+        r = rng.integers(a.num_routes, size=n)
+        if rejects:
+            r[rng.random(n) < 0.2] = REJECT
+        return r
+
     for _ in range(120):
-        a.step(rng.integers(a.num_routes, size=4))
+        a.step(draw(4))
     b = VecSimulator(sc, 6, record=400, slots=8)  # fewer slots: copy_envs grows them
-    SimObserver(b, b.num_routes)
+    SimObserver(b, actions)
     b.reset(seed=50)
     for _ in range(30):
-        b.step(rng.integers(b.num_routes, size=6))
+        b.step(draw(6))
     b.copy_envs(a, [1, 3], [0, 5])
     for _ in range(200):
-        routes = rng.integers(a.num_routes, size=4)
+        routes = draw(4)
         a.step(routes)
-        r = rng.integers(b.num_routes, size=6)
+        r = draw(6)
         r[0], r[5] = routes[1], routes[3]
         b.step(r)
     # which request slot holds a request depends on when each simulator grew its slots, so
@@ -263,6 +276,8 @@ def test_a_copied_env_stepped_like_its_original_stays_equal(name: str) -> None:
     for src, dst in ((1, 0), (3, 5)):
         ra, rb = a.records(src), b.records(dst)
         assert len(ra["arrival_s"]) > 150
+        if rejects:
+            assert a.counters()[src, COUNTERS.index("rejected")] > 0
         for f in RECORD_FIELDS:
             np.testing.assert_array_equal(ra[f], rb[f], err_msg=f)
         np.testing.assert_array_equal(
@@ -280,3 +295,23 @@ def test_a_copied_env_stepped_like_its_original_stays_equal(name: str) -> None:
         other.copy_envs(a, [0], [1])
     with pytest.raises(ValueError, match=r"dst: env indices must be in \[0, 6\)"):
         b.copy_envs(a, [0], [6])
+
+
+def test_strided_and_reversed_route_arrays_step_like_contiguous_ones() -> None:
+    """step takes any integer array: a strided slice or a reversed view routes the same
+    requests as a contiguous copy of it."""
+    sc = scenario("mooncake")
+    sims = [VecSimulator(sc, 5, record=300) for _ in range(3)]
+    for sim in sims:
+        sim.reset(seed=7)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        wide = rng.integers(sims[0].num_routes, size=10)
+        routes = np.ascontiguousarray(wide[::2])
+        sims[0].step(routes)
+        sims[1].step(wide[::2])  # strided
+        sims[2].step(routes[::-1].copy()[::-1])  # a reversed view of a reversed copy
+    for sim in sims[1:]:
+        for e in range(5):
+            for f in RECORD_FIELDS:
+                np.testing.assert_array_equal(sims[0].records(e)[f], sim.records(e)[f])

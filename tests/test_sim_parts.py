@@ -348,7 +348,7 @@ def test_compiled_code_cache_is_keyed_by_the_sources_and_never_deleted(tmp_path:
     old.parent.mkdir(parents=True)
     old.write_text("stale")
     code = "from prfaas_env.sim import jit, kernel; print(jit.CACHE_DIR)"
-    env = {**os.environ, "PRFAAS_ENV_CACHE_DIR": str(cache)}
+    env = {**os.environ, "PRFAAS_ENV_CACHE": str(cache)}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )

@@ -12,7 +12,8 @@ model interpolates; the simulator never calls the backend). Tables are cached on
 digest of everything that determines them (package version, model, system, backend and its
 resolved version, parallelism, precision, grids), so a second load neither compiles nor
 even imports the package. Lookup order: tables shipped in ``prfaas_env/costmodel/tables/``,
-then the user cache (``$PRFAAS_ENV_CACHE`` or ``~/.cache/prfaas_env``), then the backend.
+then the user cache (``backend_tables/`` in :func:`prfaas_env.user_cache.cache_root`), then
+the backend.
 
 What the backend answers (all per instance, in seconds):
 
@@ -42,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prfaas_env.errors import ConfigError
+from prfaas_env.user_cache import cache_root
 
 PACKAGE = "aiconfigurator-core"
 INSTALL_HINT = "pip install 'prfaas-env[aic]' (or: pip install aiconfigurator-core)"
@@ -267,10 +269,8 @@ def _int_nodes(log2_axis: NDArray) -> NDArray[np.float64]:
 
 
 def cache_dir() -> Path:
-    """Folder of the user's table cache (``$PRFAAS_ENV_CACHE`` or ``~/.cache/prfaas_env``)."""
-    root = os.environ.get("PRFAAS_ENV_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "prfaas_env"
-    return base / "backend_tables"
+    """Folder of the user's table cache (``backend_tables`` in the user cache)."""
+    return cache_root() / "backend_tables"
 
 
 _MEMORY: dict[str, BackendTables] = {}
@@ -405,8 +405,13 @@ def _request(model: str, system: str, spec: Any, version: str, package: str) -> 
 
 def _shipped_match(model: str, system: str, spec: Any) -> BackendTables | None:
     """Shipped or cached tables for this request from any package version (used when the
-    package is not installed)."""
+    package is not installed). A literal version matches only itself; ``current`` matches
+    tables of any version (they were made with whatever package was current then); the
+    other aliases name a version relative to the installed package, so without it they
+    match nothing."""
     want = spec.version or "current"
+    if want in VERSION_ALIASES and want != "current":
+        return None
     for folder in (SHIPPED_DIR, cache_dir()):
         if not folder.is_dir():
             continue
@@ -416,7 +421,7 @@ def _shipped_match(model: str, system: str, spec: Any) -> BackendTables | None:
             except (OSError, ValueError, KeyError):
                 continue
             k = t.key
-            literal_ok = want in VERSION_ALIASES or k.version == want
+            literal_ok = want == "current" or k.version == want
             probe_key = _request(model, system, spec, k.version, k.package_version)
             if literal_ok and probe_key == k:
                 return t
@@ -480,7 +485,10 @@ def load_backend(model: Any, gpu: Any, spec: Any, where: str) -> BackendTables:
         t = _shipped_match(name, system, spec)
         if t is not None:
             return t
-        raise BackendUnavailable(f"{PACKAGE} is not installed ({INSTALL_HINT})")
+        why = ""
+        if (spec.version or "current") in VERSION_ALIASES[1:]:
+            why = f"; version {spec.version!r} is relative to the installed package's data"
+        raise BackendUnavailable(f"{PACKAGE} is not installed ({INSTALL_HINT}){why}")
     systems = backend_systems()
     if system not in systems:
         raise BackendUnavailable(f"{PACKAGE} {package} has no measured data for {system}")

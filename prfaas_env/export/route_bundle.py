@@ -45,9 +45,9 @@ from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
 from prfaas_env.policies import Policy, RouteTable, View
 from prfaas_env.policies.learned import RoutePolicy
 from prfaas_env.router.bundle import STATELESS_FALLBACKS, content_hash, sha256
+from prfaas_env.router.routes import ROUTE_BUNDLE_FORMAT
 from prfaas_env.sim.scenario import Scenario
 
-ROUTE_BUNDLE_FORMAT = 1
 ROUTE_INPUTS = ("routes", "global", "action_mask")
 OUTPUTS = ("action", "scores")
 TIE = 1e-4

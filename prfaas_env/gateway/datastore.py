@@ -32,6 +32,7 @@ from typing import Any
 
 from prfaas_env.gateway.inventory import LEGACY_NAMES, Endpoint, Inventory
 from prfaas_env.gateway.scrape import ScrapeResult, parse_selector, select
+from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.costs import (
     MAX_PROMPT_TOKENS,
     CostTables,
@@ -39,11 +40,11 @@ from prfaas_env.sim.costs import (
     kv_bytes,
     prefill_time,
 )
+from prfaas_env.sim.state import TTFT_EWMA_ALPHA
 
 __all__ = ["Datastore", "EndpointState", "PrefixLRU"]
 
-EWMA_WEIGHT = 0.05  # weight of one completion in recent.ttft_ewma_s (the environment's)
-GBPS = 1e9 / 8  # bytes/s per Gbps
+EWMA_WEIGHT = TTFT_EWMA_ALPHA  # weight of one completion in recent.ttft_ewma_s
 
 
 class PrefixLRU:
@@ -196,7 +197,7 @@ class Datastore:
                     self.wanted.add(sel[key][0])
             self.channel_selectors[name] = sel
         self.transfers = {n: LinkEstimate() for n in self.channel_names}
-        self.ttft_ewma = 0.0
+        self.ttft_ewma = math.nan  # no completion seen yet (as the simulator starts)
         self.mean_uncached = 1024.0  # running mean of routed uncached tokens
         self.scrapes_ok = 0
         self.scrape_errors: dict[str, int] = {}
@@ -277,6 +278,9 @@ class Datastore:
         if n <= 0 or tsum < st.ttft_sum:
             return  # no completion since, or a restarted server (counters reset)
         mean = (tsum - st.ttft_sum) / n
+        if math.isnan(self.ttft_ewma):  # the first completions seed the average, as in training
+            self.ttft_ewma = mean
+            return
         keep = (1.0 - EWMA_WEIGHT) ** n
         self.ttft_ewma = self.ttft_ewma * keep + mean * (1.0 - keep)
 
@@ -355,6 +359,10 @@ class Datastore:
         stale = self.settings.stale_after_s
 
         def load(st: EndpointState) -> float:
+            # requests sent this long ago show in any fresh scrape, or never will (a server
+            # whose metrics fail): forget them either way, so the list stays bounded
+            if st.pending and st.pending[0] < now - stale:
+                st.pending = [t for t in st.pending if t >= now - stale]
             seen = (st.running or 0.0) + (st.waiting or 0.0) if st.fresh(now, stale) else 0.0
             return seen + len(st.pending)
 
@@ -417,7 +425,7 @@ class Datastore:
             "prefill": prefill,
             "channels": channels,
             "decode": decode,
-            "recent": {"ttft_ewma_s": self.ttft_ewma},
+            "recent": {"ttft_ewma_s": 0.0 if math.isnan(self.ttft_ewma) else self.ttft_ewma},
         }
 
     def _admission_wait(self, c: Any, instances: int, queue: float) -> float:

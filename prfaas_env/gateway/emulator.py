@@ -58,11 +58,11 @@ from typing import Any
 
 from prfaas_env.gateway.inventory import Endpoint, Inventory
 from prfaas_env.gateway.prompt import BadRequest, PromptInfo, parse_request
+from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.costs import CostTables, build_tables, decode_step_time, kv_bytes, prefill_time
 
 __all__ = ["Deployment", "run_deployment"]
 
-GBPS = 1e9 / 8
 PREFILL_HEADER = "x-prefiller-host-port"
 KV_DESTINATION = "x-prfaas-kv-destination"
 # when (time.monotonic, wall seconds) the request reached the server and its answer began:

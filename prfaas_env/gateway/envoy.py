@@ -358,6 +358,7 @@ class EnvoyProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)  # its configuration and log
 
     def __enter__(self) -> EnvoyProcess:
         self.start()

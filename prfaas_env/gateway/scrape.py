@@ -164,10 +164,16 @@ class Scraper:
             async with session.get(url) as resp:
                 if resp.status != 200:
                     return ScrapeResult(url, None, f"http {resp.status}", 0, time.monotonic())
-                raw = await resp.content.read(self.max_bytes + 1)
-            if len(raw) > self.max_bytes:
-                return ScrapeResult(url, None, "garbage: body too large", 0, time.monotonic())
-            text = raw.decode("utf-8")
+                # the whole page, in chunks as it arrives (read(n) returns what is buffered)
+                parts, size = [], 0
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        return ScrapeResult(
+                            url, None, "garbage: body too large", 0, time.monotonic()
+                        )
+                    parts.append(chunk)
+            text = b"".join(parts).decode("utf-8")
         except asyncio.TimeoutError:
             return ScrapeResult(url, None, "timeout", 0, time.monotonic())
         except UnicodeDecodeError:

@@ -38,7 +38,7 @@ from prfaas_env.router.core import Decision, finish_decisions
 from prfaas_env.router.pretrained import resolve_bundle
 from prfaas_env.sim.topology import Topology, parse_topology
 
-ROUTE_BUNDLE_FORMAT = 1
+ROUTE_BUNDLE_FORMAT = 1  # per-route bundles this version reads and writes
 REQUIRED_FILES = ("policy.onnx", "golden.jsonl", "topologies.json")
 
 
@@ -176,12 +176,50 @@ class RouteRouter:
         names = sorted(i.name for i in self.session.get_inputs())
         if names != sorted(["routes", "global", "action_mask"]):
             raise BundleError(f"{path}: inputs are {names}; expected routes, global, action_mask")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if sorted(outputs) != ["action", "scores"]:
+            raise BundleError(f"{path}: outputs are {outputs}; expected action and scores")
         fb = self.bundle.manifest["fallback"]["policy"]
         params: dict[str, Any] = {"ttft_slo_s": ttft_slo_s} if fb == "mooncake" else {}
         self.fallback: Policy = make_policy(fb, RouteTable.from_topology(topo), topo, **params)
         self.fallback.reset(1)
         self.guard_fired = 0
         self.decisions = 0
+        self._self_test()
+        self.guard_fired = 0  # the self-test's decisions are not counted
+        self.decisions = 0
+
+    def _self_test(self, lines: int = 8) -> None:
+        """Replay the first golden lines of the bundle's first topology through this
+        session (BundleError unless the model decides each as recorded); this also warms
+        both the model's and the fallback's paths up before the first real request."""
+        tops = self.bundle.topologies()
+        if not tops:
+            raise BundleError(f"{self.bundle.file('topologies.json')}: no topologies")
+        name, t = next(iter(tops.items()))
+        probe = LiveState(parse_topology(t["topology"], "topology"), t["expected_output_tokens"])
+        form = RouteForm.of(probe.topology, t["ttft_slo_s"])
+        golden = [
+            json.loads(x)
+            for x in self.bundle.file("golden.jsonl").read_text().splitlines()
+            if x.strip()
+        ]
+        golden = [g for g in golden if g.get("topology") == name][:lines]
+        if not golden:
+            raise BundleError(f"{self.bundle.file('golden.jsonl')}: no lines for {name!r}")
+        parsed = probe.parse([g["state"] for g in golden])
+        routes, glob = route_features(form, parsed.view, parsed.mask)
+        allowed = np.ascontiguousarray(parsed.mask[:, : form.num_routes])
+        action, _ = self.session.run(
+            ["action", "scores"], {"routes": routes, "global": glob, "action_mask": allowed}
+        )
+        for k, (g, a) in enumerate(zip(golden, action.tolist(), strict=True)):
+            if a != int(g["action"]):
+                raise BundleError(
+                    f"{self.bundle.file('golden.jsonl')}: {name} line {k + 1}: the model chose "
+                    f"{a}, the bundle recorded {g['action']}"
+                )
+        self.decide({"request": {"input_tokens": 1024}})  # the fallback's path
 
     def out_of_range(
         self, routes: NDArray[np.float32], glob: NDArray[np.float32], mask: NDArray[np.bool_]

@@ -45,7 +45,15 @@ from prfaas_env.sim.state import (
     grow_slots,
     new_state,
 )
-from prfaas_env.sim.view import SimView, ViewSpec, no_view, refresh, view_spec
+from prfaas_env.sim.view import (
+    COUNTERS,
+    SimView,
+    ViewSpec,
+    no_view,
+    read_counters,
+    refresh,
+    view_spec,
+)
 
 DRAIN_LIMIT_S = 1e7
 # The metrics every results record carries (evaluate.py, train.py, episode summaries).
@@ -217,6 +225,11 @@ class VecSimulator:
         always-allowed actions such as reject); bandwidth as measured at the last multiple
         of ``staleness_s`` seconds (0: live); ``expected_output_tokens`` defaults to the
         workload's mean. The current pending decisions are written at once."""
+        if self._view.values.shape[0]:
+            raise RuntimeError(
+                "enable_view: this simulator's view is already enabled (one observer per "
+                "simulator; read the same arrays through .view)"
+            )
         if expected_output_tokens is None:
             expected_output_tokens = self.scenario.workload.mean_output_tokens()
         self._step_args = None
@@ -252,7 +265,8 @@ class VecSimulator:
 
     def _refresh_view(self) -> None:
         """Write every env's view at its pending decision (no env advances)."""
-        refresh(self.static, self.workload_state, self.state, self._view)
+        rows = np.arange(self.num_envs, dtype=np.int64)
+        refresh(self.static, self.workload_state, self.state, self._view, rows)
 
     # ---- episode control -----------------------------------------------------------------
     def reset(
@@ -321,7 +335,7 @@ class VecSimulator:
         if not self._started:
             raise RuntimeError("VecSimulator.step called before reset()")
         if checked:
-            r = routes
+            r = np.ascontiguousarray(routes, dtype=np.int64)
         else:
             r = np.asarray(routes)
             if r.shape != (self.num_envs,) or not np.issubdtype(r.dtype, np.integer):
@@ -334,7 +348,7 @@ class VecSimulator:
                     f"routes: values must be route indices in [0, {self.num_routes}) or "
                     f"{REJECT} (reject), got {r}"
                 )
-            r = r.astype(np.int64, copy=False)
+            r = np.ascontiguousarray(r, dtype=np.int64)  # compiled code reads it as contiguous
         if active is not None:
             r = np.where(active, r, SKIP)
         # each step takes at most one request slot per env: check for free slots only when
@@ -388,7 +402,8 @@ class VecSimulator:
         """Make envs ``dst`` of this simulator exact copies of envs ``src`` of ``source`` (a
         simulator of the same scenario, or this one): queues, caches, links and their
         bandwidth series, decode batches, metrics, the workload stream (so a copy draws the
-        same future requests) and the view rows. A copy stepped with the same decisions as
+        same future requests); their view rows are rewritten in this simulator's own layout.
+        A copy stepped with the same decisions as
         its original stays equal to it. Per-request records are copied when both keep the
         same number. Either simulator's request slots grow to match the other's first.
 
@@ -421,12 +436,8 @@ class VecSimulator:
         for name in CacheState._fields:
             if name != "cfg":  # per cluster, not per env
                 getattr(self.cache, name)[d] = getattr(source.cache, name)[s]
-        if self._view.values.shape[0] and source._view.values.shape == (
-            source.num_envs,
-            self._view.values.shape[1],
-        ):
-            for name in ("values", "bandwidth_bps", "mask", "counters"):
-                getattr(self._view, name)[d] = getattr(source._view, name)[s]
+        if self._view.values.shape[0]:  # the copies' views, as this simulator lays them out
+            refresh(self.static, self.workload_state, self.state, self._view, d)
         self._started = True
         self._slot_steps = 0  # free slots changed: check before the next step
         self._step_args = None
@@ -495,18 +506,9 @@ class VecSimulator:
         too): completed requests, those within both SLOs, their summed TTFT (s), the
         request-seconds spent waiting for a first token (s), output tokens, rejections
         (:data:`prfaas_env.sim.view.COUNTERS`)."""
-        st = self.state
-        return np.stack(
-            [
-                st.m_done.astype(float),
-                st.m_slo_ok.astype(float),
-                st.m_ttft_sum,
-                st.w_area,
-                st.m_out_tokens,
-                st.m_rejected.astype(float),
-            ],
-            axis=1,
-        )
+        out = np.empty((self.num_envs, len(COUNTERS)))
+        read_counters(self.state, out)
+        return out
 
     def ttft_histogram(self) -> NDArray[np.int64]:
         """``[env, HIST_BINS]`` completed requests per TTFT bin since each env's reset (bin

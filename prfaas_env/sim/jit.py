@@ -11,9 +11,9 @@ accepting the flag, the functions compile with the runtime instead: slower, same
 function it calls from another file (say ``cache.py`` under ``kernel.py``) would leave a stale
 compiled copy in use. The cache therefore lives in a folder named after a digest of every
 source file with compiled code (:data:`COMPILED_SOURCES`): other
-sources, another folder, and nothing is ever deleted. The folder is
-``$PRFAAS_ENV_CACHE_DIR``, else ``$NUMBA_CACHE_DIR/prfaas-env``, else
-``$XDG_CACHE_HOME/prfaas-env`` (``~/.cache/prfaas-env``), then ``numba-<digest>``.
+sources, another folder, and nothing is ever deleted. The folder is ``numba-<digest>`` in
+the user cache (:func:`prfaas_env.user_cache.cache_root`: ``$PRFAAS_ENV_CACHE``, else
+``~/.cache/prfaas-env``).
 ``python -m prfaas_env.sim.jit`` prints it; ``--prune`` deletes the folders of other
 digests. Where none of these can be written, numba falls back to its own locations.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any, TypeVar
 import numba
 from numba import njit
 
+from prfaas_env.user_cache import cache_root
+
 F = TypeVar("F", bound=Callable[..., Any])
 PACKAGE = Path(__file__).resolve().parents[1]
 # the package files whose code is compiled, or read by compiled code (constants, layouts)
@@ -39,12 +40,13 @@ COMPILED_SOURCES = ("sim/*.py", "observation/derive.py", "env/reward.py")
 
 
 def _probe() -> dict[str, Any]:
-    options: dict[str, Any] = {"_nrt": False}
+    """``_nrt=False`` where this numba's CPU target takes the option (read from its option
+    table, so importing compiles nothing)."""
     try:
-        njit(**options)(lambda x: x + 1)(1)
-    except Exception:  # an unknown flag: fall back to the default runtime
-        options.pop("_nrt")
-    return options
+        from numba.core.cpu import CPUTargetOptions
+    except ImportError:  # a numba without that module: the default runtime
+        return {}
+    return {"_nrt": False} if hasattr(CPUTargetOptions, "_nrt") else {}
 
 
 def sources_digest(package: Path = PACKAGE) -> str:
@@ -55,16 +57,6 @@ def sources_digest(package: Path = PACKAGE) -> str:
         for f in sorted(package.glob(pattern)):
             digest.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """The folder holding one cache folder per digest (see the module docstring)."""
-    if os.environ.get("PRFAAS_ENV_CACHE_DIR"):
-        return Path(os.environ["PRFAAS_ENV_CACHE_DIR"])
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return Path(os.environ["NUMBA_CACHE_DIR"]) / "prfaas-env"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "prfaas-env"
 
 
 OPTIONS = _probe()

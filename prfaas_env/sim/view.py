@@ -155,11 +155,22 @@ def view_spec(
     if missing:
         raise ValueError(f"columns: no place for {', '.join(missing)}")
     cols = np.array([columns[k] for k in INPUTS], np.int64).reshape(len(INPUTS), 2)
-    if cols.size and (cols[:, 0].min() < 0 or cols[:, 0].max() >= width):
-        raise ValueError(f"columns: every first column must be in [0, {width})")
+    topo = topology
+    entities = {  # how many entities each input has: its last column must be inside too
+        **dict.fromkeys(INPUTS[IN_TOKENS:IN_CACHED], 1),
+        **dict.fromkeys(INPUTS[IN_CACHED:IN_BYTES], len(topo.prefill_index)),
+        **dict.fromkeys(INPUTS[IN_BYTES:IN_FREE], len(topo.route_channels)),
+        **dict.fromkeys(INPUTS[IN_FREE:], len(topo.decode_index)),
+    }
+    for k, (start, step) in zip(INPUTS, cols.tolist(), strict=True):
+        last = start + (entities[k] - 1) * step
+        if entities[k] and (start < 0 or step < 1 or last >= width):
+            raise ValueError(
+                f"columns[{k!r}] = ({start}, {step}): its {entities[k]} columns must lie in "
+                f"[0, {width}) with a step of at least 1"
+            )
     if staleness_s < 0 or not math.isfinite(staleness_s):
         raise ValueError(f"staleness_s: expected a finite number >= 0, got {staleness_s!r}")
-    topo = topology
     channels = list(topo.route_channels)
     if actions < len(topo.routes):
         raise ValueError(f"actions: {actions}, fewer than the topology's {len(topo.routes)} routes")
@@ -263,18 +274,31 @@ def fill_view(S: Static, ws: WorkloadState, st: State, V: ViewSpec, e: int) -> N
     for a in range(V.mask.shape[1]):
         ch = S.route[a, ROUTE.CH] if a < routes else -1
         V.mask[e, a] = ch < 0 or st.lf[e, ch, LF.BW] > 0.0
-    k = V.counters
-    k[e, 0] = st.ei[e, EI.M_DONE]
-    k[e, 1] = st.ei[e, EI.M_SLO_OK]
-    k[e, 2] = st.ef[e, EF.M_TTFT_SUM]
-    k[e, 3] = st.ef[e, EF.W_AREA]
-    k[e, 4] = st.ef[e, EF.M_OUT_TOKENS]
-    k[e, 5] = st.ei[e, EI.M_REJECTED]
+    write_counters(st, e, V.counters)
+
+
+@compiled_inline
+def write_counters(st: State, e: int, out: NDArray[np.float64]) -> None:
+    """Env ``e``'s totals in :data:`COUNTERS` order into ``out[e]`` (the one place that
+    order is written)."""
+    out[e, 0] = st.ei[e, EI.M_DONE]
+    out[e, 1] = st.ei[e, EI.M_SLO_OK]
+    out[e, 2] = st.ef[e, EF.M_TTFT_SUM]
+    out[e, 3] = st.ef[e, EF.W_AREA]
+    out[e, 4] = st.ef[e, EF.M_OUT_TOKENS]
+    out[e, 5] = st.ei[e, EI.M_REJECTED]
 
 
 @compiled
-def refresh(S: Static, ws: WorkloadState, st: State, V: ViewSpec) -> None:
-    """Write every env's view at its pending decision, advancing nothing (for a view
-    enabled between steps)."""
-    for e in range(V.values.shape[0]):
-        fill_view(S, ws, st, V, e)
+def read_counters(st: State, out: NDArray[np.float64]) -> None:
+    """Every env's totals (:func:`write_counters`)."""
+    for e in range(out.shape[0]):
+        write_counters(st, e, out)
+
+
+@compiled
+def refresh(S: Static, ws: WorkloadState, st: State, V: ViewSpec, rows: NDArray[np.int64]) -> None:
+    """Write the view of the envs in ``rows`` at their pending decisions, advancing nothing
+    (for a view enabled between steps, or envs copied in)."""
+    for i in range(rows.shape[0]):
+        fill_view(S, ws, st, V, rows[i])
