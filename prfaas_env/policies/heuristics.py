@@ -213,9 +213,7 @@ class CostAware(Policy):
         super().__init__(routes, **params)
         topo = self.require_topology()
         models = topo.cost_models()
-        self._models = [
-            m for c, m in zip(topo.clusters, models, strict=True) if c.prefill_instances
-        ]
+        self._models = [models[i] for i in topo.prefill_index]
 
     def prefill_s(self, view: View) -> NDArray[np.float64]:
         """``[env, route]`` prefill seconds of the pending request on each route's cluster,
