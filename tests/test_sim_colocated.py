@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prfaas_env.errors import ConfigError
+from prfaas_env.env import PrfaaSVectorEnv
+from prfaas_env.errors import ConfigError, NotApplicableError
+from prfaas_env.policies import RouteTable, make_policy, policy_names
 from prfaas_env.sim.costs import decode_step_time, pass_time, prefill_time, tables_for
 from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.reference import ReferenceSimulator
@@ -283,3 +285,30 @@ def test_pd_keys_on_a_colocated_cluster_and_back_are_refused() -> None:
     d["topology"]["clusters"]["pd"]["prefill_pool"] = {"gpus": 4}
     with pytest.raises(ConfigError, match="prefill_pool"):
         parse_scenario(d, "bad")
+
+
+@pytest.mark.parametrize("name", policy_names())
+@pytest.mark.parametrize("make", [colocated, closed_colocated], ids=["open", "closed"])
+def test_the_environment_and_every_heuristic_run_on_a_colocated_cluster(name: str, make) -> None:
+    """A co-located cluster is a prefill entity and a decode entity of the observation; every
+    heuristic routes on it (the paper's analytic model says it does not apply), through the
+    environment, with valid observations."""
+    d = make()
+    d["env"] = {"max_decisions": 10_000}
+    env = PrfaaSVectorEnv(2, d)
+    topo = env.scenario.topology
+    routes = RouteTable.from_topology(topo, env.config.admission_control)
+    assert env.observer.encoder.prefill_clusters == ["prfaas", "pd"]
+    assert env.observer.encoder.decode_clusters == ["pd"]
+    try:
+        policy = make_policy(name, routes, topo)
+    except NotApplicableError:
+        assert name == "prfaas_optimised"
+        return
+    policy.reset(2, 0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(60):
+        mask = env.action_masks()
+        obs, *_ = env.step(policy.act(env.view(), mask))
+        assert env.observation_space.contains(obs)
+    assert env.sim.metrics()["completed"].sum() > 0
