@@ -155,10 +155,11 @@ def closed_colocated() -> dict[str, Any]:
 
 
 def closed_pd() -> dict[str, Any]:
-    """The paper's PD topology under a closed loop of 20 clients, 8 decode slots an instance."""
+    """The paper's PD topology under a closed loop of 20 clients starting over 5 s, 8 decode
+    slots an instance."""
     d = base()
     d["topology"]["clusters"]["pd"]["max_batch"] = 8
-    d["workload"]["arrival"] = {"process": "closed_loop", "concurrency": 20}
+    d["workload"]["arrival"] = {"process": "closed_loop", "concurrency": 20, "ramp_s": 5.0}
     d["workload"]["output"] = {"distribution": "fixed", "tokens": 256}
     return d
 

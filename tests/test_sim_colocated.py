@@ -158,19 +158,21 @@ def test_a_lone_request_takes_its_chunks_and_then_one_step_per_token() -> None:
 
 @pytest.mark.parametrize("make", [closed_colocated, closed_pd], ids=["colocated", "pd"])
 def test_closed_loop_keeps_exactly_n_in_flight(make) -> None:
-    """All clients start at 0; every later request starts when an earlier one finishes: the
-    arrivals after the first wave are exactly the earliest finish times, so N are in flight."""
+    """Client i starts at i * ramp_s / N; every later request starts when an earlier one
+    finishes: the arrivals are exactly the earliest of the first starts and the finish times,
+    so once every client has started, N are in flight."""
     sc = parse_scenario(make(), "closed")
-    n_clients = sc.workload.concurrency
+    n_clients, ramp = sc.workload.concurrency, sc.workload.ramp_s
     sim = VecSimulator(sc, 1, record=300)
     sim.reset(seed=4)
     _drive(sim, 300, 4)
     rec = sim.records(0)
     arr, fin = rec["arrival_s"], rec["finish_s"]
-    assert (arr[:n_clients] == 0).all()
-    done = np.sort(fin[np.isfinite(fin)])
-    np.testing.assert_array_equal(np.sort(arr[n_clients:]), done[: 300 - n_clients])
-    for t in arr[n_clients:]:  # counting the new request, N are in flight at each arrival
+    first = np.arange(n_clients) * (ramp / n_clients)
+    done = fin[np.isfinite(fin)]
+    want = np.sort(np.concatenate([first, done]))[:300]
+    np.testing.assert_array_equal(np.sort(arr), want)
+    for t in arr[arr >= first[-1]]:  # counting the new request, N are in flight
         assert ((arr <= t) & ~(fin <= t)).sum() >= n_clients
         assert ((arr < t) & ~(fin <= t)).sum() <= n_clients - 1
 
@@ -178,7 +180,7 @@ def test_closed_loop_keeps_exactly_n_in_flight(make) -> None:
 def test_closed_loop_rejection_starts_the_next_request_at_once() -> None:
     sim = VecSimulator(parse_scenario(closed_pd(), "closed"), 1, record=40)
     sim.reset(seed=0)
-    for _ in range(20):  # the first wave, routed
+    for _ in range(20):  # the first wave (clients starting over 5 s), routed
         sim.step(np.array([1]))
     assert sim.now[0] > 0  # the next request waited for a completion
     t = sim.now[0]
@@ -199,6 +201,34 @@ def test_closed_loop_stream_lengths_do_not_depend_on_routing() -> None:
         for _ in range(60):
             sim.step(np.array([route]))
         np.testing.assert_array_equal(sim.records(0)["input_tokens"], want["input_tokens"])
+
+
+@pytest.mark.parametrize("make", [colocated, closed_colocated], ids=["open", "closed"])
+def test_engine_matches_reference_with_a_serving_overhead(make) -> None:
+    """Differential, with the serving overhead on (the fitted roofline has none): a
+    per-request delay, a serial frontend, a step and a per-sequence cost."""
+    sc = parse_scenario(make(), "overhead")
+    t = tables_for(sc.topology)
+    t = replace(
+        t,
+        request_s=np.full_like(t.request_s, 0.08),
+        frontend_s=np.full_like(t.frontend_s, 0.02),
+        co_step_s=np.full_like(t.co_step_s, 0.003),
+        co_seq_s=np.full_like(t.co_seq_s, 1e-5),
+    )
+    vec = VecSimulator(sc, 1, record=200, tables=t)
+    vec.reset(seed=3)
+    ref = ReferenceSimulator(sc, 3, tables=t)
+    for r in np.random.default_rng(1).integers(2, size=200):
+        vec.step(np.array([r]))
+        ref.step(int(r))
+    vec.drain()
+    ref.drain()
+    fast, slow = vec.records(0), ref.records()
+    for f in fast:
+        np.testing.assert_allclose(fast[f], slow[f], rtol=1e-9, atol=1e-9, err_msg=f)
+    local = fast["route"] == 1
+    assert (fast["prefill_start_s"][local] - fast["arrival_s"][local] >= 0.02 - 1e-12).all()
 
 
 @pytest.mark.parametrize("make", [base, colocated], ids=["pd", "colocated"])

@@ -84,6 +84,7 @@ class CostTables:
     swa_per_token: NDArray[np.float64]
     swa_window: NDArray[np.float64]
     request_s: NDArray[np.float64] = field(default_factory=lambda: _empty(0))
+    frontend_s: NDArray[np.float64] = field(default_factory=lambda: _empty(0))
     co_na_log_t: NDArray[np.float64] = field(default_factory=lambda: _empty(0, 1))
     co_pa_log_t: NDArray[np.float64] = field(default_factory=lambda: _empty(0, 1, 1))
     co_da_log_t: NDArray[np.float64] = field(default_factory=lambda: _empty(0, 1, 1))
@@ -145,14 +146,21 @@ def build_tables(
     )
 
 
-def tables_for(topology: Topology) -> CostTables:
+def tables_for(
+    topology: Topology,
+    models: list[CostModel] | None = None,
+    decode_models: list[CostModel] | None = None,
+) -> CostTables:
     """The cost tables of every cluster of ``topology``: prefill and decode tables as
     :func:`build_tables` (a PD cluster's decode rows from its decode pool), the per-request
     serving overhead of each decoding cluster, and the step tables of co-located engines
-    (see the module docstring)."""
+    (see the module docstring). ``models`` / ``decode_models`` replace the topology's cost
+    models (the same configurations with another serving overhead, for calibration)."""
     cl = topology.clusters
-    pre_models = topology.cost_models()
-    dec_models = topology.decode_cost_models()
+    pre_models = topology.cost_models() if models is None else models
+    if decode_models is None:
+        decode_models = topology.decode_cost_models() if models is None else models
+    dec_models = decode_models
     max_batches = [1 if c.colocated else c.max_batch for c in cl]
     same = all(a is b for a, b in zip(pre_models, dec_models, strict=True))
     base = build_tables(pre_models, max_batches, None if same else dec_models)
@@ -160,8 +168,14 @@ def tables_for(topology: Topology) -> CostTables:
         [dm.overhead.request_s if c.decodes else 0.0 for c, dm in zip(cl, dec_models, strict=True)]
     )
     co = [i for i, c in enumerate(cl) if c.colocated]
+    frontend_s = np.array(
+        [
+            dm.overhead.frontend_s if c.colocated else 0.0
+            for c, dm in zip(cl, dec_models, strict=True)
+        ]
+    )
     if not co:
-        return replace(base, request_s=request_s)
+        return replace(base, request_s=request_s, frontend_s=frontend_s)
     u, cgrid = prefill_grid()
     x = decode_grid()
     nn = step_grid()
@@ -193,6 +207,7 @@ def tables_for(topology: Topology) -> CostTables:
         base,
         prefill_log_t=prefill,
         request_s=request_s,
+        frontend_s=frontend_s,
         co_na_log_t=na,
         co_pa_log_t=pa,
         co_da_log_t=da,

@@ -131,6 +131,7 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
     request_s = tables.request_s if tables.request_s.size == n_cl else np.zeros(n_cl)
     step_s = tables.co_step_s if tables.co_step_s.size == n_cl else np.zeros(n_cl)
     seq_s = tables.co_seq_s if tables.co_seq_s.size == n_cl else np.zeros(n_cl)
+    frontend_s = tables.frontend_s if tables.frontend_s.size == n_cl else np.zeros(n_cl)
     cl_f = np.stack(
         [
             [c.rdma_gbps * GBPS for c in cl],
@@ -138,6 +139,7 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
             request_s,
             step_s,
             seq_s,
+            frontend_s,
         ],
         axis=1,
     )
@@ -252,8 +254,10 @@ class VecSimulator:
         blocks = np.repeat(S.cl_kv_blocks, S.cl_nc * S.cl_ranks)
         for st in (self.state, self._fresh):  # every rank's KV blocks start free
             st.k_free[:] = blocks
-            if S.closed_loop:  # every client starts at time 0
-                st.loop_n[:] = S.closed_loop
+            if S.closed_loop:  # client i starts at i * ramp_s / concurrency
+                n = S.closed_loop
+                st.starts[:, :n] = np.arange(n) * (scenario.workload.ramp_s / n)
+                st.loop_n[:] = n
                 st.loop_next_t[:] = 0.0
         self.cache: CacheState = new_cache(self.num_envs, [c.prefix_cache_blocks for c in cl])
         w = scenario.workload

@@ -30,6 +30,7 @@ from prfaas_env.sim.jit import compiled, compiled_inline, compiled_parallel
 from prfaas_env.sim.links import served
 from prfaas_env.sim.lookahead import prefetch_ahead
 from prfaas_env.sim.state import (
+    CF,
     CHF,
     CI,
     CLF,
@@ -475,10 +476,11 @@ def _waiting_pop(ci: Arr, ki: Arr, e: int, g: int) -> int:
 def _co_join(
     S: Static, st: State, e: int, c: int, k: int, t: float, comp: int, started: int
 ) -> None:
-    """Request ``k`` joins co-located cluster ``c`` at ``t`` with ``comp`` tokens' KV already
-    computed (``started`` 0: a prompt to prefill here; 1: its KV was prefilled elsewhere): it
-    waits at the rank with the fewest requests (running and waiting; lowest index on ties),
-    whose engine, if idle, starts a step at ``t``."""
+    """Request ``k`` reaches co-located cluster ``c`` at ``t`` with ``comp`` tokens' KV already
+    computed (``started`` 0: a prompt to prefill here; 1: its KV was prefilled elsewhere): the
+    cluster's frontend hands it on after its time per request, one request at a time, to the
+    rank with the fewest requests (running and waiting, when it arrived; lowest index on
+    ties), whose engine, if idle, starts a step then."""
     r0 = S.cl_i[c, CLI.R0]
     g = r0
     best = st.ki[e, r0, KI.NRUN] + st.ki[e, r0, KI.W_LEN]
@@ -494,14 +496,17 @@ def _co_join(
     st.ci[e, k, CI.SCH] = 0
     st.ci[e, k, CI.RANK] = g
     st.ci[e, k, CI.STARTED] = started
+    ready = max(t, st.fe_free[e, c]) + S.cl_f[c, CLF.FRONTEND_S]
+    st.fe_free[e, c] = ready
+    st.cf[e, k, CF.READY] = ready
     _waiting_push(st.ci, st.ki, e, g, k, False)
     if started == 0:
         st.ki[e, g, KI.NQ] += 1
         st.ki[e, g, KI.QTOK] += st.ri[e, k, RI.IN] - comp
     j = S.cl_i[c, CLI.C0] + (g - r0) // S.cl_i[c, CLI.RANKS]
-    if st.kf[e, j, KF.END] == INF:  # idle: wake the engine (an empty step ending now)
-        st.kf[e, j, KF.END] = t
-        st.kf[e, j, KF.START] = t
+    if st.kf[e, j, KF.END] == INF:  # idle: wake the engine (an empty step ending then)
+        st.kf[e, j, KF.END] = ready
+        st.kf[e, j, KF.START] = ready
         st.kf[e, j, KF.STEP] = 0.0
         st.kf[e, j, KF.RUNS] = 0.0
         st.kf[e, j, KF.PREFILL] = 0.0
@@ -563,6 +568,7 @@ def _co_step_end(S: Static, st: State, e: int, j: int, t: float) -> None:
         S.co_pa_log_t,
         S.co_da_log_t,
         st.ci,
+        st.cf,
         st.ki,
         st.kf,
         st.k_run,
@@ -584,6 +590,7 @@ def _co_schedule(
     pa_log_t: Arr,
     da_log_t: Arr,
     ci: Arr,
+    cf: Arr,
     ki: Arr,
     kf: Arr,
     k_run: Arr,
@@ -600,7 +607,9 @@ def _co_schedule(
     still prefilling its next chunk), allocating KV blocks and preempting the most recently
     admitted request when none is free, then, if nothing was preempted, admits waiting
     requests first come first served while the step's token budget, the running-request
-    limit and free blocks allow. The step lasts as long as its slowest rank's."""
+    limit and free blocks allow (and they have left the frontend). The step lasts as long as
+    its slowest rank's; an engine with nothing to run but requests still in the frontend
+    wakes when the first of them leaves it."""
     ranks = cl_i[c, CLI.RANKS]
     bt = cl_i[c, CLI.KV_BT]
     fixed = cl_i[c, CLI.FIXED_BLOCKS]
@@ -654,6 +663,8 @@ def _co_schedule(
         if not preempted:
             while ki[e, g, KI.W_LEN] > 0 and budget > 0 and ki[e, g, KI.NRUN] < max_seqs:
                 k = ki[e, g, KI.W_HEAD]
+                if cf[e, k, CF.READY] > t:  # still in the frontend
+                    break
                 n = min(ci[e, k, CI.NTOK] - ci[e, k, CI.COMP], budget)
                 need = _blocks(ci[e, k, CI.COMP] + n, bt, fixed) - ci[e, k, CI.BLK]
                 if need > ki[e, g, KI.FREE]:
@@ -691,7 +702,12 @@ def _co_schedule(
         kf[e, j, KF.RUNS] = float(runs)
         kf[e, j, KF.PREFILL] = prefill
     else:
-        kf[e, j, KF.END] = INF
+        wake = INF  # the first request still in the frontend, if any
+        for g in range(g0, g0 + ranks):
+            if ki[e, g, KI.W_LEN] > 0:
+                wake = min(wake, cf[e, ki[e, g, KI.W_HEAD], CF.READY])
+        kf[e, j, KF.END] = wake
+        kf[e, j, KF.START] = wake
         kf[e, j, KF.STEP] = 0.0
         kf[e, j, KF.RUNS] = 0.0
         kf[e, j, KF.PREFILL] = 0.0

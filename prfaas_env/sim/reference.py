@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prfaas_env.sim import workload as wl
-from prfaas_env.sim.costs import decode_step_time, kv_bytes, pass_time, prefill_time
+from prfaas_env.sim.costs import CostTables, decode_step_time, kv_bytes, pass_time, prefill_time
 from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import RECORD_FIELDS
@@ -79,6 +79,7 @@ class Req:
     gen: int = 0
     blk: int = 0
     sch: int = 0
+    handed: float = 0.0  # when a co-located cluster's frontend hands it to the engine
 
 
 @dataclass
@@ -140,11 +141,12 @@ class Engine:
 
 class ReferenceSimulator:
     """One env of ``scenario``, seeded with ``seed`` (same stream as env 0 of a VecSimulator
-    seeded ``seed``). Route requests with :meth:`step`; read records with :meth:`records`."""
+    seeded ``seed``; ``tables``: cost tables to use instead of the scenario's). Route requests
+    with :meth:`step`; read records with :meth:`records`."""
 
-    def __init__(self, scenario: Scenario, seed: int) -> None:
+    def __init__(self, scenario: Scenario, seed: int, tables: CostTables | None = None) -> None:
         # Borrow the engine's constants and its reset (same draws), not its dynamics.
-        self._vec = VecSimulator(scenario, 1)
+        self._vec = VecSimulator(scenario, 1, tables=tables)
         self._vec._reset_env(0, np.random.default_rng(seed))  # the same draws, no events
         S = self.S = self._vec.static
         self.wp = self._vec.workload_params
@@ -170,8 +172,10 @@ class ReferenceSimulator:
             Engine(int(c), [Rank(int(S.cl_kv_blocks[c])) for _ in range(int(S.cl_ranks[c]))])
             for c in S.k_cluster
         ]
+        self.frontend_free = [0.0] * len(topo.clusters)
         self.closed = int(S.closed_loop)
-        self.starts = [0.0] * self.closed  # pending starts of a closed loop's clients
+        # pending starts of a closed loop's clients (the engine's initial ones)
+        self.starts = [float(x) for x in self._vec._fresh.starts[0, : self.closed]]
         self.reqs: list[Req] = []
         self.now = 0.0
         self.preemptions = 0  # requests a co-located engine preempted (for tests)
@@ -415,10 +419,13 @@ class ReferenceSimulator:
         ranks = [(r, g) for g in engines for r in g.ranks]
         rank, g = min(ranks, key=lambda rg: len(rg[0].running) + len(rg[0].waiting))
         req.comp, req.ntok, req.gen, req.blk, req.sch = comp, req.input, 0, 0, 0
+        # the frontend hands requests on one at a time
+        req.handed = max(t, self.frontend_free[c]) + float(S.cl_frontend_s[c])
+        self.frontend_free[c] = req.handed
         rank.waiting.append(req)
         req.dinst = self.engines.index(g) - first
-        if g.end == math.inf:  # an idle engine wakes: an empty step ending now
-            g.end, g.start, g.step, g.scheduled = t, t, 0.0, []
+        if g.end == math.inf:  # an idle engine wakes: an empty step ending then
+            g.end, g.start, g.step, g.scheduled = req.handed, req.handed, 0.0, []
 
     def _blocks(self, c: int, tokens: int) -> int:
         S = self.S
@@ -453,8 +460,11 @@ class ReferenceSimulator:
         step = 0.0
         for rank in g.ranks:
             step = max(step, self._co_schedule(g, rank, t))
-        g.start, g.step = t, step
-        g.end = t + step if step > 0 else math.inf
+        if step > 0:
+            g.start, g.step, g.end = t, step, t + step
+        else:  # idle, or waiting for the first request still in the frontend
+            wake = min((r.waiting[0].handed for r in g.ranks if r.waiting), default=math.inf)
+            g.start, g.step, g.end = wake, 0.0, wake
 
     def _co_schedule(self, g: Engine, rank: Rank, t: float) -> float:
         """Schedule ``rank``'s part of the next step; returns its duration, s."""
@@ -492,6 +502,8 @@ class ReferenceSimulator:
             and len(rank.running) < int(S.cl_max_seqs[c])
         ):
             req = rank.waiting[0]
+            if req.handed > t:  # still in the frontend
+                break
             n = min(req.ntok - req.comp, budget)
             need = self._blocks(c, req.comp + n) - req.blk
             if need > rank.free:

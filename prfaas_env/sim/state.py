@@ -9,9 +9,10 @@ Fields of one entity and dtype are packed into one array (see :mod:`prfaas_env.s
 channel, ``df``/``di`` per decode instance, ``qi`` per decode cluster's admission queue,
 ``ef``/``ei`` per env; for co-located engines ``ci`` per request slot, ``kf`` per engine and
 ``ki`` per attention data-parallel rank (with ``k_run``, each rank's running requests in
-admission order); for a closed-loop workload ``starts`` (the pending starts' times) and
-``loop_f``/``loop_n``. The kernel addresses them with the ``F_*`` constants; Python code reads
-them by name (``state.r_arr``, ``state.p_free``, ...), as views.
+admission order), ``cf`` per request slot and ``fe_free`` per cluster (its serving frontend);
+for a closed-loop workload ``starts`` (the pending starts' times) and ``loop_f``/``loop_n``.
+The kernel addresses them with the ``F_*`` constants; Python code reads them by name
+(``state.r_arr``, ``state.p_free``, ...), as views.
 """
 
 from __future__ import annotations
@@ -95,13 +96,14 @@ class CLF(IntEnum):
     """Per cluster (float): RDMA bytes/s per node; KV bytes one decode instance holds; the
     serving overhead per request (s, added to the first token's and the last token's times at
     the decode side), and, for co-located engines, per step and per decoding sequence in a
-    step (s)."""
+    step and the serial frontend's time per request (s)."""
 
     RDMA_BPS = 0
     KV_CAP = 1
     REQUEST_S = 2
     STEP_S = 3
     SEQ_S = 4
+    FRONTEND_S = 5
 
 
 class CHF(IntEnum):
@@ -273,6 +275,13 @@ class CI(IntEnum):
     STARTED = 7
 
 
+class CF(IntEnum):
+    """Per request slot, co-located engines (float): when the serving frontend hands the
+    request to its engine (s)."""
+
+    READY = 0
+
+
 class KF(IntEnum):
     """Per co-located engine (float): end of the step in flight (inf when idle), its start
     and duration, the time busy integrals run to, running-request-seconds and seconds of
@@ -328,6 +337,7 @@ STATE_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
     "di": (DI, "d_"),
     "qi": (QI, "q_"),
     "ci": (CI, "c_"),
+    "cf": (CF, "c_"),
     "kf": (KF, "k_"),
     "ki": (KI, "k_"),
     "loop_f": (LOOP, "loop_"),
@@ -415,6 +425,8 @@ class State(NamedTuple):
     m_ttft_hist: NDArray[np.int32]  # [E, HIST_BINS]
     records: NDArray[np.float64]  # [E, N, fields] (N = 0 when not recording)
     ci: NDArray[np.int32]  # [E, slots (0 without co-located engines), 8]
+    cf: NDArray[np.float64]  # [E, slots (0 without co-located engines), 1]
+    fe_free: NDArray[np.float64]  # [E, clusters] when each cluster's frontend is free, s
     kf: NDArray[np.float64]  # [E, co-located engines, 8]
     ki: NDArray[np.int64]  # [E, ranks, 7]
     k_run: NDArray[np.int32]  # [E, ranks, max_num_seqs] running slots, admission order
@@ -481,6 +493,8 @@ def new_state(
         m_ttft_hist=np.zeros((e, HIST_BINS), np.int32),
         records=np.full((e, record_capacity, len(RECORD_FIELDS)), np.nan),
         ci=_packed("ci", (e, slots if co_engines else 0)),
+        cf=_packed("cf", (e, slots if co_engines else 0)),
+        fe_free=np.zeros((e, clusters)),
         kf=_packed("kf", (e, co_engines)),
         ki=_packed("ki", (e, co_ranks)),
         k_run=np.full((e, co_ranks, max(co_seqs, 1)), -1, np.int32),
@@ -492,7 +506,7 @@ def new_state(
     return st
 
 
-SLOT_ARRAYS = ("rf", "ri", "ci")
+SLOT_ARRAYS = ("rf", "ri", "ci", "cf")
 
 
 def grow_slots(st: State) -> State:

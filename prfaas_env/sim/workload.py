@@ -14,7 +14,8 @@ share a k-block prefix). Kinds:
     Weibull gaps, started in equilibrium; ``clients`` names a shipped ServeGen mix or lists
     the clients, see :mod:`prfaas_env.sim.empirical`); ``closed_loop`` (``concurrency``
     clients, each sending its next request as soon as it has received the last token of its
-    previous one, as benchmark tools run at a fixed concurrency; all clients start at time 0).
+    previous one, as benchmark tools run at a fixed concurrency; client ``i`` sends its first
+    request at ``i * ramp_s / concurrency``: all at time 0 by default).
   - input and output lengths: ``fixed`` (``tokens``); ``lognormal`` (``mu``, ``sigma`` of the
     natural log, conditioned on [``min``, ``max``]; the paper's workload is mu 9.90, sigma 1.00
     on [128, 131072]); ``empirical`` (a quantile table: ``table`` names a shipped one, or
@@ -160,6 +161,7 @@ class Workload:
     clients: tuple[ClientSpec, ...] = ()
     rate_shape: RateShape | None = None
     concurrency: int = 0
+    ramp_s: float = 0.0
 
     @property
     def closed_loop(self) -> bool:
@@ -817,7 +819,7 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         "gamma": ["cv"],
         "mmpp": ["burst_factor", "burst_fraction", "burst_mean_s"],
         "clients": ["clients"],
-        "closed_loop": ["concurrency"],
+        "closed_loop": ["concurrency", "ramp_s"],
     }[proc]
     closed = proc == "closed_loop"
     if closed:
@@ -866,6 +868,7 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         concurrency=number(
             arr, "concurrency", aw, minimum=1, maximum=MAX_CONCURRENCY, integer=True, default=0
         ),
+        ramp_s=number(arr, "ramp_s", aw, minimum=0, maximum=1e7, default=0.0),
         cv=number(arr, "cv", aw, minimum=0.05, maximum=20, default=1.0),
         burst_factor=number(arr, "burst_factor", aw, minimum=1, maximum=1000, default=4.0),
         burst_fraction=number(
