@@ -43,7 +43,7 @@ import numpy as np
 
 from prfaas_env.calibration.fit import REPORT, read_csv, replace_validation_section
 from prfaas_env.costmodel import CostModel, ServingOverhead
-from prfaas_env.costmodel.serving import NO_OVERHEAD, OVERHEAD_FILE
+from prfaas_env.costmodel.serving import NO_OVERHEAD, OVERHEAD_FILE, reload_overheads
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "validation.json"
@@ -391,6 +391,13 @@ def render(results: dict[str, Any]) -> str:
             f"{_met(t5['max_abs_error'] <= TARGETS['table5'])} |"
         )
     L.append("")
+    L.append(
+        "The H20 has no public measurement and no backend database: it keeps the derived "
+        "model (H100 kernel efficiencies on the H20's spec-sheet peaks, with the nearest "
+        "measured end-to-end fit; docs/costmodel.md, 'The H20'), whose prefill may be off by "
+        "tens of percent and decode by about the fitted ranges, with nothing to bound them."
+    )
+    L.append("")
     if si.get("rows"):
         L += _render_silicon(si)
     if ls:
@@ -564,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         silicon_res, overhead = silicon_section(verbose=not args.json)
         silicon_res["overhead"] = overhead
-        if not args.no_write:
+        if not args.no_write:  # what the cost models read from now on
             OVERHEAD_FILE.write_text(
                 json.dumps(
                     {"source": silicon_res["file"], "overhead": overhead}, indent=1, sort_keys=True
@@ -572,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                 + "\n",
                 encoding="utf-8",
             )
+            reload_overheads()
         if args.rows is not None:
             args.rows.write_text(json.dumps(silicon_res["per_row"], indent=1), encoding="utf-8")
         results = {

@@ -293,6 +293,11 @@ def _overhead_doc(path: str) -> dict[str, Any]:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
+def reload_overheads() -> None:
+    """Forget the fitted overheads read so far (after the fit rewrote their file)."""
+    _overhead_doc.cache_clear()
+
+
 def fitted_overhead(
     backend: str | None, mode: str = "agg", path: Path | None = None
 ) -> ServingOverhead:
