@@ -13,6 +13,11 @@ event loop is compiled once.
 The dynamics are described in docs/simulator.md; :mod:`prfaas_env.sim.reference` implements
 the same model with plain Python objects, and the differential tests hold the two equal.
 
+The co-located engines' handlers (:func:`_co_join`, :func:`_co_step_end`, :func:`_co_route`)
+are plain calls, not inlined: they cost a call with every array of the state tuples, paid only
+by topologies with co-located clusters, and keep the inlined event loop of the others as it
+was (inlined, they made it measurably slower on one thread).
+
 Events that fall at the same instant run in a fixed order: bandwidth changes, link flow
 completions, KV deliveries, prefill starts, prefill completions, decode completions,
 co-located engine steps; within a kind, by channel or instance index. Events at exactly the
@@ -472,7 +477,7 @@ def _waiting_pop(ci: Arr, ki: Arr, e: int, g: int) -> int:
     return k
 
 
-@compiled_inline
+@compiled
 def _co_join(
     S: Static, st: State, e: int, c: int, k: int, t: float, comp: int, started: int
 ) -> None:
@@ -513,7 +518,7 @@ def _co_join(
     _record(st.records, st.ri, e, k, REC_DINST, j - S.cl_i[c, CLI.C0])
 
 
-@compiled_inline
+@compiled
 def _co_step_end(S: Static, st: State, e: int, j: int, t: float) -> None:
     """Co-located engine ``j``'s step ends at ``t``: apply what it computed (a request whose
     sequence is fully computed samples a token; the first is its first token, the last
@@ -923,7 +928,7 @@ def _route(
     _record(st.records, st.ri, e, k, REC_KV, kv)
 
 
-@compiled_inline
+@compiled
 def _co_route(
     S: Static, wp: WorkloadParams, ws: WorkloadState, cs: CacheState, st: State, e: int, r: int
 ) -> None:
