@@ -113,6 +113,57 @@ def mixture_shaped() -> dict[str, Any]:
     return d
 
 
+def colocated() -> dict[str, Any]:
+    """A co-located cluster (two engines of two attention data-parallel ranks each, small
+    token budgets so prompts are chunked, few KV blocks so requests are preempted, a prefix
+    cache) beside the remote prefill cluster, under MMPP bursts."""
+    d = base()
+    cl = d["topology"]["clusters"]
+    cl["prfaas"]["prefix_cache_blocks"] = 200
+    cl["pd"] = {
+        "datacenter": "local",
+        "role": "colocated",
+        "gpu": "h20",
+        "gpus_per_instance": 8,
+        "instances": 2,
+        "max_num_seqs": 6,
+        "max_num_batched_tokens": 4096,
+        "kv_block_tokens": 256,
+        "kv_blocks": 400,
+        "prefix_cache_blocks": 300,
+        "serving": {"attention_dp": 2},
+    }
+    w = d["workload"]
+    w["arrival"] = {
+        "process": "mmpp",
+        "rate_rps": 0.4,
+        "burst_factor": 4,
+        "burst_fraction": 0.2,
+        "burst_mean_s": 10,
+    }
+    w["input"] = {"distribution": "lognormal", "mu": 9.0, "sigma": 1.0, "min": 128, "max": 65536}
+    w["output"] = {"distribution": "lognormal", "mu": 4.5, "sigma": 1.0, "min": 1, "max": 1024}
+    w["prefix"] = saturated()["workload"]["prefix"]
+    return d
+
+
+def closed_colocated() -> dict[str, Any]:
+    """The co-located topology under a closed loop of 12 clients."""
+    d = colocated()
+    d["workload"]["arrival"] = {"process": "closed_loop", "concurrency": 12}
+    return d
+
+
+def closed_pd() -> dict[str, Any]:
+    """The paper's PD topology under a closed loop of 20 clients starting over 5 s, 8 decode
+    slots an instance."""
+    d = base()
+    d["topology"]["clusters"]["pd"]["max_batch"] = 8
+    d["workload"]["arrival"] = {"process": "closed_loop", "concurrency": 20, "ramp_s": 5.0}
+    d["workload"]["output"] = {"distribution": "fixed", "tokens": 256}
+    return d
+
+
 SCENARIOS = {
     "light": light,
     "saturated": saturated,
@@ -120,6 +171,9 @@ SCENARIOS = {
     "mooncake": mooncake,
     "servegen_mix": servegen_mix,
     "mixture_shaped": mixture_shaped,
+    "colocated": colocated,
+    "closed_colocated": closed_colocated,
+    "closed_pd": closed_pd,
 }
 
 

@@ -22,9 +22,16 @@ LAYERS: list[tuple[str, ...]] = [
         "prfaas_env.hardware",
         "prfaas_env.architecture",
         "prfaas_env.costmodel",
+    ),
+    # calibration: the cost model's fit, and its end-to-end validation replaying measured
+    # benchmarks through the simulator
+    (
+        "prfaas_env.sim",
+        "prfaas_env.traces",
+        "prfaas_env.workloads",
+        "prfaas_env.suite",
         "prfaas_env.calibration",
     ),
-    ("prfaas_env.sim", "prfaas_env.traces", "prfaas_env.workloads", "prfaas_env.suite"),
     ("prfaas_env.observation",),
     ("prfaas_env.env", "prfaas_env.policies"),
     (

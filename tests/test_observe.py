@@ -68,6 +68,16 @@ def reference_view(sim: VecSimulator, staleness_s: float = 0.0) -> dict[str, np.
     wait = np.maximum(st.p_free - now[:, None], 0.0)
     cols: dict[str, list[np.ndarray]] = {}
     for c in pcl:
+        if S.cl_nc[c]:  # co-located engines (docs of prfaas_env.sim.view)
+            ranks = slice(S.cl_r0[c], S.cl_r0[c] + S.cl_nc[c] * S.cl_ranks[c])
+            engines = slice(S.cl_c0[c], S.cl_c0[c] + S.cl_nc[c])
+            end = st.k_end[:, engines]
+            cols.setdefault("queued_requests", []).append(st.k_nq[:, ranks].sum(1).astype(float))
+            cols.setdefault("queued_tokens", []).append(st.k_qtok[:, ranks].sum(1).astype(float))
+            to_end = np.where(np.isfinite(end), np.maximum(end - now[:, None], 0.0), 0.0)
+            cols.setdefault("wait_s", []).append(to_end.min(1))
+            cols.setdefault("busy_fraction", []).append(np.isfinite(end).mean(1))
+            continue
         sl = slice(S.cl_p0[c], S.cl_p0[c] + S.cl_np[c])
         cols.setdefault("queued_requests", []).append(st.p_nq[:, sl].sum(1).astype(float))
         cols.setdefault("queued_tokens", []).append(st.p_qtok[:, sl].sum(1))
@@ -94,6 +104,22 @@ def reference_view(sim: VecSimulator, staleness_s: float = 0.0) -> dict[str, np.
     view["bytes_in_flight"] = left[:, used]
     view["flows"] = flows[:, used]
     for c in topo.decode_index:
+        if S.cl_nc[c]:
+            ranks = slice(S.cl_r0[c], S.cl_r0[c] + S.cl_nc[c] * S.cl_ranks[c])
+            engines = slice(S.cl_c0[c], S.cl_c0[c] + S.cl_nc[c])
+            seqs, blocks = S.cl_max_seqs[c], S.cl_kv_blocks[c]
+            run, free, wl_ = st.k_nrun[:, ranks], st.k_free[:, ranks], st.k_w_len[:, ranks]
+            nr = run.shape[1]
+            cols.setdefault("free_slots", []).append((seqs - run).sum(1) / (seqs * nr))
+            cols.setdefault("kv_used", []).append((blocks - free).sum(1) / (blocks * nr))
+            queue = (wl_ - st.k_nq[:, ranks]).sum(1)
+            cols.setdefault("admission_queue", []).append(queue.astype(float))
+            room = (run + wl_ < seqs).any(1)
+            soonest = np.maximum(st.k_end[:, engines].min(1) - now, 0.0)
+            cols.setdefault("admission_wait_s", []).append(
+                np.where(room, 0.0, np.minimum(soonest, 1e6))
+            )
+            continue
         sl = slice(S.cl_d0[c], S.cl_d0[c] + S.cl_nd[c])
         mb = S.cl_max_batch[c]
         nd = st.d_n[:, sl]

@@ -1,47 +1,37 @@
-"""Request-by-request replay of measured vLLM runs through a continuous-batching engine.
+"""Request-by-request replay of measured vLLM runs in the simulator's co-located engine.
 
 LLMServingSim's validation runs (``bench/examples/<GPU>/<model>/``: ``vllm/meta.json`` with
 the engine settings, ``vllm/requests.jsonl`` with each request's lengths and timestamps,
-``validation/summary.txt`` with LLMServingSim's own errors) are replayed here with the cost
-model: requests arrive at their measured times and an engine schedules them as vLLM's V1
-scheduler does:
-
-* each step first serves the running requests in admission order (one token for a decoding
-  request, the next chunk for one still prefilling), then admits waiting requests first come
-  first served while the step's token budget (``max_num_batched_tokens``), the sequence
-  limit (``max_num_seqs``) and free KV blocks allow; a prompt longer than the remaining
-  budget is prefilled in chunks over several steps;
-* KV blocks (``block_size`` tokens) are allocated as tokens are scheduled; when a running
-  request needs a block and none is free, the most recently admitted request is preempted
-  (its blocks freed, its prompt recomputed later);
-* the step that completes a prompt emits its first token; each later step one more;
-* data-parallel ranks (the expert-parallel MoE run) each schedule their own batch, new
-  requests go to the rank with the fewest requests, and ranks step together (expert
-  parallelism synchronises them), each step lasting as long as the slowest rank's;
-* a step costs :meth:`~prfaas_env.costmodel.CostModel.mixed_step_time_s`'s composition: the
-  non-attention work of all its tokens, the attention of each prefill chunk after its cached
-  tokens, the decode attention of the batch, and the serving overhead of one step.
+``validation/summary.txt`` with LLMServingSim's own errors) are replayed with
+:mod:`prfaas_env.sim`: a topology of one co-located engine with the run's settings
+(``max_num_seqs``, ``max_num_batched_tokens``, KV blocks of ``block_size`` tokens, as many as
+the run recorded or as memory holds, its tensor / data / expert parallelism) and a trace
+workload of the run's requests at their measured arrival times. The engine schedules them as
+vLLM's V1 scheduler does (docs/simulator.md: continuous batching, chunked prefill, KV blocks
+allocated as tokens are scheduled, recompute preemption, data-parallel ranks stepping
+together) with step times from the cost model (``mixed_step_time_s``'s composition).
 
 Prefix caching is on in the runs, but the request files carry no prompt content or block
-hashes, so no prefix hits are modelled (each prompt is computed in full).
-
-This engine is the validation's stand-in for the simulator's co-located instance: the same
-settings drive both, and :func:`replay` is the boundary where one replaces the other.
+hashes, so no prefix hits are modelled (each prompt is computed in full). The runs drive vLLM
+in process (no HTTP server): the serving overhead's per-request term is left out.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prfaas_env.costmodel import CostModel, ServingOverhead, ServingSpec
-from prfaas_env.costmodel.serving import fitted_overhead
+from prfaas_env.costmodel import ServingSpec
+from prfaas_env.sim.costs import tables_for
+from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.scenario import Scenario, parse_scenario
+from prfaas_env.sim.traces import Trace
+from prfaas_env.sim.workload import Workload
 
 # Run folder name -> catalog names; meta.json names the checkpoint and the GPU.
 RUN_MODELS = {
@@ -50,6 +40,7 @@ RUN_MODELS = {
     "Qwen/Qwen3-30B-A3B-Instruct-2507": "qwen3-30b-a3b",
 }
 RUN_GPUS = {"RTX4090": "rtx-4090", "RTXPRO6000": "rtx-pro-6000"}
+MEMORY_FRACTION = 0.9  # vLLM's gpu_memory_utilization (the runs keep the default)
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ class EngineSettings:
     Attributes:
         max_num_seqs: running requests per engine (data-parallel rank).
         max_num_batched_tokens: tokens per step per engine.
-        kv_blocks: KV-cache blocks per engine.
+        kv_blocks: KV-cache blocks per engine (-1: not recorded; from memory).
         block_tokens: tokens per KV block.
         data_parallel: engines (data-parallel ranks) stepping together.
     """
@@ -69,142 +60,6 @@ class EngineSettings:
     kv_blocks: int
     block_tokens: int = 16
     data_parallel: int = 1
-
-
-@dataclass
-class _Req:
-    idx: int
-    arrival: float
-    prompt: int
-    output: int
-    computed: int = 0  # tokens whose KV is in the cache
-    generated: int = 0
-    blocks: int = 0
-    first: float = float("nan")
-    last: float = float("nan")
-
-    @property
-    def prefilling(self) -> bool:
-        return self.computed < self.prompt
-
-
-@dataclass
-class _Engine:
-    free_blocks: int
-    waiting: deque = field(default_factory=deque)
-    running: list = field(default_factory=list)
-
-
-def _step_cost(cm: CostModel, ov: ServingOverhead, chunks: list, decodes: list) -> float:
-    """Seconds of one engine step: prefill ``chunks`` [(tokens, cached)] and ``decodes``
-    [tokens held] on one data-parallel rank."""
-    ranks = float(cm.serving.attention_dp)
-    b = float(len(decodes))
-    p = float(sum(n for n, _ in chunks))
-    t = float(cm.non_attention_time_s(np.array(p + b)))
-    if chunks:
-        n = np.array([x for x, _ in chunks], float)
-        c = np.array([y for _, y in chunks], float)
-        t += float(
-            np.sum(np.maximum(cm.prefill_time_continuous_s(n, c) - cm.non_attention_time_s(n), 0.0))
-        )
-    if decodes:
-        inst = np.array(b * ranks)
-        dec = cm.decode_step_time_continuous_s(inst, np.array(float(sum(decodes)) * ranks))
-        dec = float(dec) - float(cm.overhead.step_time_s(b))
-        t += max(dec - float(cm.non_attention_time_s(np.array(b))), 0.0)
-    return t + float(ov.step_time_s(b))
-
-
-def replay(
-    arrivals_s: np.ndarray,
-    prompt_tokens: np.ndarray,
-    output_tokens: np.ndarray,
-    cm: CostModel,
-    settings: EngineSettings,
-    overhead: ServingOverhead,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Replay requests through the engine; returns (first-token time, last-token time), s.
-
-    ``overhead.request_s`` is added to every first-token time (and to the last token's)
-    after the engine emits it.
-    """
-    reqs = [
-        _Req(i, float(a), int(p), max(int(o), 1))
-        for i, (a, p, o) in enumerate(zip(arrivals_s, prompt_tokens, output_tokens, strict=True))
-    ]
-    order = sorted(reqs, key=lambda r: r.arrival)
-    engines = [_Engine(settings.kv_blocks) for _ in range(settings.data_parallel)]
-    bt, budget0 = settings.block_tokens, settings.max_num_batched_tokens
-    now, nxt, done = 0.0, 0, 0
-    while done < len(reqs):
-        while nxt < len(order) and order[nxt].arrival <= now:
-            eng = min(engines, key=lambda e: len(e.waiting) + len(e.running))
-            eng.waiting.append(order[nxt])
-            nxt += 1
-        if all(not e.waiting and not e.running for e in engines):
-            now = order[nxt].arrival
-            continue
-        plans = [_schedule(e, settings, bt, budget0) for e in engines]
-        t = max(_step_cost(cm, overhead, ch, dec) for ch, dec, _ in plans)
-        now += t
-        for e, (_, _, sched) in zip(engines, plans, strict=True):
-            for r, n in sched:
-                was_prefill = r.prefilling
-                r.computed += n
-                if was_prefill and not r.prefilling:
-                    r.generated = 1
-                    r.first = now
-                elif not was_prefill:
-                    r.generated += 1
-                if not r.prefilling and r.generated >= r.output:
-                    r.last = now
-                    e.running.remove(r)
-                    e.free_blocks += r.blocks
-                    r.blocks = 0
-                    done += 1
-    first = np.array([r.first for r in reqs]) + overhead.request_s
-    last = np.array([r.last for r in reqs]) + overhead.request_s
-    return first, last
-
-
-def _schedule(e: _Engine, s: EngineSettings, bt: int, budget: int):
-    """One step's plan for engine ``e``: (prefill chunks, decode contexts, [(req, tokens)])."""
-    sched: list[tuple[_Req, int]] = []
-    preempted = False
-    i = 0
-    while i < len(e.running) and budget > 0:
-        r = e.running[i]
-        n = min(r.prompt - r.computed, budget) if r.prefilling else 1
-        need = -(-(r.computed + n) // bt) - r.blocks
-        while need > e.free_blocks and e.running[-1] is not r:
-            victim = e.running.pop()
-            e.free_blocks += victim.blocks
-            victim.blocks, victim.computed, victim.generated = 0, 0, 0
-            e.waiting.appendleft(victim)
-            preempted = True
-        if need > e.free_blocks:
-            break
-        e.free_blocks -= need
-        r.blocks += need
-        budget -= n
-        sched.append((r, n))
-        i += 1
-    while e.waiting and budget > 0 and len(e.running) < s.max_num_seqs and not preempted:
-        r = e.waiting[0]
-        n = min(r.prompt - r.computed, budget)
-        need = -(-(r.computed + n) // bt) - r.blocks
-        if need > e.free_blocks:
-            break
-        e.waiting.popleft()
-        e.running.append(r)
-        e.free_blocks -= need
-        r.blocks += need
-        budget -= n
-        sched.append((r, n))
-    chunks = [(n, r.computed) for r, n in sched if r.prefilling]
-    decodes = [r.computed + 1 for r, _ in sched if not r.prefilling]
-    return chunks, decodes, sched
 
 
 # ---- the measured runs ----------------------------------------------------------------------
@@ -300,48 +155,101 @@ def _metrics(ttft: np.ndarray, tpot: np.ndarray, lat: np.ndarray) -> dict[str, f
     }
 
 
+def run_scenario(run: Run) -> Scenario:
+    """The run's engine and requests as a simulator scenario (see the module docstring)."""
+    st = run.settings
+    sv = run.serving
+    serving: dict[str, Any] = {"backend": sv.backend, "tp": sv.tp, "attention_dp": sv.attention_dp}
+    if sv.moe_ep is not None:
+        serving.update(moe_tp=sv.moe_tp, moe_ep=sv.moe_ep)
+    engine: dict[str, Any] = {
+        "datacenter": "dc",
+        "role": "colocated",
+        "gpu": run.gpu,
+        "gpus_per_instance": run.gpus,
+        "instances": 1,
+        "max_num_seqs": st.max_num_seqs,
+        "max_num_batched_tokens": st.max_num_batched_tokens,
+        "kv_block_tokens": st.block_tokens,
+        "memory_fraction": MEMORY_FRACTION,
+        "serving": serving,
+    }
+    if st.kv_blocks > 0:
+        engine["kv_blocks"] = st.kv_blocks
+    order = np.argsort(run.arrivals_s, kind="stable")
+    out = np.maximum(run.output_tokens[order], 1)
+    raw = {
+        "topology": {"model": run.model, "datacenters": ["dc"], "clusters": {"engine": engine}},
+        # checked with the longest request; the trace below replaces it
+        "workload": {
+            "kind": "synthetic",
+            "arrival": {"process": "poisson", "rate_rps": 1.0},
+            "input": {"distribution": "fixed", "tokens": int(run.prompt_tokens.max())},
+            "output": {"distribution": "fixed", "tokens": int(out.max())},
+        },
+    }
+    sc = parse_scenario(raw, f"llmservingsim run {run.name}")
+    n = len(order)
+    trace = Trace(
+        name=run.name,
+        arrival_s=run.arrivals_s[order],
+        input_tokens=run.prompt_tokens[order],
+        output_tokens=out,
+        block_offsets=np.zeros(n + 1, np.int64),
+        block_ids=np.zeros(0, np.int64),
+        block_tokens=sc.topology.block_tokens,
+        source=run.name,
+    )
+    return replace(sc, workload=Workload(kind="trace", trace=trace, random_start=False))
+
+
+def replay(run: Run) -> dict[str, np.ndarray]:
+    """Replay ``run`` in the simulator; per request (in arrival order) TTFT, TPOT (NaN for
+    one output token) and latency, s, and whether the cost model had backend data."""
+    sc = run_scenario(run)
+    tables = tables_for(sc.topology)
+    tables = replace(tables, request_s=np.zeros_like(tables.request_s))  # in-process engine
+    n = len(sc.workload.trace)
+    sim = VecSimulator(sc, 1, record=n, tables=tables)
+    sim.reset(seed=0)
+    route = np.zeros(1, np.int64)
+    for _ in range(n):
+        sim.step(route, checked=True)
+    sim.drain()
+    rec = sim.records(0)
+    out = rec["output_tokens"]
+    first, last = rec["first_token_s"], rec["finish_s"]
+    return {
+        "ttft_s": first - rec["arrival_s"],
+        "tpot_s": np.where(out > 1, (last - first) / np.maximum(out - 1, 1), np.nan),
+        "latency_s": last - rec["arrival_s"],
+        "covered": np.array(sc.topology.cost_models()[0].backend_tables is not None),
+        "kv_blocks": np.array(int(sim.static.cl_kv_blocks[0])),
+    }
+
+
 def validate_run(run: Run) -> dict[str, Any]:
     """Replay ``run`` and compare with its measurements (times in ms in the table)."""
-    cm = CostModel(
-        run.model,
-        run.gpu,
-        run.gpus,
-        serving=run.serving,
-        mode="agg",
-        where=f"llmservingsim run {run.name}",
-    )
-    covered = cm.backend_tables is not None
-    ov = fitted_overhead("vllm", "agg") if covered else cm.overhead
-    # The runs drive vLLM in process (no HTTP server): the per-request term is left out.
-    ov_run = ServingOverhead(
-        request_s=0.0,
-        step_s=ov.step_s,
-        per_sequence_step_s=ov.per_sequence_step_s,
-        source=ov.source + " (per-request term left out: in-process engine, no HTTP server)",
-    )
-    settings = run.settings
-    if settings.kv_blocks < 0:  # not recorded: from memory, as vLLM sizes it
-        cap = cm.kv_capacity_bytes(0.9) / settings.data_parallel
-        per_token = float(cm.kv_bytes(np.array(1))) - float(cm.kv_bytes(np.array(0)))
-        blocks = int(cap / per_token) // settings.block_tokens
-        settings = EngineSettings(**{**settings.__dict__, "kv_blocks": blocks})
-    first, last = replay(run.arrivals_s, run.prompt_tokens, run.output_tokens, cm, settings, ov_run)
-    out = run.output_tokens
-    ttft = first - run.arrivals_s
-    tpot = np.where(out > 1, (last - first) / np.maximum(out - 1, 1), np.nan)
+    got = replay(run)
     meas = _metrics(run.ttft_s, run.tpot_s, run.latency_s)
-    pred = _metrics(ttft, tpot, last - run.arrivals_s)
+    pred = _metrics(got["ttft_s"], got["tpot_s"], got["latency_s"])
     table = [
         (k, 1e3 * meas[k], 1e3 * pred[k], pred[k] / meas[k] - 1.0, run.theirs.get(k, "—"))
         for k in meas
     ]
-    src = cm.describe()["decode"]
+    covered = bool(got["covered"])
+    if covered:
+        from prfaas_env.costmodel import CostModel
+
+        cm = CostModel(run.model, run.gpu, run.gpus, serving=run.serving, mode="agg")
+        src = cm.describe()["decode"]
+        source = "vllm backend (" + src.split(": ", 2)[-1].split(",")[0] + ")"
+    else:
+        source = "fitted roofline (no backend data for this GPU)"
     return {
         "backend_covered": covered,
-        "source": ("vllm backend (" + src.split(": ", 2)[-1].split(",")[0] + ")")
-        if covered
-        else "fitted roofline (no backend data for this GPU)",
-        "kv_blocks": settings.kv_blocks,
+        "source": source,
+        "kv_blocks": int(got["kv_blocks"]),
         "ttft_p90_error": pred["TTFT P90"] / meas["TTFT P90"] - 1.0,
         "ttft_mean_error": pred["TTFT Mean"] / meas["TTFT Mean"] - 1.0,
         "tpot_mean_error": pred["TPOT Mean"] / meas["TPOT Mean"] - 1.0,

@@ -7,39 +7,35 @@ and decode pools), each with its parallelism and precision, and the measured mea
 TPOT.
 
 Each distinct configuration (rows repeated over measurement dates are merged, their median
-kept) whose model and GPU the catalog covers is predicted by :func:`replay_row`: the cost
-model of the row's configuration (measured backend, fitted serving overhead) composed with
-the closed loop the benchmark ran. :func:`replay_row` is the one place the replay lives;
-the simulator's closed-loop co-located replay can take its place row by row.
+kept) whose model and GPU the catalog covers is replayed by :func:`replay_row` in the
+simulator, as the benchmark ran it:
 
-The closed loop, per attention rank (``c`` requests in flight, prompt ``I``, output ``O``):
+* a closed loop at the row's concurrency (each completion starts the next request; the
+  clients' first requests start together, or spread over a ramp), ``BENCHMARK_WAVES`` times
+  the concurrency requests of the row's prompt and output lengths, and the means of TTFT and
+  TPOT over them;
+* aggregated rows on one co-located engine (:mod:`prfaas_env.sim`: continuous batching with
+  chunked prefill in a budget of ``TOKEN_BUDGET`` tokens, KV blocks from
+  ``MEMORY_FRACTION`` of memory, the row's attention data-parallel ranks stepping together);
+* disaggregated rows on a PD cluster whose prefill and decode pools have the row's
+  parallelism and numbers of workers (each prefill rank prefills one request at a time, KV
+  over the GPUs' NICs, decode instances of the row's batch);
+* the cost model of the row's configuration (measured backend, the row's precision) with the
+  serving overhead under test (:class:`~prfaas_env.costmodel.ServingOverhead`).
 
-* Little's law ties the arrival rate to the time a request spends in the system:
-  ``lambda = c / (TTFT + (O - 1) * TPOT)``.
-* Aggregated: every engine step decodes the running sequences and prefills, on average,
-  ``p = lambda * I * T`` prompt tokens (chunked by the token budget ``K``); the step time ``T``
-  is :meth:`~prfaas_env.costmodel.CostModel.mixed_step_time_s` of that mix, and TPOT is ``T``.
-  A new request waits for the step in flight (``T / 2``), queues behind other prompts in the
-  budget (M/D/1 wait at ``rho = p / K``) and then prefills ``ceil(I / K)`` chunks.
-  When ``p`` would exceed ``K`` the loop is prefill-bound: ``lambda = K / (I * T)`` and TTFT
-  follows from Little's law.
-* Disaggregated: TPOT is the decode step of the row's decode batch; prefill ranks serve
-  requests at ``mu`` per second (their prefill time); TTFT adds the M/D/c wait at
-  ``rho = lambda / mu`` (Sakasegawa's approximation), the KV transfer and the decode steps
-  before the first token; when ``rho`` would reach 1 the loop is prefill-bound and TTFT
-  follows from Little's law.
-* Both add the fitted serving overhead (:class:`~prfaas_env.costmodel.ServingOverhead`).
+The simulator is the one timing model: the environment, the reference simulator and this
+validation run the same dynamics.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import statistics
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +44,9 @@ from prfaas_env.costmodel import CostModel, ServingOverhead, ServingSpec
 from prfaas_env.costmodel.serving import NO_OVERHEAD
 from prfaas_env.errors import ConfigError
 from prfaas_env.hardware import get_gpu, gpu_names
+from prfaas_env.sim.costs import tables_for
+from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.scenario import parse_scenario
 
 # Checkpoints the measurements name that the catalog models under another name (the same
 # architecture; the precision columns of the row say how it was served).
@@ -61,6 +60,7 @@ CHECKPOINT_ALIASES = {
 }
 TOKEN_BUDGET = 8192  # tokens per engine step (max_num_tokens / max_num_batched_tokens)
 MEMORY_FRACTION = 0.9  # share of GPU memory for weights and KV (gpu_memory_utilization)
+KV_BLOCK_TOKENS = 16  # tokens per KV block (vLLM's default block size)
 # Requests a benchmark run sends, in multiples of its concurrency. All requests of the first
 # multiple start at once (a wave that queues for prefill); later ones are spread out by it.
 BENCHMARK_WAVES = 10
@@ -293,144 +293,120 @@ def cost_models(row: SiliconRow) -> tuple[dict[str, CostModel], str]:
     raise ConfigError(f"{row.configuration}: no backend data: {last}")
 
 
-# ---- the closed-loop replay ------------------------------------------------------------------
+# ---- the replay in the simulator -----------------------------------------------------------
 @dataclass(frozen=True)
 class Prediction:
-    """Predicted mean TTFT and TPOT of a row, s, and the loop's regime."""
+    """Mean TTFT and TPOT of a replayed row, s, and the loop's regime."""
 
     ttft_s: float
     tpot_s: float
-    regime: str  # "open": prefill keeps up; "prefill-bound": queues build before prefill
+    regime: str  # "queued": requests waited longer for their prefill than it took; "open"
 
 
-def _f(x: np.ndarray | float) -> float:
-    return float(np.asarray(x).reshape(-1)[0])
+def _serving(cm: CostModel) -> dict[str, Any]:
+    """The ``serving:`` mapping of a cost model's configuration."""
+    sv = cm.serving
+    out: dict[str, Any] = {
+        "backend": sv.backend,
+        "version": sv.version or "current",
+        "tp": sv.tp,
+        "pp": sv.pp,
+        "attention_dp": sv.attention_dp,
+    }
+    for key in ("weights", "moe_weights", "kv_cache"):
+        if getattr(sv, key) is not None:
+            out[key] = getattr(sv, key)
+    if _moe(cm.model):
+        out["moe_tp"], out["moe_ep"] = sv.moe_tp, sv.moe_ep
+    return out
 
 
-def replay_row(row: SiliconRow, cms: dict[str, CostModel], overhead: ServingOverhead) -> Prediction:
-    """Predicted TTFT and TPOT of ``row`` (see the module docstring for the closed loop)."""
+def row_scenario(row: SiliconRow, cms: dict[str, CostModel]) -> dict[str, Any]:
+    """The scenario mapping of the benchmark that measured ``row`` (see the module
+    docstring)."""
     if row.mode == "agg":
-        return _replay_agg(row, cms["agg"], row.pools["agg"], overhead)
-    return _replay_disagg(row, cms["prefill"], cms["decode"], overhead)
+        pool, cm = row.pools["agg"], cms["agg"]
+        cluster: dict[str, Any] = {
+            "datacenter": "dc",
+            "role": "colocated",
+            "gpu": row.gpu,
+            "gpus_per_instance": pool.gpus,
+            "instances": 1,
+            "max_num_seqs": max(pool.batch * pool.pp, 1),
+            "max_num_batched_tokens": TOKEN_BUDGET,
+            "kv_block_tokens": KV_BLOCK_TOKENS,
+            "memory_fraction": MEMORY_FRACTION,
+            "serving": _serving(cm),
+        }
+    else:
+        pp, dp = row.pools["prefill"], row.pools["decode"]
+        cp, cd = cms["prefill"], cms["decode"]
+        cluster = {
+            "datacenter": "dc",
+            "role": "pd",
+            "gpu": row.gpu,
+            "gpus_per_instance": dp.gpus,
+            "prefill_instances": pp.workers,
+            "decode_instances": dp.workers,
+            "max_batch": max(dp.batch * dp.attention_dp, 1),
+            "memory_fraction": MEMORY_FRACTION,
+            "rdma_gbps": cp.gpu.nic_gbps * pp.gpus,
+            "serving": _serving(cd),
+            "prefill_pool": {"gpus_per_instance": pp.gpus, "serving": _serving(cp)},
+            "decode_pool": {"gpus_per_instance": dp.gpus, "serving": _serving(cd)},
+        }
+    return {
+        "topology": {"model": row.model, "datacenters": ["dc"], "clusters": {"bench": cluster}},
+        "workload": {
+            "kind": "synthetic",
+            "arrival": {"process": "closed_loop", "concurrency": row.concurrency},
+            "input": {"distribution": "fixed", "tokens": row.isl},
+            "output": {"distribution": "fixed", "tokens": row.osl},
+        },
+    }
 
 
-def _replay_agg(row: SiliconRow, cm: CostModel, pool: Pool, ov: ServingOverhead) -> Prediction:
-    c = pool.batch  # requests in flight per attention rank
-    i, o, k = float(row.isl), float(row.osl), float(TOKEN_BUDGET)
-    ctx = i + o / 2.0
-    ranks = float(pool.attention_dp)
-
-    def non(n: float) -> float:
-        return _f(cm.non_attention_time_s(np.array(n)))
-
-    pre_attn = max(_f(cm.prefill_time_continuous_s(np.array(i), np.array(0.0))) - non(i), 0.0)
-    pre_attn *= ov.prefill_scale
-
-    def step(p: float, b: float) -> float:
-        """One engine step of a rank: ``p`` prompt tokens and ``b`` decoding sequences."""
-        dec_attn = 0.0
-        if b > 0:
-            inst = np.array(b * ranks)
-            dec_attn = max(_f(cm.decode_step_time_continuous_s(inst, inst * ctx)) - non(b), 0.0)
-        kernels = non(p + b) + pre_attn * p / i + dec_attn
-        return ov.step_scale * kernels + _f(ov.step_time_s(b))
-
-    # KV memory bounds the requests that run at once; the others wait for a slot
-    per_request = _f(cm.kv_bytes(np.array(int(i + o / 2.0))))  # held on average
-    cap = cm.kv_capacity_bytes(MEMORY_FRACTION) / ranks
-    n = float(min(c, max(1, math.floor(cap / per_request))))
-    chunks = math.ceil(i / k)
-    first = min(i, k)
-    ttft, tpot = 0.0, step(0.0, n)
-    regime = "open"
-    for _ in range(200):
-        cycle = ttft + (o - 1.0) * tpot
-        lam = n / max(cycle, 1e-9)
-        p = lam * i * tpot
-        b = n * (o - 1.0) * tpot / max(cycle, 1e-9)  # sequences in their decode phase
-        if p >= k:
-            regime = "prefill-bound"
-            t = step(k, max(b, 0.0))
-            lam = k / (i * t)
-            new_tpot = t
-            new_ttft = max(n / lam - (o - 1.0) * t, 0.0)
-        else:
-            regime = "open"
-            t = step(p, b)
-            rho = p / k
-            t_full = step(first, b)
-            wait = t / 2.0 + rho / (2.0 * (1.0 - rho)) * t_full
-            new_tpot = t
-            new_ttft = ov.request_s + wait + chunks * t_full
-        if abs(new_ttft - ttft) < 1e-7 and abs(new_tpot - tpot) < 1e-9:
-            break
-        ttft = 0.5 * ttft + 0.5 * new_ttft
-        tpot = 0.5 * tpot + 0.5 * new_tpot
-    cycle = ttft + (o - 1.0) * tpot
-    steady = ttft + (c - n) / n * cycle  # requests beyond the KV limit wait for completions
-    if n < c:
-        regime = "memory-bound"
-    # the first wave: every request of the benchmark starts at once and prefills in turn
-    t_k = step(k, 0.0)
-    pos = np.arange(1, c + 1, dtype=float)
-    done = np.where(
-        pos <= n,
-        np.ceil(np.minimum(pos, n) * i / k) * t_k,
-        np.ceil(n * i / k) * t_k + np.ceil((pos - n) / n) * cycle,
+def _with_overhead(cm: CostModel, overhead: ServingOverhead) -> CostModel:
+    """``cm``'s configuration with another serving overhead."""
+    return CostModel(
+        cm.model, cm.gpu, cm.gpus, serving=cm.serving, overhead=overhead, where="silicon row"
     )
-    wave = ov.request_s + float(np.mean(done))
-    return Prediction((wave + (BENCHMARK_WAVES - 1) * steady) / BENCHMARK_WAVES, tpot, regime)
 
 
-def _mdc_wait(rho: float, servers: int, service_s: float) -> float:
-    """Mean wait in an M/D/c queue (Sakasegawa's M/M/c approximation, halved for
-    deterministic service), s."""
-    if rho <= 0:
-        return 0.0
-    mmc = rho ** (math.sqrt(2.0 * (servers + 1.0)) - 1.0) / (servers * (1.0 - rho)) * service_s
-    return 0.5 * mmc
-
-
-def _replay_disagg(
-    row: SiliconRow, cp: CostModel, cd: CostModel, ov: ServingOverhead
+def replay_row(
+    row: SiliconRow, cms: dict[str, CostModel], overhead: ServingOverhead, ramp_s: float = 0.0
 ) -> Prediction:
-    pp, dp = row.pools["prefill"], row.pools["decode"]
-    i, o = float(row.isl), float(row.osl)
-    ctx = i + o / 2.0
-    batch = float(dp.batch * dp.attention_dp)  # sequences per decode instance
-    tpot = ov.step_scale * _f(
-        cd.decode_step_time_continuous_s(np.array(batch), np.array(batch * ctx))
-    ) + _f(ov.step_time_s(float(dp.batch)))
-    # one prefill rank prefills its batch of requests at once
-    bp = float(pp.batch)
-    non_i = _f(cp.non_attention_time_s(i))
-    t_one = _f(cp.prefill_time_continuous_s(np.array(i), np.array(0.0)))
-    t_batch = _f(cp.non_attention_time_s(bp * i)) + bp * max(t_one - non_i, 0.0)
-    ranks = pp.workers * pp.attention_dp
-    mu = ranks * bp / t_batch  # requests per second the prefill pool sustains
-    nic = cp.gpu.nic_gbps * 1e9 / 8.0 * pp.gpus
-    transfer = _f(cp.kv_bytes(np.array(int(i)))) / nic
-    t_batch *= ov.prefill_scale
-    base = ov.request_s + t_batch + transfer + ov.first_token_decode_steps * tpot
-    c = float(row.concurrency)
-    ttft, regime = base, "open"
-    for _ in range(200):
-        lam = c / (ttft + (o - 1.0) * tpot)
-        rho = lam / mu
-        if rho >= 0.98:
-            regime = "prefill-bound"
-            new = max(c / mu - (o - 1.0) * tpot, base)
-        else:
-            regime = "open"
-            new = base + _mdc_wait(rho, ranks, t_batch / bp)
-        if abs(new - ttft) < 1e-7:
-            break
-        ttft = 0.5 * ttft + 0.5 * new
-    # the first wave: all requests reach the prefill ranks at once
-    waves = math.ceil(c / (ranks * bp))
-    first_wave = base + t_batch * (waves - 1) / 2.0
-    ttft = (first_wave + (BENCHMARK_WAVES - 1) * ttft) / BENCHMARK_WAVES
-    return Prediction(ttft, tpot, regime)
+    """Replay ``row``'s benchmark in the simulator (see the module docstring) with the cost
+    models ``cms`` (one per pool) and serving ``overhead``, the clients' first requests
+    spread evenly over ``ramp_s`` seconds (0: all together). Raises ConfigError when the
+    configuration does not fit (weights or the longest request's KV cache)."""
+    where = f"silicon row {row.configuration} isl {row.isl} osl {row.osl} c {row.concurrency}"
+    raw = row_scenario(row, cms)
+    raw["workload"]["arrival"]["ramp_s"] = float(ramp_s)
+    sc = parse_scenario(raw, where)
+    if row.mode == "agg":
+        tables = tables_for(sc.topology, [_with_overhead(cms["agg"], overhead)])
+    else:
+        tables = tables_for(
+            sc.topology,
+            [_with_overhead(cms["prefill"], overhead)],
+            [_with_overhead(cms["decode"], overhead)],
+        )
+    n = BENCHMARK_WAVES * row.concurrency
+    sim = VecSimulator(sc, 1, record=n, tables=tables)
+    sim.reset(seed=0)
+    route = np.zeros(1, np.int64)
+    for _ in range(n):
+        sim.step(route, checked=True)
+    sim.drain()
+    rec = sim.records(0)
+    first, finish, arrival = rec["first_token_s"], rec["finish_s"], rec["arrival_s"]
+    ttft = first - arrival
+    tpot = (finish - first) / max(row.osl - 1, 1)
+    wait = rec["prefill_start_s"] - arrival
+    prefill = rec["prefill_end_s"] - rec["prefill_start_s"]
+    regime = "queued" if float(np.mean(wait)) > float(np.mean(prefill)) else "open"
+    return Prediction(float(np.mean(ttft)), float(np.mean(tpot)), regime)
 
 
 def with_overhead(ov: ServingOverhead, **changes: float) -> ServingOverhead:

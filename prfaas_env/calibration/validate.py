@@ -10,13 +10,14 @@ Usage::
 Three checks (needs the ``aic`` extra, aiconfigurator-core, for the first two):
 
 1. **silicon**: every distinct configuration of aiconfigurator-core's ``silicon_sample.csv``
-   whose model and GPU the catalog covers, replayed as the benchmark ran it (closed loop at
-   the row's concurrency; :func:`prfaas_env.calibration.silicon.replay_row`). The serving
-   overhead is fitted to these rows; the errors reported are leave-one-configuration-out
-   (each configuration predicted by a fit that did not see it).
+   whose model and GPU the catalog covers, replayed in the simulator as the benchmark ran it
+   (closed loop at the row's concurrency; :func:`prfaas_env.calibration.silicon.replay_row`).
+   The benchmark's ramp and the serving overhead are fitted to these rows
+   (:func:`fit_protocol`); the errors reported are leave-one-configuration-out (each
+   configuration predicted by a fit that did not see it).
 2. **llmservingsim**: the four measured vLLM 0.19 runs of LLMServingSim
    (``--llmservingsim DIR``; default ``../shared/data/groundtruth/llmservingsim`` beside the
-   checkout), replayed request by request through a continuous-batching engine
+   checkout), replayed request by request in the simulator's co-located engine
    (:mod:`prfaas_env.calibration.colocated`).
 3. **table5**: the paper's Table 5 (prefill time and KV size on 8 x H200) from the shipped
    cost model.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import defaultdict
@@ -41,7 +43,7 @@ import numpy as np
 
 from prfaas_env.calibration.fit import REPORT, read_csv, replace_validation_section
 from prfaas_env.costmodel import CostModel, ServingOverhead
-from prfaas_env.costmodel.serving import NO_OVERHEAD, OVERHEAD_FILE
+from prfaas_env.costmodel.serving import NO_OVERHEAD, OVERHEAD_FILE, reload_overheads
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "validation.json"
@@ -69,73 +71,75 @@ def _stats(errs: list[float]) -> dict[str, float]:
 
 
 # ---- 1. silicon rows ---------------------------------------------------------------------------
-def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares ``x @ b ~ y`` over ``b >= 0`` for two or three columns (active sets)."""
-    best, best_loss = np.zeros(x.shape[1]), float(np.sum(y**2))
-    cols = range(x.shape[1])
-    for mask in range(1, 2 ** x.shape[1]):
-        idx = [j for j in cols if mask >> j & 1]
-        sol, *_ = np.linalg.lstsq(x[:, idx], y, rcond=None)
-        if np.any(sol < 0):
-            continue
-        b = np.zeros(x.shape[1])
-        b[idx] = sol
-        loss = float(np.sum((x @ b - y) ** 2))
-        if loss < best_loss:
-            best, best_loss = b, loss
-    return best
+# The benchmark protocol's one free parameter: over what fraction of the cycle (TTFT plus
+# decode, from the replay with every client starting together) the clients' first requests
+# are spread. 0 keeps the first wave together; real benchmarks drift apart from it.
+RAMPS = (0.0, 0.05, 0.2, 1.0)
 
 
-def fit_overhead(samples: list[dict[str, Any]], mode: str, source: str) -> ServingOverhead:
-    """Fit the serving-overhead terms to kernel-only replays of measured rows.
+def _median_rel(pred: np.ndarray, meas: np.ndarray) -> float:
+    return float(np.median(np.abs(pred / meas - 1.0)))
 
-    ``samples``: per row ``tpot_kernel_s`` and ``ttft_kernel_s`` (replay without overhead),
-    ``batch`` (decoding sequences per rank) and the measured ``tpot_s`` and ``ttft_s``.
 
-    * ``step_s``: non-negative, least absolute relative TPOT error,
-      ``|(tpot_kernel + step) / tpot - 1|`` (``per_sequence_step_s`` stays 0 and
-      ``step_scale`` 1: see the comment in the code);
-    * ``request_s``: median over the rows of ``ttft - scale * ttft_kernel`` (less the decode
-      steps before the first token), at least 0;
-    * ``first_token_decode_steps``: 1 for disaggregated serving (the decode instance emits
-      the first token after the KV cache arrives), 0 for aggregated.
+def fit_protocol(
+    samples: list[dict[str, Any]], mode: str, source: str
+) -> tuple[float, ServingOverhead]:
+    """Fit the benchmark's ramp and the serving overhead to replays of measured rows.
+
+    ``samples``: per row ``ttft_kernel_s`` and ``tpot_kernel_s`` (lists over :data:`RAMPS`:
+    replays without overhead) and the measured ``tpot_s`` and ``ttft_s``.
+
+    * the ramp fraction of :data:`RAMPS` and ``request_s`` (at least 0, the median of
+      ``ttft - ttft_kernel`` at that ramp) together minimise the median absolute relative
+      TTFT error;
+    * ``step_s``: non-negative, least absolute relative TPOT error at that ramp,
+      ``|(tpot_kernel + step) / tpot - 1|`` (``per_sequence_step_s`` stays 0, ``step_scale``
+      1: a free multiplier on the databases' kernel times traded off against the additive
+      terms, and the per-sequence term cannot be told apart from the kernels' own growth with
+      the batch on these rows);
+    * ``first_token_decode_steps``: 1 for disaggregated serving (the simulator's PD model
+      emits the first token after one decode step), 0 for aggregated (informative).
     """
     if not samples:
-        return NO_OVERHEAD
-    m = np.array([s["tpot_s"] for s in samples])
-    tk = np.array([s["tpot_kernel_s"] for s in samples])
-    b = np.array([s["batch"] for s in samples], float)
-    # Only additive terms are fitted: a free multiplier on the databases' kernel times traded
-    # off against them and settled on values (0.2-0.6) no physical account supports.
-    # The per-sequence term cannot be told apart from the kernels' own growth with the
-    # batch on these rows, so it stays 0.
-    r = m - tk
-    w = np.ones_like(m)
+        return 0.0, NO_OVERHEAD
+    m = np.array([x["ttft_s"] for x in samples])
+    best = (np.inf, 0, 0.0)
+    for r in range(len(RAMPS)):
+        k = np.array([x["ttft_kernel_s"][r] for x in samples])
+        d = max(float(np.median(m - k)), 0.0)
+        err = _median_rel(k + d, m)
+        if err < best[0] - 1e-12:
+            best = (err, r, d)
+    _, r, request_s = best
+    mt = np.array([x["tpot_s"] for x in samples])
+    tk = np.array([x["tpot_kernel_s"][r] for x in samples])
+    res = mt - tk
+    w = np.ones_like(mt)
     step_s = 0.0
     for _ in range(50):  # least absolute relative error (iteratively reweighted)
-        step_s = max(float(np.sum(w * r / m**2) / np.sum(w / m**2)), 0.0)
-        w = 1.0 / np.sqrt(np.maximum(np.abs((tk + step_s) / m - 1.0), 1e-3))
-    scale, per_seq = 1.0, 0.0
-    del b
-    first = 1 if mode == "disagg" else 0
-    res = [
-        s["ttft_s"]
-        - scale * s["ttft_kernel_s"]
-        - first * (scale * s["tpot_kernel_s"] + step_s + per_seq * s["batch"])
-        for s in samples
-    ]
-    return ServingOverhead(
-        request_s=max(float(np.median(res)), 0.0),
-        step_s=float(step_s),
-        per_sequence_step_s=float(per_seq),
-        first_token_decode_steps=first,
-        step_scale=float(scale),
+        step_s = max(float(np.sum(w * res / mt**2) / np.sum(w / mt**2)), 0.0)
+        w = 1.0 / np.sqrt(np.maximum(np.abs((tk + step_s) / mt - 1.0), 1e-3))
+    return RAMPS[r], ServingOverhead(
+        request_s=request_s,
+        step_s=step_s,
+        first_token_decode_steps=1 if mode == "disagg" else 0,
         source=source,
     )
 
 
+def _reason(exc: Exception) -> str:
+    """Why a row was not replayed, without the row's own numbers (to count alike reasons)."""
+    text = str(exc)
+    for cut in (": no backend data: ", "topology.clusters.bench: ", "topology.clusters.bench."):
+        if cut in text:
+            text = text.split(cut, 1)[1]
+            break
+    return re.sub(r"\d+(\.\d+)?", "#", text)[:140]
+
+
 def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Replay the silicon rows; returns (results, fitted overhead per backend/mode)."""
+    """Replay the silicon rows in the simulator; returns (results, fitted overhead per
+    backend/mode)."""
     from prfaas_env.calibration import silicon
     from prfaas_env.costmodel import aic
 
@@ -143,61 +147,73 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
     path = aic.silicon_sample_path()
     rows, skipped = silicon.load_rows(path)
     t0 = time.perf_counter()
-    usable, failed, notes = [], defaultdict(int), defaultdict(int)
+    failed: dict[str, int] = defaultdict(int)
+    notes: dict[str, int] = defaultdict(int)
+    usable: list[tuple[Any, dict[str, CostModel]]] = []
     kernel: list[dict[str, Any]] = []
-    for k, row in enumerate(rows):
+
+    def progress(what: str, k: int, n: int) -> None:
+        if verbose and k % 250 == 0:
+            print(f"  silicon {what}: {k}/{n}, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    for k, row in enumerate(rows):  # replays without overhead, every client starting at once
+        progress("replays without overhead", k, len(rows))
         try:
             cms, note = silicon.cost_models(row)
-        except Exception as exc:  # a configuration the backend cannot build is counted
-            failed[str(exc).split(": no backend data: ")[-1][:140]] += 1
+            pred0 = silicon.replay_row(row, cms, NO_OVERHEAD)
+        # the backend cannot build it (its estimator may raise anything), or it does not fit
+        except Exception as exc:
+            failed[_reason(exc)] += 1
             continue
         if note:
             notes[note] += 1
-        pred0 = silicon.replay_row(row, cms, NO_OVERHEAD)
-        pool = row.pools.get("agg") or row.pools["decode"]
         usable.append((row, cms))
         kernel.append(
             {
-                "tpot_kernel_s": pred0.tpot_s,
-                "ttft_kernel_s": pred0.ttft_s,
-                "batch": float(pool.batch),
+                "ttft_kernel_s": [pred0.ttft_s],
+                "tpot_kernel_s": [pred0.tpot_s],
+                "cycle_s": pred0.ttft_s + (row.osl - 1) * pred0.tpot_s,
                 "tpot_s": row.tpot_s,
                 "ttft_s": row.ttft_s,
                 "config": row.configuration,
                 "fit_group": f"{row.backend}/{row.mode}",
             }
         )
-        if verbose and k % 100 == 0:
-            print(
-                f"  silicon: {k}/{len(rows)} rows, {time.perf_counter() - t0:.0f} s",
-                file=sys.stderr,
-            )
+    for ramp in RAMPS[1:]:  # the same with the first requests spread
+        for k, ((row, cms), x) in enumerate(zip(usable, kernel, strict=True)):
+            progress(f"replays with ramp {ramp}", k, len(usable))
+            p = silicon.replay_row(row, cms, NO_OVERHEAD, ramp * x["cycle_s"])
+            x["ttft_kernel_s"].append(p.ttft_s)
+            x["tpot_kernel_s"].append(p.tpot_s)
     src = f"fitted to aiconfigurator-core {aic.installed_version()} silicon_sample.csv"
-    groups = sorted({s["fit_group"] for s in kernel})
+    groups = sorted({x["fit_group"] for x in kernel})
     fitted = {
-        g: fit_overhead(
-            [s for s in kernel if s["fit_group"] == g], g.split("/")[1], f"{src} ({g} rows)"
+        g: fit_protocol(
+            [x for x in kernel if x["fit_group"] == g], g.split("/")[1], f"{src} ({g} rows)"
         )
         for g in groups
     }
     # leave one configuration out: refit without the row's configuration
-    loo: dict[str, ServingOverhead] = {}
+    loo: dict[str, tuple[float, ServingOverhead]] = {}
     per_row = []
-    for (row, cms), s in zip(usable, kernel, strict=True):
-        key = f"{s['fit_group']}|{s['config']}"
+    for k, ((row, cms), x) in enumerate(zip(usable, kernel, strict=True)):
+        progress("replays held out and in sample", k, len(usable))
+        key = f"{x['fit_group']}|{x['config']}"
         if key not in loo:
             train = [
-                t for t in kernel if t["fit_group"] == s["fit_group"] and t["config"] != s["config"]
+                t for t in kernel if t["fit_group"] == x["fit_group"] and t["config"] != x["config"]
             ]
             if len({t["config"] for t in train}) < 3:  # too few: pool over backends of the mode
                 train = [
                     t
                     for t in kernel
-                    if t["fit_group"].endswith(row.mode) and t["config"] != s["config"]
+                    if t["fit_group"].endswith(row.mode) and t["config"] != x["config"]
                 ]
-            loo[key] = fit_overhead(train, row.mode, "held out")
-        held = silicon.replay_row(row, cms, loo[key])
-        fit_in = silicon.replay_row(row, cms, fitted[s["fit_group"]])
+            loo[key] = fit_protocol(train, row.mode, "held out")
+        ramp, ov = loo[key]
+        held = silicon.replay_row(row, cms, ov, ramp * x["cycle_s"])
+        ramp_in, ov_in = fitted[x["fit_group"]]
+        fit_in = silicon.replay_row(row, cms, ov_in, ramp_in * x["cycle_s"])
         per_row.append(
             {
                 "model": row.model,
@@ -214,8 +230,9 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
                 "tpot_pred_s": held.tpot_s,
                 "ttft_in_sample_s": fit_in.ttft_s,
                 "tpot_in_sample_s": fit_in.tpot_s,
-                "ttft_kernel_s": s["ttft_kernel_s"],
-                "tpot_kernel_s": s["tpot_kernel_s"],
+                "ttft_kernel_s": x["ttft_kernel_s"][0],
+                "tpot_kernel_s": x["tpot_kernel_s"][0],
+                "ramp_fraction": ramp,
                 "regime": held.regime,
             }
         )
@@ -226,11 +243,12 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
             "distinct_configurations_skipped": skipped,
             "not_replayed": dict(failed),
             "precision_substitutions": dict(notes),
+            "ramp_fraction": {g: r for g, (r, _) in fitted.items()},
             "seconds": time.perf_counter() - t0,
             "per_row": per_row,
         }
     )
-    return res, {g: o.to_json() for g, o in fitted.items()}
+    return res, {g: o.to_json() for g, (_, o) in fitted.items()}
 
 
 def _silicon_summary(per_row: list[dict[str, Any]]) -> dict[str, Any]:
@@ -373,6 +391,13 @@ def render(results: dict[str, Any]) -> str:
             f"{_met(t5['max_abs_error'] <= TARGETS['table5'])} |"
         )
     L.append("")
+    L.append(
+        "The H20 has no public measurement and no backend database: it keeps the derived "
+        "model (H100 kernel efficiencies on the H20's spec-sheet peaks, with the nearest "
+        "measured end-to-end fit; docs/costmodel.md, 'The H20'), whose prefill may be off by "
+        "tens of percent and decode by about the fitted ranges, with nothing to bound them."
+    )
+    L.append("")
     if si.get("rows"):
         L += _render_silicon(si)
     if ls:
@@ -398,13 +423,19 @@ def _render_silicon(si: dict[str, Any]) -> list[str]:
     L = ["### aiconfigurator silicon measurements", ""]
     L.append(
         f"{si['file']}: {si['rows']} distinct configurations replayed (repeats of a "
-        "configuration merged, median kept). Each is predicted with the measured backend at "
-        "the row's parallelism and precision (its `current` database version), composed with "
-        "the closed loop the benchmark ran (`prfaas_env/calibration/silicon.py`: Little's law, "
-        "chunked prefill in the step budget for aggregated rows, prefill and decode pools for "
-        "disaggregated ones) and the fitted serving overhead. Errors are leave one "
-        "configuration out: the overhead that predicts a row was fitted without the rows of "
-        "its configuration (model, GPU, backend, mode, precision, parallelism)."
+        "configuration merged, median kept). Each is replayed in the simulator as the "
+        "benchmark ran it (`prfaas_env/calibration/silicon.py`): a closed loop at the row's "
+        "concurrency, ten times that many requests of the row's lengths; aggregated rows on "
+        "one co-located engine (continuous batching, chunked prefill in a budget of 8192 "
+        "tokens, KV blocks from 90 % of memory, attention data-parallel ranks stepping "
+        "together), disaggregated rows on a PD cluster with the row's prefill and decode "
+        "pools; step times from the measured backend at the row's parallelism and precision "
+        "(its `current` database version). Two things are fitted per backend and mode: over "
+        "what share of the cycle the clients' first requests are spread (0: all together; "
+        "0.05, 0.2 or 1 of the cycle replayed with them together) and the serving overhead "
+        "(a per-request delay before the first token, a time per step). Errors are leave one "
+        "configuration out: what predicts a row was fitted without the rows of its "
+        "configuration (model, GPU, backend, mode, precision, parallelism)."
     )
     L.append("")
     L += [
@@ -414,7 +445,7 @@ def _render_silicon(si: dict[str, Any]) -> list[str]:
     for label, d in (
         ("held out (reported)", si),
         ("in sample", si["in_sample"]),
-        ("kernels only (no overhead)", si["kernel_only"]),
+        ("kernels only (no overhead, first requests together)", si["kernel_only"]),
     ):
         tt, tp = d["ttft"], d["tpot"]
         L.append(
@@ -456,19 +487,20 @@ def _render_silicon(si: dict[str, Any]) -> list[str]:
             L.append(f"- {v}: {k}")
         L.append("")
     ov = si.get("overhead", {})
+    ramps = si.get("ramp_fraction", {})
     if ov:
         L += [
-            "Fitted serving overhead (all rows; `prfaas_env/calibration/serving_overhead.json`):",
+            "Fitted on all rows (the serving overhead in "
+            "`prfaas_env/calibration/serving_overhead.json`, the ramp in the results):",
             "",
-            "| backend / mode | request ms | step scale | step ms | per sequence µs | "
+            "| backend / mode | first requests spread over | request ms | step ms | "
             "first-token decode steps |",
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|",
         ]
         for g, o in sorted(ov.items()):
             L.append(
-                f"| {g} | {o['request_s'] * 1e3:.1f} | {o['step_scale']:.3f} | "
-                f"{o['step_s'] * 1e3:.2f} | {o['per_sequence_step_s'] * 1e6:.1f} | "
-                f"{o['first_token_decode_steps']} |"
+                f"| {g} | {ramps.get(g, 0.0):g} of the cycle | {o['request_s'] * 1e3:.1f} | "
+                f"{o['step_s'] * 1e3:.2f} | {o['first_token_decode_steps']} |"
             )
         L.append("")
     return L
@@ -479,10 +511,12 @@ def _render_llmservingsim(ls: dict[str, Any]) -> list[str]:
     if "skipped" in ls:
         return [*L, ls["skipped"], ""]
     L.append(
-        "Each run's 300 requests replayed at their measured arrival times through a "
-        "continuous-batching engine with the run's settings (`prfaas_env/calibration/"
-        "colocated.py`); LLMServingSim's own error on the same run (its "
-        "`validation/summary.txt`) beside ours."
+        "Each run's 300 requests replayed at their measured arrival times in the simulator's "
+        "co-located engine with the run's settings (`prfaas_env/calibration/colocated.py`: "
+        "max_num_seqs, max_num_batched_tokens, KV blocks as recorded or from memory, "
+        "tensor, data and expert parallelism; no serving overhead per request: the runs drive "
+        "the engine in process); LLMServingSim's own error on the same run (its "
+        "`validation/summary.txt`) beside ours. Nothing is fitted to these runs."
     )
     L.append("")
     L += [
@@ -537,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         silicon_res, overhead = silicon_section(verbose=not args.json)
         silicon_res["overhead"] = overhead
-        if not args.no_write:
+        if not args.no_write:  # what the cost models read from now on
             OVERHEAD_FILE.write_text(
                 json.dumps(
                     {"source": silicon_res["file"], "overhead": overhead}, indent=1, sort_keys=True
@@ -545,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                 + "\n",
                 encoding="utf-8",
             )
+            reload_overheads()
         if args.rows is not None:
             args.rows.write_text(json.dumps(silicon_res["per_row"], indent=1), encoding="utf-8")
         results = {

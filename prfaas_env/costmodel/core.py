@@ -375,14 +375,20 @@ class CostModel:
         """Time of the weight, expert and communication work of one pass over ``tokens``
         tokens (everything but attention), s; 0 for no tokens.
 
-        From the backend where it answers; otherwise a decode step of ``tokens`` sequences
-        holding one token each (attention negligible).
+        From the backend where it answers; otherwise the lesser of a decode step of
+        ``tokens`` sequences holding one token each (attention negligible) and a prefill of
+        ``tokens`` tokens (the fitted decode model charges every sequence a per-sequence
+        cost that a pass over prompt tokens does not pay: for more than a few hundred tokens
+        the prefill is the closer account of the weight work).
         """
         n = np.asarray(tokens, dtype=np.float64)
         if self.backend_tables is not None:
             t = self.overhead.step_scale * self.backend_tables.non_attention_s(n)
             return np.where(n > 0, t, 0.0)
-        return self.decode_step_time_continuous_s(n, n)
+        return np.minimum(
+            self.decode_step_time_continuous_s(n, n),
+            self.prefill_time_continuous_s(n, np.zeros_like(n)),
+        )
 
     def mixed_step_time_s(
         self,

@@ -258,6 +258,9 @@ class ServingOverhead:
         step_scale: measured engine-step time over the kernel databases' step time (the
             databases are of one backend version; the measurements of others).
         prefill_scale: the same for the attention work of prefill.
+        frontend_s: time the serving frontend (HTTP, tokenisation) spends on each request
+            before the engine sees it, one request at a time (the simulator queues requests
+            for it at a co-located cluster), s.
         source: where the values come from (fit and its data, or "none").
     """
 
@@ -267,6 +270,7 @@ class ServingOverhead:
     first_token_decode_steps: int = 0
     step_scale: float = 1.0
     prefill_scale: float = 1.0
+    frontend_s: float = 0.0
     source: str = "none: no serving overhead (kernel or fitted end-to-end times only)"
 
     def step_time_s(self, batch: Any) -> Any:
@@ -287,6 +291,11 @@ def _overhead_doc(path: str) -> dict[str, Any]:
     if not p.is_file():
         return {}
     return json.loads(p.read_text(encoding="utf-8"))
+
+
+def reload_overheads() -> None:
+    """Forget the fitted overheads read so far (after the fit rewrote their file)."""
+    _overhead_doc.cache_clear()
 
 
 def fitted_overhead(

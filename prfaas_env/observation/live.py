@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 from prfaas_env.observation.derive import derive_params, place
 from prfaas_env.observation.encoder import ObservationEncoder
 from prfaas_env.observation.routes import RouteTable
-from prfaas_env.sim.costs import MAX_PROMPT_TOKENS, CostTables, build_tables
+from prfaas_env.sim.costs import MAX_PROMPT_TOKENS, CostTables, tables_for
 from prfaas_env.sim.jit import entry_point
 from prfaas_env.sim.topology import Topology
 
@@ -208,7 +208,7 @@ class LiveState:
         self.admission_control = admission_control
         self._nominal_gbps = np.array(topology.route_channel_gbps())
         if tables is None:
-            tables = build_tables(topology.cost_models(), [c.max_batch for c in topology.clusters])
+            tables = tables_for(topology)
         self.routes = RouteTable.from_topology(topology, admission_control)
         self.entities = {
             "prefill": list(self.encoder.prefill_clusters),

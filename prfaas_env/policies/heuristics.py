@@ -226,9 +226,7 @@ class CostAware(Policy):
         self.prefill_estimate = prefill_estimate
         topo = self.require_topology()
         models = topo.cost_models()
-        self._models = [
-            m for c, m in zip(topo.clusters, models, strict=True) if c.prefill_instances
-        ]
+        self._models = [models[i] for i in topo.prefill_index]
 
     def prefill_s(self, view: View) -> NDArray[np.float64]:
         """``[env, route]`` prefill seconds of the pending request on each route's cluster

@@ -27,7 +27,7 @@ from prfaas_env.sim import kernel
 from prfaas_env.sim import workload as wl
 from prfaas_env.sim.bandwidth import GBPS
 from prfaas_env.sim.cache import CacheState, clear_env, new_cache
-from prfaas_env.sim.costs import CostTables, build_tables
+from prfaas_env.sim.costs import CostTables, tables_for
 from prfaas_env.sim.jit import entry_point
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import (
@@ -92,18 +92,66 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
     topo = sc.topology
     cl = topo.clusters
     if tables is None:
-        tables = build_tables(topo.cost_models(), [c.max_batch for c in cl])
-    np_ = np.array([c.prefill_instances for c in cl], np.int64)
+        tables = tables_for(topo)
+    pre_models = topo.cost_models()
+    dec_models = topo.decode_cost_models()
+    # a prefill pool's attention data-parallel ranks each prefill their own requests
+    np_ = np.array(
+        [c.prefill_instances * m.prefill_parallelism for c, m in zip(cl, pre_models, strict=True)],
+        np.int64,
+    )
     nd = np.array([c.decode_instances for c in cl], np.int64)
     p0 = np.concatenate([[0], np.cumsum(np_)[:-1]]).astype(np.int64)
     d0 = np.concatenate([[0], np.cumsum(nd)[:-1]]).astype(np.int64)
+    nc = np.array([c.instances for c in cl], np.int64)
+    ranks = np.array(
+        [m.prefill_parallelism if c.colocated else 0 for c, m in zip(cl, dec_models, strict=True)],
+        np.int64,
+    )
+    c0 = np.concatenate([[0], np.cumsum(nc)[:-1]]).astype(np.int64)
+    r0 = np.concatenate([[0], np.cumsum(nc * ranks)[:-1]]).astype(np.int64)
+    co_cols = np.array(
+        [
+            (
+                c.max_num_seqs,
+                c.max_num_batched_tokens,
+                c.kv_block_tokens,
+                b,
+                topo.kv_fixed_blocks(c) if c.colocated else 0,
+            )
+            for c, b in zip(cl, topo.colocated_kv_blocks(), strict=True)
+        ],
+        np.int64,
+    ).reshape(len(cl), 5)
     ch_links = [topo.links[li] for li, _, _ in topo.channels]
     routes = topo.routes
     route = np.array([(r.prefill, r.decode, r.channel) for r in routes], np.int64).reshape(
         -1, len(ROUTE)
     )
-    cl_i = np.stack([p0, np_, d0, nd, [c.max_batch for c in cl]], axis=1).astype(np.int64)
-    cl_f = np.stack([[c.rdma_gbps * GBPS for c in cl], topo.decode_kv_capacity_bytes()], axis=1)
+    cl_i = np.concatenate(
+        [
+            np.stack([p0, np_, d0, nd, [c.max_batch for c in cl], c0, nc, r0, ranks], axis=1),
+            co_cols,
+        ],
+        axis=1,
+    ).astype(np.int64)
+    n_cl = len(cl)
+    request_s = tables.request_s if tables.request_s.size == n_cl else np.zeros(n_cl)
+    step_s = tables.co_step_s if tables.co_step_s.size == n_cl else np.zeros(n_cl)
+    seq_s = tables.co_seq_s if tables.co_seq_s.size == n_cl else np.zeros(n_cl)
+    frontend_s = tables.frontend_s if tables.frontend_s.size == n_cl else np.zeros(n_cl)
+    cl_f = np.stack(
+        [
+            [c.rdma_gbps * GBPS for c in cl],
+            topo.decode_kv_capacity_bytes(),
+            request_s,
+            step_s,
+            seq_s,
+            frontend_s,
+        ],
+        axis=1,
+    )
+    co_tables = _co_tables(tables, n_cl)
     ch_f = np.array(
         [
             (topo.channel_latency_s(i), np.inf if lk.process.is_constant else lk.process.step_s)
@@ -127,7 +175,20 @@ def build_static(sc: Scenario, tables: CostTables | None = None) -> Static:
         block_tokens=topo.block_tokens,
         ttft_slo_s=sc.ttft_slo_s,
         tpot_slo_s=sc.tpot_slo_s,
+        k_cluster=np.repeat(np.arange(len(cl)), nc).astype(np.int64),
+        co_na_log_t=co_tables[0],
+        co_pa_log_t=co_tables[1],
+        co_da_log_t=co_tables[2],
+        closed_loop=int(sc.workload.concurrency) if sc.workload.closed_loop else 0,
     )
+
+
+def _co_tables(tables: CostTables, clusters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The co-located step tables, one row per cluster (a row of zeros for each when the
+    tables have none: a topology without co-located clusters)."""
+    if tables.co_na_log_t.shape[0] == clusters:
+        return tables.co_na_log_t, tables.co_pa_log_t, tables.co_da_log_t
+    return np.zeros((clusters, 2)), np.zeros((clusters, 2, 2)), np.zeros((clusters, 2, 2))
 
 
 def env_seeds(seed: int | Sequence[int] | None, num_envs: int) -> list[int | None]:
@@ -173,7 +234,7 @@ class VecSimulator:
         self.num_envs = int(num_envs)
         topo = scenario.topology
         if tables is None:
-            tables = build_tables(topo.cost_models(), [c.max_batch for c in topo.clusters])
+            tables = tables_for(topo)
         self.static = build_static(scenario, tables)
         self.tables = tables
         self.workload_params = wl.params(scenario.workload, topo.block_tokens)
@@ -182,17 +243,30 @@ class VecSimulator:
         self._remote_routes = [i for i, r in enumerate(topo.routes) if r.channel >= 0]
         self._remote_channels = [topo.routes[i].channel for i in self._remote_routes]
         cl = topo.clusters
+        S = self.static
         dims = (
-            int(self.static.cl_np.sum()),
+            int(S.cl_np.sum()),
             len(topo.channels),
-            int(self.static.ch_cells.max()) if topo.channels else 1,
-            int(self.static.cl_nd.sum()),
-            max(c.max_batch for c in cl),
+            int(S.ch_cells.max()) if topo.channels else 1,
+            int(S.cl_nd.sum()),
+            max([c.max_batch for c in cl if c.role != "colocated"], default=1),
             len(cl),
             record,
+            int(S.cl_nc.sum()),
+            int((S.cl_nc * S.cl_ranks).sum()),
+            max([c.max_num_seqs for c in cl if c.colocated], default=0),
+            S.closed_loop,
         )
         self.state: State = new_state(self.num_envs, slots, *dims)
         self._fresh = new_state(1, 1, *dims)  # the values a reset env starts from
+        blocks = np.repeat(S.cl_kv_blocks, S.cl_nc * S.cl_ranks)
+        for st in (self.state, self._fresh):  # every rank's KV blocks start free
+            st.k_free[:] = blocks
+            if S.closed_loop:  # client i starts at i * ramp_s / concurrency
+                n = S.closed_loop
+                st.starts[:, :n] = np.arange(n) * (scenario.workload.ramp_s / n)
+                st.loop_n[:] = n
+                st.loop_next_t[:] = 0.0
         self.cache: CacheState = new_cache(self.num_envs, [c.prefix_cache_blocks for c in cl])
         w = scenario.workload
         self.workload_state = wl.new_state(self.num_envs, w.sessions, len(w.clients))
@@ -297,7 +371,8 @@ class VecSimulator:
             if name == "free":
                 a[e] = np.arange(a.shape[1] - 1, -1, -1)
             elif name in SLOT_ARRAYS:
-                a[e] = f[0, 0]
+                if a.shape[1]:  # slots without co-located fields have none to reset
+                    a[e] = f[0, 0]
             else:
                 a[e] = f[0]
         st.nfree[e] = st.free.shape[1]
@@ -499,6 +574,8 @@ class VecSimulator:
             out = np.maximum(out, st.d_t.max(1))
         if st.l_t.shape[1]:
             out = np.maximum(out, st.l_t.max(1))
+        if st.k_t.shape[1]:
+            out = np.maximum(out, st.k_t.max(1))
         return out
 
     def counters(self) -> NDArray[np.float64]:
@@ -559,7 +636,16 @@ class VecSimulator:
                 pre[:, c] = done_s[:, p0 : p0 + n_p].sum(1) / (n_p * t)
             if n_d:
                 dec[:, c] = seq_s[:, d0 : d0 + n_d].sum(1) / (n_d * S.cl_max_batch[c] * t)
-        out["prefill_utilisation"] = done_s.sum(1) / (S.cl_np.sum() * t)
+            c0, n_c = S.cl_c0[c], S.cl_nc[c]
+            if n_c:  # co-located engines: steps computing prompt tokens; running requests
+                pre[:, c] = st.k_pbusy[:, c0 : c0 + n_c].sum(1) / (n_c * t)
+                places = n_c * S.cl_ranks[c] * S.cl_max_seqs[c]
+                dec[:, c] = st.k_busy_int[:, c0 : c0 + n_c].sum(1) / (places * t)
+        if S.cl_nc.sum():
+            busy = done_s.sum(1) + st.k_pbusy.sum(1)
+            out["prefill_utilisation"] = busy / ((S.cl_np.sum() + S.cl_nc.sum()) * t)
+        else:
+            out["prefill_utilisation"] = done_s.sum(1) / (S.cl_np.sum() * t)
         out["prefill_utilisation_by_cluster"] = pre
         out["decode_slot_utilisation_by_cluster"] = dec
         return out

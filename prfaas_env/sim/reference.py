@@ -2,10 +2,11 @@
 
 It implements the model of docs/simulator.md as directly as possible (an ``OrderedDict`` per
 prefix cache, lists of flows with their remaining bytes, lists of decoding sequences with their
-remaining tokens) so that it can be read and checked by eye. It shares only the inputs with the
-fast engine: the workload sampler (same request stream), the drawn bandwidth series and the cost
-tables. The differential tests run both on the same seeds and routing decisions and compare
-every request's record.
+remaining tokens, co-located engines as lists of running requests and deques of waiting ones
+scheduled step by step) so that it can be read and checked by eye. It shares only the inputs
+with the fast engine: the workload sampler (same request stream), the drawn bandwidth series
+and the cost tables. The differential tests run both on the same seeds and routing decisions
+and compare every request's record.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prfaas_env.sim import workload as wl
-from prfaas_env.sim.costs import decode_step_time, kv_bytes, prefill_time
+from prfaas_env.sim.costs import CostTables, decode_step_time, kv_bytes, pass_time, prefill_time
 from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.sim.state import RECORD_FIELDS
@@ -71,6 +72,14 @@ class Req:
     dstart: float = math.nan
     first: float = math.nan
     finish: float = math.nan
+    # at a co-located engine: KV tokens computed, tokens of the sequence, outputs produced,
+    # KV blocks held, tokens scheduled in the step in flight
+    comp: int = 0
+    ntok: int = 0
+    gen: int = 0
+    blk: int = 0
+    sch: int = 0
+    handed: float = 0.0  # when a co-located cluster's frontend hands it to the engine
 
 
 @dataclass
@@ -109,13 +118,35 @@ class DecodeInst:
     step: float = 0.0
 
 
+@dataclass
+class Rank:
+    """One attention data-parallel rank of a co-located engine."""
+
+    free: int  # KV blocks
+    running: list[Req] = field(default_factory=list)
+    waiting: deque[Req] = field(default_factory=deque)
+
+
+@dataclass
+class Engine:
+    """A co-located engine: ranks stepping together."""
+
+    cluster: int
+    ranks: list[Rank]
+    end: float = math.inf  # end of the step in flight
+    start: float = 0.0
+    step: float = 0.0
+    scheduled: list[tuple[Req, int]] = field(default_factory=list)
+
+
 class ReferenceSimulator:
     """One env of ``scenario``, seeded with ``seed`` (same stream as env 0 of a VecSimulator
-    seeded ``seed``). Route requests with :meth:`step`; read records with :meth:`records`."""
+    seeded ``seed``; ``tables``: cost tables to use instead of the scenario's). Route requests
+    with :meth:`step`; read records with :meth:`records`."""
 
-    def __init__(self, scenario: Scenario, seed: int) -> None:
+    def __init__(self, scenario: Scenario, seed: int, tables: CostTables | None = None) -> None:
         # Borrow the engine's constants and its reset (same draws), not its dynamics.
-        self._vec = VecSimulator(scenario, 1)
+        self._vec = VecSimulator(scenario, 1, tables=tables)
         self._vec._reset_env(0, np.random.default_rng(seed))  # the same draws, no events
         S = self.S = self._vec.static
         self.wp = self._vec.workload_params
@@ -137,8 +168,17 @@ class ReferenceSimulator:
         ]
         self.decode = [DecodeInst(int(c)) for c in S.d_cluster]
         self.waiting: list[deque[Req]] = [deque() for _ in topo.clusters]
+        self.engines = [
+            Engine(int(c), [Rank(int(S.cl_kv_blocks[c])) for _ in range(int(S.cl_ranks[c]))])
+            for c in S.k_cluster
+        ]
+        self.frontend_free = [0.0] * len(topo.clusters)
+        self.closed = int(S.closed_loop)
+        # pending starts of a closed loop's clients (the engine's initial ones)
+        self.starts = [float(x) for x in self._vec._fresh.starts[0, : self.closed]]
         self.reqs: list[Req] = []
         self.now = 0.0
+        self.preemptions = 0  # requests a co-located engine preempted (for tests)
         self._draw()
 
     # ---- the request stream ----------------------------------------------------------------------
@@ -148,6 +188,11 @@ class ReferenceSimulator:
             int(wl.block_id(self.wp.tr_blocks, self.ws.wi, 0, b))
             for b in range(int(self.ws.req_nblocks[0]))
         ]
+        if self.closed:  # the next request starts when a client has seen its last token
+            self._run(math.inf, closed=True)
+            self.starts.sort()
+            self.now = self.starts.pop(0)
+            return
         self._run(float(self.ws.req_t[0]))
         self.now = float(self.ws.req_t[0])
 
@@ -168,6 +213,17 @@ class ReferenceSimulator:
         cached = self.cached_tokens(pc)
         for b in self.pending_blocks:
             self.caches[pc].access(b)
+        if S.cl_nc[pc]:  # a co-located cluster: its engines prefill and decode it
+            kv = kv_bytes(S.kv_fixed, S.kv_per_token, S.swa_per_token, S.swa_window, float(length))
+            nan = math.nan
+            req = Req(
+                len(self.reqs), self.now, route, length, out, cached, -1, nan, nan, nan, kv, 0
+            )
+            self.reqs.append(req)
+            self._co_join(pc, req, self.now, cached)
+            req.pinst = req.dinst
+            self._draw()
+            return
         unc = length - cached
         first = int(S.cl_p0[pc])
         insts = range(first, first + int(S.cl_np[pc]))
@@ -213,9 +269,11 @@ class ReferenceSimulator:
                 out.append((q[0].evt, lambda t, i=i: self._completed(i, t)))
         for d in self.decode:
             out.append((self._decode_done_time(d), lambda t, d=d: self._decode_done(d, t)))
+        for g in self.engines:
+            out.append((g.end, lambda t, g=g: self._co_step_end(g, t)))
         return out
 
-    def _run(self, t_end: float, until_idle: bool = False) -> None:
+    def _run(self, t_end: float, until_idle: bool = False, closed: bool = False) -> None:
         while True:
             if until_idle and all(not math.isnan(r.finish) for r in self.reqs):
                 return
@@ -223,6 +281,8 @@ class ReferenceSimulator:
             for t, action in self._events():
                 if t < best_t:
                     best_t, best_action = t, action
+            if closed and min(self.starts, default=math.inf) < best_t:
+                return
             if best_action is None or best_t > t_end:
                 return
             best_action(best_t)
@@ -283,6 +343,9 @@ class ReferenceSimulator:
     def _ready(self, req: Req, t: float) -> None:
         req.ready = t
         c = int(self.S.route_d[req.route])
+        if self.S.cl_nc[c]:  # KV prefilled elsewhere: the engine recomputes the last token
+            self._co_join(c, req, t, req.input - 1)
+            return
         d = self._pick(c, req) if not self.waiting[c] else None
         if d is None:
             self.waiting[c].append(req)
@@ -318,7 +381,7 @@ class ReferenceSimulator:
         self._restep(d)
         req.dinst = self.decode.index(d)
         req.dstart = t
-        req.first = t + d.step
+        req.first = t + d.step + self.S.cl_request_s[d.cluster]
 
     def _decode_done_time(self, d: DecodeInst) -> float:
         if not d.seqs:
@@ -334,13 +397,155 @@ class ReferenceSimulator:
         if not d.seqs:
             d.mem = 0.0
         self._restep(d)
-        s.req.finish = t
+        self._finished(s.req, t, d.cluster)
         c = d.cluster
         while self.waiting[c]:
             nxt = self._pick(c, self.waiting[c][0])
             if nxt is None:
                 break
             self._admit(nxt, self.waiting[c].popleft(), t)
+
+    def _finished(self, req: Req, t: float, c: int) -> None:
+        """``req`` made its last token at ``t`` (engine time) on cluster ``c``."""
+        req.finish = t
+        if self.closed:
+            self.starts.append(t + self.S.cl_request_s[c])
+
+    # co-located engines: vLLM's scheduler, step by step
+    def _co_join(self, c: int, req: Req, t: float, comp: int) -> None:
+        S = self.S
+        first = int(S.cl_c0[c])
+        engines = self.engines[first : first + int(S.cl_nc[c])]
+        ranks = [(r, g) for g in engines for r in g.ranks]
+        rank, g = min(ranks, key=lambda rg: len(rg[0].running) + len(rg[0].waiting))
+        req.comp, req.ntok, req.gen, req.blk, req.sch = comp, req.input, 0, 0, 0
+        # the frontend hands requests on one at a time
+        req.handed = max(t, self.frontend_free[c]) + float(S.cl_frontend_s[c])
+        self.frontend_free[c] = req.handed
+        rank.waiting.append(req)
+        req.dinst = self.engines.index(g) - first
+        if g.end == math.inf:  # an idle engine wakes: an empty step ending then
+            g.end, g.start, g.step, g.scheduled = req.handed, req.handed, 0.0, []
+
+    def _blocks(self, c: int, tokens: int) -> int:
+        S = self.S
+        if tokens <= 0:
+            return 0
+        return -(-tokens // int(S.cl_kv_bt[c])) + int(S.cl_fixed_blocks[c])
+
+    def _co_step_end(self, g: Engine, t: float) -> None:
+        S = self.S
+        c = g.cluster
+        req_s = float(S.cl_request_s[c])
+        for req, n in g.scheduled:
+            req.sch = 0
+            req.comp += n
+            if req.comp < req.ntok:
+                continue
+            req.gen += 1
+            req.ntok += 1
+            if req.gen == 1:  # the first token
+                req.dstart = g.start
+                req.first = t + req_s
+                if int(S.route_p[req.route]) == c:  # prefilled here
+                    req.end = t
+                    req.ready = t
+            if req.gen >= req.output:
+                rank = next(r for r in g.ranks if req in r.running)
+                rank.running.remove(req)
+                rank.free += req.blk
+                req.blk = 0
+                self._finished(req, t, c)
+        g.scheduled = []
+        step = 0.0
+        for rank in g.ranks:
+            step = max(step, self._co_schedule(g, rank, t))
+        if step > 0:
+            g.start, g.step, g.end = t, step, t + step
+        else:  # idle, or waiting for the first request still in the frontend
+            wake = min((r.waiting[0].handed for r in g.ranks if r.waiting), default=math.inf)
+            g.start, g.step, g.end = wake, 0.0, wake
+
+    def _co_schedule(self, g: Engine, rank: Rank, t: float) -> float:
+        """Schedule ``rank``'s part of the next step; returns its duration, s."""
+        S = self.S
+        c = g.cluster
+        budget = int(S.cl_budget[c])
+        chunks: list[tuple[int, int]] = []
+        decodes: list[int] = []
+        preempted = False
+        i = 0
+        while i < len(rank.running) and budget > 0:
+            req = rank.running[i]
+            n = min(req.ntok - req.comp, budget)
+            need = self._blocks(c, req.comp + n) - req.blk
+            lost = False
+            while need > rank.free:  # preempt the most recently admitted request
+                victim = rank.running.pop()
+                rank.free += victim.blk
+                victim.blk, victim.comp = 0, 0
+                rank.waiting.appendleft(victim)
+                preempted = True
+                self.preemptions += 1
+                if victim is req:
+                    lost = True
+                    break
+            if lost:
+                break
+            self._co_take(g, rank, req, n, need, chunks, decodes)
+            budget -= n
+            i += 1
+        while (
+            not preempted
+            and rank.waiting
+            and budget > 0
+            and len(rank.running) < int(S.cl_max_seqs[c])
+        ):
+            req = rank.waiting[0]
+            if req.handed > t:  # still in the frontend
+                break
+            n = min(req.ntok - req.comp, budget)
+            need = self._blocks(c, req.comp + n) - req.blk
+            if need > rank.free:
+                break
+            rank.waiting.popleft()
+            rank.running.append(req)
+            if math.isnan(req.start) and int(S.route_p[req.route]) == c:
+                req.start = t  # its prefill starts
+            self._co_take(g, rank, req, n, need, chunks, decodes)
+            budget -= n
+        if not chunks and not decodes:
+            return 0.0
+        tokens = sum(n for n, _ in chunks) + len(decodes)
+        attn = 0.0
+        for n, comp in chunks:
+            attn += prefill_time(S.co_pa_log_t[c], float(n), float(comp))
+        out = pass_time(S.co_na_log_t[c], float(tokens)) + attn + S.cl_step_s[c]
+        if decodes:
+            b = len(decodes)
+            out += decode_step_time(S.co_da_log_t[c], b, float(sum(decodes)))
+            out += S.cl_seq_s[c] * b
+        return out
+
+    def _co_take(
+        self,
+        g: Engine,
+        rank: Rank,
+        req: Req,
+        n: int,
+        need: int,
+        chunks: list[tuple[int, int]],
+        decodes: list[int],
+    ) -> None:
+        """Schedule ``n`` tokens of ``req`` in the step, with ``need`` more KV blocks."""
+        rank.free -= need
+        req.blk += need
+        req.sch = n
+        g.scheduled.append((req, n))
+        if n == 1 and req.gen >= 1:
+            decodes.append(req.comp + 1)
+        else:
+            chunks.append((n, req.comp))
 
     # ---- results ---------------------------------------------------------------------------------
     def records(self) -> dict[str, np.ndarray]:
@@ -350,6 +555,8 @@ class ReferenceSimulator:
         for r in self.reqs:
             pc = S.route_p[r.route]
             dc = S.route_d[r.route]
+            req_s = float(S.cl_request_s[dc])
+            co = bool(S.cl_nc[dc])
             rows.append(
                 (
                     r.arrival,
@@ -357,15 +564,15 @@ class ReferenceSimulator:
                     r.input,
                     r.output,
                     r.cached,
-                    r.pinst - S.cl_p0[pc],
+                    r.pinst if S.cl_nc[pc] else r.pinst - S.cl_p0[pc],
                     r.start,
                     r.end,
                     r.kv,
                     r.ready,
-                    r.dinst - S.cl_d0[dc] if r.dinst >= 0 else math.nan,
-                    r.dstart,
+                    r.dinst if co else (r.dinst - S.cl_d0[dc] if r.dinst >= 0 else math.nan),
+                    r.dstart + req_s,
                     r.first,
-                    r.finish,
+                    r.finish + req_s,
                 )
             )
         arr = np.array(rows, dtype=float).reshape(-1, len(RECORD_FIELDS))

@@ -91,7 +91,9 @@ def parse_scenario(data: dict[str, Any], where: str, base_dir: Path | None = Non
 
 
 def _check_capacity(topo: Topology, work: Workload, where: str) -> None:
-    """Every PD cluster must hold the weights and the longest request's KV on one instance."""
+    """Every PD cluster must hold the weights and the longest request's KV on one instance;
+    every co-located engine's rank must hold the longest request's KV blocks (else it could
+    never run)."""
     if work.trace is not None:
         longest = int((work.trace.input_tokens + work.trace.output_tokens).max())
     else:
@@ -99,6 +101,24 @@ def _check_capacity(topo: Topology, work: Workload, where: str) -> None:
     longest = min(longest, 2 * MAX_PROMPT_TOKENS)
     need = float(topo.model.kv_bytes_for(longest))
     caps = topo.decode_kv_capacity_bytes()
+    for c, blocks in zip(topo.clusters, topo.colocated_kv_blocks(), strict=True):
+        if not c.colocated:
+            continue
+        per_block = topo.kv_block_bytes(c)
+        fixed = topo.kv_fixed_blocks(c)
+        want = -(-longest // c.kv_block_tokens) + fixed if per_block > 0 else 1 + fixed
+        if blocks < want:
+            what = (
+                f"kv_blocks is {blocks}"
+                if c.kv_blocks
+                else f"its KV memory holds {blocks} blocks of {c.kv_block_tokens} tokens "
+                f"(memory_fraction {c.memory_fraction}, after the weights of {topo.model.name})"
+            )
+            raise ConfigError(
+                f"{where}: topology.clusters.{c.name}: {what} per rank, fewer than the "
+                f"longest request needs ({want} blocks for {longest} tokens); give more GPUs "
+                "per instance, a larger memory_fraction or kv_blocks"
+            )
     for c, cap in zip(topo.clusters, caps, strict=True):
         if c.role != "pd":
             continue

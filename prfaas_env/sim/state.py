@@ -7,8 +7,12 @@ grow (doubling) when an env runs out, between two steps.
 Fields of one entity and dtype are packed into one array (see :mod:`prfaas_env.sim.packing`):
 ``rf``/``ri`` per request slot, ``pf``/``pi`` per prefill instance, ``lf``/``li`` per link
 channel, ``df``/``di`` per decode instance, ``qi`` per decode cluster's admission queue,
-``ef``/``ei`` per env. The kernel addresses them with the ``F_*`` constants; Python code reads
-them by name (``state.r_arr``, ``state.p_free``, ...), as views.
+``ef``/``ei`` per env; for co-located engines ``ci`` per request slot, ``kf`` per engine and
+``ki`` per attention data-parallel rank (with ``k_run``, each rank's running requests in
+admission order), ``cf`` per request slot and ``fe_free`` per cluster (its serving frontend);
+for a closed-loop workload ``starts`` (the pending starts' times) and ``loop_f``/``loop_n``.
+The kernel addresses them with the ``F_*`` constants; Python code reads them by name
+(``state.r_arr``, ``state.p_free``, ...), as views.
 """
 
 from __future__ import annotations
@@ -67,20 +71,39 @@ class ROUTE(IntEnum):
 
 class CLI(IntEnum):
     """Per cluster (int): first/count of prefill instances, first/count of decode instances,
-    decode slots per instance."""
+    decode slots per instance; for a co-located cluster: first/count of engines, first rank,
+    attention data-parallel ranks per engine, running requests and tokens per step per rank,
+    KV block size (tokens), KV blocks per rank, blocks every sequence holds besides its
+    tokens' (0 for the other roles)."""
 
     P0 = 0
     NP = 1
     D0 = 2
     ND = 3
     MAX_BATCH = 4
+    C0 = 5
+    NC = 6
+    R0 = 7
+    RANKS = 8
+    MAX_SEQS = 9
+    BUDGET = 10
+    KV_BT = 11
+    KV_BLOCKS = 12
+    FIXED_BLOCKS = 13
 
 
 class CLF(IntEnum):
-    """Per cluster (float): RDMA bytes/s per node; KV bytes one decode instance holds."""
+    """Per cluster (float): RDMA bytes/s per node; KV bytes one decode instance holds; the
+    serving overhead per request (s, added to the first token's and the last token's times at
+    the decode side), and, for co-located engines, per step and per decoding sequence in a
+    step and the serial frontend's time per request (s)."""
 
     RDMA_BPS = 0
     KV_CAP = 1
+    REQUEST_S = 2
+    STEP_S = 3
+    SEQ_S = 4
+    FRONTEND_S = 5
 
 
 class CHF(IntEnum):
@@ -236,6 +259,65 @@ class QI(IntEnum):
     LEN = 2
 
 
+class CI(IntEnum):
+    """Per request slot, co-located engines (int32): tokens whose KV is computed, tokens of
+    the sequence (prompt and outputs so far), outputs produced, KV blocks held, tokens
+    scheduled in the step in flight, next slot in its rank's waiting list, its rank, and
+    whether its prefill has started (a local request) or it needs none (1)."""
+
+    COMP = 0
+    NTOK = 1
+    GEN = 2
+    BLK = 3
+    SCH = 4
+    NX_W = 5
+    RANK = 6
+    STARTED = 7
+
+
+class CF(IntEnum):
+    """Per request slot, co-located engines (float): when the serving frontend hands the
+    request to its engine (s)."""
+
+    READY = 0
+
+
+class KF(IntEnum):
+    """Per co-located engine (float): end of the step in flight (inf when idle), its start
+    and duration, the time busy integrals run to, running-request-seconds and seconds of
+    steps that computed prompt tokens; the step in flight's running requests and whether it
+    computes prompt tokens (1.0) or not."""
+
+    END = 0
+    START = 1
+    STEP = 2
+    T = 3
+    BUSY_INT = 4
+    PBUSY = 5
+    RUNS = 6  # running requests in the step in flight
+    PREFILL = 7  # 1 when the step in flight computes prompt tokens
+
+
+class KI(IntEnum):
+    """Per attention data-parallel rank of a co-located engine (int): running requests,
+    waiting list head, tail and length, free KV blocks, waiting requests whose prefill has
+    not started (local prompts) and their uncached tokens."""
+
+    NRUN = 0
+    W_HEAD = 1
+    W_TAIL = 2
+    W_LEN = 3
+    FREE = 4
+    NQ = 5
+    QTOK = 6
+
+
+class LOOP(IntEnum):
+    """Per env, closed-loop workload (float): time of the earliest pending start (inf: none)."""
+
+    NEXT_T = 0
+
+
 STATIC_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
     "route": (ROUTE, "route_"),
     "cl_i": (CLI, "cl_"),
@@ -254,6 +336,11 @@ STATE_LAYOUT: dict[str, tuple[type[IntEnum], str]] = {
     "df": (DF, "d_"),
     "di": (DI, "d_"),
     "qi": (QI, "q_"),
+    "ci": (CI, "c_"),
+    "cf": (CF, "c_"),
+    "kf": (KF, "k_"),
+    "ki": (KI, "k_"),
+    "loop_f": (LOOP, "loop_"),
 }
 
 # Initial value of each packed field (0 unless listed), by view name.
@@ -279,6 +366,12 @@ _INITIAL = {
     "d_next_s": -1,
     "q_head": -1,
     "q_tail": -1,
+    "c_nx_w": -1,
+    "c_rank": -1,
+    "k_end": INF,
+    "k_w_head": -1,
+    "k_w_tail": -1,
+    "loop_next_t": INF,
 }
 
 
@@ -287,9 +380,9 @@ class Static(NamedTuple):
     ``route_p/d/ch`` (per route), ``cl_p0/np/d0/nd/max_batch`` and
     ``cl_rdma_bps/kv_cap`` (per cluster), ``ch_latency_s/step_s`` (per channel)."""
 
-    route: NDArray[np.int64]  # [routes, 4]
-    cl_i: NDArray[np.int64]  # [clusters, 5]
-    cl_f: NDArray[np.float64]  # [clusters, 2]: RDMA bytes/s per node; KV bytes per instance
+    route: NDArray[np.int64]  # [routes, 3]
+    cl_i: NDArray[np.int64]  # [clusters, len(CLI)]
+    cl_f: NDArray[np.float64]  # [clusters, len(CLF)]
     ch_f: NDArray[np.float64]  # [channels, 2]: one-way latency s; bandwidth grid step s
     ch_cells: NDArray[np.int64]  # cells of one period of each channel's bandwidth series
     d_cluster: NDArray[np.int64]  # cluster of each decode instance
@@ -302,6 +395,11 @@ class Static(NamedTuple):
     block_tokens: int
     ttft_slo_s: float
     tpot_slo_s: float
+    k_cluster: NDArray[np.int64]  # cluster of each co-located engine
+    co_na_log_t: NDArray[np.float64]  # [cluster, nn] co-located non-attention table
+    co_pa_log_t: NDArray[np.float64]  # [cluster, nu, nc] prefill-chunk attention
+    co_da_log_t: NDArray[np.float64]  # [cluster, max_num_seqs + 1, nx] decode attention
+    closed_loop: int  # requests in flight of a closed-loop workload (0: open loop)
 
 
 class State(NamedTuple):
@@ -326,6 +424,15 @@ class State(NamedTuple):
     obs_prefill_s: NDArray[np.float64]  # [E, clusters] its unloaded prefill time there, s
     m_ttft_hist: NDArray[np.int32]  # [E, HIST_BINS]
     records: NDArray[np.float64]  # [E, N, fields] (N = 0 when not recording)
+    ci: NDArray[np.int32]  # [E, slots (0 without co-located engines), 8]
+    cf: NDArray[np.float64]  # [E, slots (0 without co-located engines), 1]
+    fe_free: NDArray[np.float64]  # [E, clusters] when each cluster's frontend is free, s
+    kf: NDArray[np.float64]  # [E, co-located engines, 8]
+    ki: NDArray[np.int64]  # [E, ranks, 7]
+    k_run: NDArray[np.int32]  # [E, ranks, max_num_seqs] running slots, admission order
+    starts: NDArray[np.float64]  # [E, concurrency (1 when open loop)] pending start times
+    loop_f: NDArray[np.float64]  # [E, 1]
+    loop_n: NDArray[np.int64]  # [E] pending starts
 
 
 add_views(Static, STATIC_LAYOUT)
@@ -335,7 +442,7 @@ _DTYPE = {"f": np.float64, "i": np.int64}
 # per-slot ints are int32: a slot's int fields then take 44 bytes (one or two cache lines)
 # instead of 88 (two or three); every value fits (slot indices, token counts, route indices,
 # request numbers below 2^31 per env)
-_ARRAY_DTYPE = {"ri": np.int32}
+_ARRAY_DTYPE = {"ri": np.int32, "ci": np.int32}
 
 
 def _packed(name: str, shape: tuple[int, ...]) -> NDArray:
@@ -356,8 +463,14 @@ def new_state(
     max_batch: int,
     clusters: int,
     record_capacity: int,
+    co_engines: int = 0,
+    co_ranks: int = 0,
+    co_seqs: int = 0,
+    loop: int = 0,
 ) -> State:
-    """Initial state; every queue empty, every slot free."""
+    """Initial state; every queue empty, every slot free. ``co_*``: co-located engines,
+    their ranks and running requests per rank (the slots' co-located fields exist only
+    when there are engines); ``loop``: requests in flight of a closed-loop workload."""
     e = num_envs
     st = State(
         ef=_packed("ef", (e,)),
@@ -379,12 +492,21 @@ def new_state(
         obs_prefill_s=np.zeros((e, clusters)),
         m_ttft_hist=np.zeros((e, HIST_BINS), np.int32),
         records=np.full((e, record_capacity, len(RECORD_FIELDS)), np.nan),
+        ci=_packed("ci", (e, slots if co_engines else 0)),
+        cf=_packed("cf", (e, slots if co_engines else 0)),
+        fe_free=np.zeros((e, clusters)),
+        kf=_packed("kf", (e, co_engines)),
+        ki=_packed("ki", (e, co_ranks)),
+        k_run=np.full((e, co_ranks, max(co_seqs, 1)), -1, np.int32),
+        starts=np.zeros((e, max(loop, 1))),
+        loop_f=_packed("loop_f", (e,)),
+        loop_n=np.zeros(e, np.int64),
     )
     st.nfree[:] = slots
     return st
 
 
-SLOT_ARRAYS = ("rf", "ri")
+SLOT_ARRAYS = ("rf", "ri", "ci", "cf")
 
 
 def grow_slots(st: State) -> State:
@@ -392,8 +514,11 @@ def grow_slots(st: State) -> State:
     e, r = st.free.shape
     out = st._asdict()
     for name in SLOT_ARRAYS:
+        old = getattr(st, name)
+        if old.shape[1] == 0:  # no co-located engines: the slots have no such fields
+            continue
         grown = _packed(name, (e, 2 * r))
-        grown[:, :r] = getattr(st, name)
+        grown[:, :r] = old
         out[name] = grown
     free = np.zeros((e, 2 * r), st.free.dtype)
     nf = st.nfree.copy()

@@ -35,6 +35,17 @@ admission_wait_s          decode     time until a slot frees up (0 when one is f
                                      at most 1e6), s
 ========================  =========  ==========================================================
 
+A co-located cluster is both a prefill and a decode entity. As a prefill entity its queue is
+the local prompts waiting at its engines whose prefill has not started (``queued_requests``,
+``queued_tokens``), ``wait_s`` is the time until the soonest engine step boundary (0 when an
+engine is idle: a new request is scheduled at the next boundary) and ``busy_fraction`` the
+share of engines with a step in flight. As a decode entity ``free_slots`` is the share of
+running-request places free (``max_num_seqs`` per rank), ``kv_used`` the share of KV blocks
+allocated, ``admission_queue`` the waiting requests that are not new local prompts (KV
+delivered from a prefill elsewhere, or preempted), and ``admission_wait_s`` 0 when some rank
+can take one more request, else the time until the soonest step boundary (when a request
+can finish and free a place).
+
 Beside the matrix: ``bandwidth_bps`` ``[env, channel]`` the usable bandwidth as measured at the
 last multiple of ``staleness_s`` (bytes/s; live when 0), ``mask`` ``[env, action]`` (a route
 over a channel whose live bandwidth is 0 is not allowed; actions after the routes, i.e.
@@ -60,6 +71,8 @@ from prfaas_env.sim.state import (
     DI,
     EF,
     EI,
+    KF,
+    KI,
     LF,
     LI,
     PF,
@@ -216,6 +229,9 @@ def fill_view(S: Static, ws: WorkloadState, st: State, V: ViewSpec, e: int) -> N
     out[e, c[IN_EWMA, 0]] = ewma if ewma == ewma else 0.0
     for j in range(V.prefill_clusters.shape[0]):
         cl = V.prefill_clusters[j]
+        if S.cl_i[cl, CLI.NC] > 0:
+            _co_prefill_view(S, st, V, e, j, cl, now)
+            continue
         p0 = S.cl_i[cl, CLI.P0]
         count = S.cl_i[cl, CLI.NP]
         nq = 0
@@ -249,6 +265,9 @@ def fill_view(S: Static, ws: WorkloadState, st: State, V: ViewSpec, e: int) -> N
         out[e, c[IN_FLOWS, 0] + j * c[IN_FLOWS, 1]] = st.li[e, ch, LI.N]
     for j in range(V.decode_clusters.shape[0]):
         cl = V.decode_clusters[j]
+        if S.cl_i[cl, CLI.NC] > 0:
+            _co_decode_view(S, st, V, e, j, cl, now)
+            continue
         d0 = S.cl_i[cl, CLI.D0]
         count = S.cl_i[cl, CLI.ND]
         mb = S.cl_i[cl, CLI.MAX_BATCH]
@@ -287,6 +306,66 @@ def write_counters(st: State, e: int, out: NDArray[np.float64]) -> None:
     out[e, 3] = st.ef[e, EF.W_AREA]
     out[e, 4] = st.ef[e, EF.M_OUT_TOKENS]
     out[e, 5] = st.ei[e, EI.M_REJECTED]
+
+
+@compiled_inline
+def _co_prefill_view(
+    S: Static, st: State, V: ViewSpec, e: int, j: int, cl: int, now: float
+) -> None:
+    """Prefill inputs of co-located cluster ``cl`` (entity ``j``; see the module docstring)."""
+    out = V.values
+    c = V.cols
+    r0 = S.cl_i[cl, CLI.R0]
+    nq = 0
+    qtok = 0
+    for g in range(r0, r0 + S.cl_i[cl, CLI.NC] * S.cl_i[cl, CLI.RANKS]):
+        nq += st.ki[e, g, KI.NQ]
+        qtok += st.ki[e, g, KI.QTOK]
+    wait = np.inf
+    busy = 0
+    c0 = S.cl_i[cl, CLI.C0]
+    for i in range(c0, c0 + S.cl_i[cl, CLI.NC]):
+        end = st.kf[e, i, KF.END]
+        wait = min(wait, max(end - now, 0.0) if end < np.inf else 0.0)
+        if end < np.inf:
+            busy += 1
+    out[e, c[IN_CACHED, 0] + j * c[IN_CACHED, 1]] = st.obs_cached[e, cl]
+    out[e, c[IN_PREFILL, 0] + j * c[IN_PREFILL, 1]] = st.obs_prefill_s[e, cl]
+    out[e, c[IN_QREQ, 0] + j * c[IN_QREQ, 1]] = nq
+    out[e, c[IN_QTOK, 0] + j * c[IN_QTOK, 1]] = qtok
+    out[e, c[IN_WAIT, 0] + j * c[IN_WAIT, 1]] = wait
+    out[e, c[IN_BUSY, 0] + j * c[IN_BUSY, 1]] = busy / S.cl_i[cl, CLI.NC]
+
+
+@compiled_inline
+def _co_decode_view(S: Static, st: State, V: ViewSpec, e: int, j: int, cl: int, now: float) -> None:
+    """Decode inputs of co-located cluster ``cl`` (entity ``j``; see the module docstring)."""
+    out = V.values
+    c = V.cols
+    r0 = S.cl_i[cl, CLI.R0]
+    nr = S.cl_i[cl, CLI.NC] * S.cl_i[cl, CLI.RANKS]
+    seqs = S.cl_i[cl, CLI.MAX_SEQS]
+    blocks = S.cl_i[cl, CLI.KV_BLOCKS]
+    free = 0
+    used = 0
+    queue = 0
+    room = False
+    for g in range(r0, r0 + nr):
+        free += seqs - st.ki[e, g, KI.NRUN]
+        used += blocks - st.ki[e, g, KI.FREE]
+        queue += st.ki[e, g, KI.W_LEN] - st.ki[e, g, KI.NQ]
+        room = room or st.ki[e, g, KI.NRUN] + st.ki[e, g, KI.W_LEN] < seqs
+    soonest = np.inf
+    c0 = S.cl_i[cl, CLI.C0]
+    for i in range(c0, c0 + S.cl_i[cl, CLI.NC]):
+        soonest = min(soonest, st.kf[e, i, KF.END])
+    out[e, c[IN_FREE, 0] + j * c[IN_FREE, 1]] = free / (seqs * nr)
+    out[e, c[IN_KV, 0] + j * c[IN_KV, 1]] = used / max(blocks * nr, 1)
+    out[e, c[IN_ADMQ, 0] + j * c[IN_ADMQ, 1]] = queue
+    wait = 0.0
+    if not room:
+        wait = min(max(soonest - now, 0.0), MAX_ADMISSION_WAIT_S)
+    out[e, c[IN_ADMW, 0] + j * c[IN_ADMW, 1]] = wait
 
 
 @compiled

@@ -12,7 +12,10 @@ share a k-block prefix). Kinds:
     the long-run rate is ``rate_rps``); ``clients`` (a client mix: the superposition of one
     renewal process per client, each with its share of ``rate_rps`` and its own gamma or
     Weibull gaps, started in equilibrium; ``clients`` names a shipped ServeGen mix or lists
-    the clients, see :mod:`prfaas_env.sim.empirical`).
+    the clients, see :mod:`prfaas_env.sim.empirical`); ``closed_loop`` (``concurrency``
+    clients, each sending its next request as soon as it has received the last token of its
+    previous one, as benchmark tools run at a fixed concurrency; client ``i`` sends its first
+    request at ``i * ramp_s / concurrency``: all at time 0 by default).
   - input and output lengths: ``fixed`` (``tokens``); ``lognormal`` (``mu``, ``sigma`` of the
     natural log, conditioned on [``min``, ``max``]; the paper's workload is mu 9.90, sigma 1.00
     on [128, 131072]); ``empirical`` (a quantile table: ``table`` names a shipped one, or
@@ -29,7 +32,9 @@ share a k-block prefix). Kinds:
 
 **rate_shape** (both kinds): a multiplier of the rate over the episode (``ramp``,
 ``sinusoid``, ``steps``), applied by time-warping the arrival process (see
-:mod:`prfaas_env.sim.empirical`). The request stream never depends on routing decisions.
+:mod:`prfaas_env.sim.empirical`). The request stream never depends on routing decisions,
+except under a closed loop: there a request arrives when an earlier one finishes, which the
+routing decides (its lengths and prefix blocks still do not depend on it).
 
 **trace** (Mooncake JSONL or Azure CSV, see :mod:`prfaas_env.sim.traces`)
   Replays a time window of the trace (``window_s``) with gaps divided by ``rate_multiplier``.
@@ -72,7 +77,9 @@ from prfaas_env.sim.rng import (
 )
 from prfaas_env.sim.traces import Trace, load_trace
 
-ARRIVALS = ("poisson", "gamma", "mmpp", "clients")
+ARRIVALS = ("poisson", "gamma", "mmpp", "clients", "closed_loop")
+CLOSED_LOOP = 4  # code of the closed-loop arrival process
+MAX_CONCURRENCY = 1 << 16  # most clients of a closed loop
 LENGTHS = ("fixed", "lognormal", "empirical", "clients", "mixture")
 SHAPES = ("none", "ramp", "sinusoid", "steps")
 KINDS = ("synthetic", "trace")
@@ -153,9 +160,19 @@ class Workload:
     random_start: bool = True
     clients: tuple[ClientSpec, ...] = ()
     rate_shape: RateShape | None = None
+    concurrency: int = 0
+    ramp_s: float = 0.0
+
+    @property
+    def closed_loop(self) -> bool:
+        """Whether requests start when earlier ones finish (``concurrency`` in flight)."""
+        return self.arrival == "closed_loop"
 
     def mean_rate_rps(self) -> float:
-        """Long-run arrival rate after the rate multiplier and the rate shape, requests/s."""
+        """Long-run arrival rate after the rate multiplier and the rate shape, requests/s
+        (NaN under a closed loop: the serving system sets it)."""
+        if self.closed_loop:
+            return math.nan
         shape = self.rate_shape.long_run_mean() if self.rate_shape is not None else 1.0
         if self.trace is not None:
             n = len(self.trace)
@@ -594,6 +611,8 @@ def _next_gap(p: WorkloadParams, st: WorkloadState, e: int) -> float:
         return gamma(st.rng, e, k) / (k * p.rate)
     if p.arrival == 3:
         return _next_client(p, st, e) - st.wf[e, WF.LAST_T]
+    if p.arrival == CLOSED_LOOP:  # the event loop sets the arrival time
+        return 0.0
     # Markov-modulated Poisson: sample within the current state, switching as needed.
     t = st.wf[e, WF.LAST_T]
     if st.wf[e, WF.SWITCH_T] <= 0.0:  # first call: stationary initial state
@@ -800,7 +819,20 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         "gamma": ["cv"],
         "mmpp": ["burst_factor", "burst_fraction", "burst_mean_s"],
         "clients": ["clients"],
+        "closed_loop": ["concurrency", "ramp_s"],
     }[proc]
+    closed = proc == "closed_loop"
+    if closed:
+        if shape is not None:
+            raise ConfigError(
+                f"{where}.rate_shape: not allowed with a closed loop (arrivals follow "
+                "completions); use an open-loop arrival process"
+            )
+        if mult != 1.0:
+            raise ConfigError(
+                f"{where}.rate_multiplier: not allowed with a closed loop (arrivals follow "
+                "completions); change arrival.concurrency instead"
+            )
     if proc == "clients" and "clients" not in arr:
         raise ConfigError(
             f"{aw}.clients: missing (a shipped mix: servegen/language, servegen/reason; or a "
@@ -811,7 +843,7 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         if proc == "clients"
         else ()
     )
-    check_keys(arr, aw, ["rate_rps"], ["process", *allowed])
+    check_keys(arr, aw, ["concurrency"] if closed else ["rate_rps"], ["process", *allowed])
     pre = raw.get("prefix") or {}
     pw = f"{where}.prefix"
     if not isinstance(pre, dict):
@@ -832,7 +864,11 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         kind="synthetic",
         rate_multiplier=mult,
         arrival=proc,
-        rate_rps=number(arr, "rate_rps", aw, minimum=0, exclusive_minimum=True),
+        rate_rps=1.0 if closed else number(arr, "rate_rps", aw, minimum=0, exclusive_minimum=True),
+        concurrency=number(
+            arr, "concurrency", aw, minimum=1, maximum=MAX_CONCURRENCY, integer=True, default=0
+        ),
+        ramp_s=number(arr, "ramp_s", aw, minimum=0, maximum=1e7, default=0.0),
         cv=number(arr, "cv", aw, minimum=0.05, maximum=20, default=1.0),
         burst_factor=number(arr, "burst_factor", aw, minimum=1, maximum=1000, default=4.0),
         burst_fraction=number(
@@ -920,13 +956,16 @@ def sample(w: Workload, n: int, seed: int, block_tokens: int = 512) -> dict[str,
     simulating the serving system: ``arrival_s``, ``input_tokens``, ``output_tokens`` and
     ``client`` (the client of a client mix, else 0): the same requests as env 0 of a
     :class:`~prfaas_env.sim.engine.VecSimulator` seeded ``seed`` (the request stream does not
-    depend on routing). For tests and for looking at a workload."""
+    depend on routing). For tests and for looking at a workload. Under a closed loop the
+    arrival times depend on the serving system: ``arrival_s`` is NaN."""
     p = params(w, block_tokens)
     st = new_state(1, w.sessions, len(w.clients))
     reset_env(w, st, 0, np.random.default_rng(seed))
     out_f = np.zeros(n)
     out_i = np.zeros((n, 3), np.int64)
     _draw_many(p, st, out_f, out_i)
+    if w.closed_loop:
+        out_f[:] = np.nan
     return {
         "arrival_s": out_f,
         "input_tokens": out_i[:, 0],
