@@ -233,6 +233,9 @@ def test_rllib_suite_ppo_on_a_two_node_local_cluster() -> None:
         trained = get_scorer_state(algo)
         assert not torch.equal(trained["head.weight"], start["head.weight"])  # PPO updated it
         RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 16).load_state_dict(trained)
+        wider = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 32).state_dict()
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            set_scorer_state(algo, wider)
         algo.stop()
     finally:
         ray.shutdown()
