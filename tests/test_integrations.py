@@ -251,6 +251,11 @@ def test_rllib_suite_example_checks_its_settings() -> None:
     assert rllib_suite.env_settings(s)["max_routes"] == 72  # the suite's largest topology
     with pytest.raises(SystemExit, match=r"env: unknown key\(s\) \['nope'\]; allowed"):
         rllib_suite.env_settings({"env": {"nope": 1}})
+    # what every env runner receives: plain values, a suite folder as an absolute path
+    folder = rllib_suite.env_settings({"env": {"suite": "configs/suite/default"}})
+    assert folder["suite"] == str((ROOT / "configs/suite/default").resolve())
+    with pytest.raises(ValueError, match=r"rate_range: expected two numbers"):
+        rllib_suite.env_settings({"env": {"rate_range": 5}})
 
 
 # ---- a plain PyTorch PPO loop -------------------------------------------------------------------

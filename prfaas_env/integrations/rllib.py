@@ -44,6 +44,7 @@ from prfaas_env.env.vector import parse_autoreset
 from prfaas_env.integrations import AutoresetModeError
 from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
 from prfaas_env.policies.route_scorer import RouteScorer
+from prfaas_env.suite import resolve_suite, suite_names
 
 ENV_ID = "PrfaaS-v0"
 _THEIRS = "observations"  # the key RLlib's example module reads
@@ -197,21 +198,32 @@ def suite_env_config(
     max_episode_steps: int | None = None,
 ) -> dict[str, Any]:
     """The ``env_config`` of :func:`suite_ppo_config`: the arguments of
-    :class:`~prfaas_env.env.suite_env.PrfaaSSuiteEnv` (checked here by building one, so a
-    bad argument fails in the driver rather than in every env runner). ``suite`` must name a
-    shipped suite or a folder that exists on every machine of the cluster."""
-    out: dict[str, Any] = {
-        "suite": str(suite),
+    :class:`~prfaas_env.env.suite_env.PrfaaSSuiteEnv`, checked here by building one (a bad
+    argument fails in the driver, not in every env runner) and written out in full (plain
+    lists and numbers; a suite folder as an absolute path; ``max_routes`` resolved), so every
+    env runner builds the same spaces. A suite folder must exist at that path on every
+    machine of the cluster; a shipped suite's name always resolves."""
+    name = str(suite)
+    if name not in suite_names():
+        name = str(resolve_suite(name).resolve())
+    env = PrfaaSSuiteEnv(
+        name,
+        split,
+        None if scenarios is None else list(scenarios),
+        rate_range,
+        bandwidth_range,
+        max_routes,
+        max_episode_steps,
+    )
+    return {
+        "suite": name,
         "split": split,
-        "scenarios": None if scenarios is None else list(scenarios),
-        "rate_range": [float(x) for x in rate_range],
-        "bandwidth_range": None if bandwidth_range is None else [float(x) for x in bandwidth_range],
-        "max_routes": None if max_routes is None else int(max_routes),
+        "scenarios": None if scenarios is None else env.scenario_names,
+        "rate_range": list(env.rate_range),
+        "bandwidth_range": None if env.bandwidth_range is None else list(env.bandwidth_range),
+        "max_routes": env.max_routes,
         "max_episode_steps": None if max_episode_steps is None else int(max_episode_steps),
     }
-    env = PrfaaSSuiteEnv(**out)
-    out["max_routes"] = env.max_routes  # the same spaces on every machine
-    return out
 
 
 def make_suite_env(config: dict[str, Any]) -> PrfaaSSuiteEnv:
