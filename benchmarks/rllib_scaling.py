@@ -1,7 +1,7 @@
 """Environment steps/s of RLlib PPO across a suite on a local Ray cluster of 1 and of 2 nodes.
 
 Run: python benchmarks/rllib_scaling.py [--runners 2] [--envs 8] [--steps 4000] [--repeats 3]
-     [--iterations 2] [--max-routes N]
+     [--iterations 3] [--max-routes N] [--single]
 
 For each layout (one node holding every env runner; the same runners spread over two nodes,
 every node on 127.0.0.1, started with ``ray.cluster_utils.Cluster``) and, as the per-core
@@ -16,6 +16,10 @@ train set, the per-route module) and prints:
 
 The nodes of a local cluster share this machine's cores: two nodes cannot sample faster
 than its cores allow, so the table also prints the machine's core count and load.
+
+``--single`` measures what one runner's rate is made of instead: one suite env stepped alone
+(no RLlib), and sampling in the driver process with torch's default number of threads and
+with one thread.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import ray
 import torch
 from ray.cluster_utils import Cluster
 
-from prfaas_env.integrations.rllib import suite_env_config, suite_ppo_config
+from prfaas_env.integrations.rllib import make_suite_env, suite_env_config, suite_ppo_config
 
 
 def measure(
@@ -104,6 +108,39 @@ def measure(
         cluster.shutdown()
 
 
+def env_alone(env: dict[str, Any], steps: int) -> float:
+    """Steps/s of one suite env without RLlib (first allowed route, resets included)."""
+    e = make_suite_env(env)
+    obs, _ = e.reset(seed=0)
+    t = time.perf_counter()
+    for _ in range(steps):
+        obs, _, terminated, truncated, _ = e.step(int(np.flatnonzero(obs["action_mask"])[0]))
+        if terminated or truncated:
+            obs, _ = e.reset()
+    return steps / (time.perf_counter() - t)
+
+
+def driver_sampling(env: dict[str, Any], envs: int, steps: int, threads: int) -> float:
+    """Env steps/s of sampling in the driver process (``num_env_runners`` 0) with ``threads``
+    torch threads: the best of two rounds after a warm-up."""
+    torch.set_num_threads(threads)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        algo = suite_ppo_config(env, num_envs_per_env_runner=envs).build_algo()
+        runner = algo.env_runner
+        runner.sample(num_timesteps=200)
+        best = 0.0
+        for _ in range(2):
+            t = time.perf_counter()
+            n = sum(len(e) for e in runner.sample(num_timesteps=steps))
+            best = max(best, n / (time.perf_counter() - t))
+        algo.stop()
+        return best
+    finally:
+        ray.shutdown()
+        torch.set_num_threads(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", default="default")
@@ -114,11 +151,32 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3, help="PPO iterations timed")
     ap.add_argument("--max-routes", type=int, default=None, help="default: the suite's most")
     ap.add_argument("--episode-steps", type=int, default=1024)
+    ap.add_argument(
+        "--single",
+        action="store_true",
+        help="instead: one suite env alone, and sampling in the driver with torch's default "
+        "threads and with one",
+    )
     args = ap.parse_args()
+    default_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the learner runs in this process
     env = suite_env_config(
         args.suite, max_routes=args.max_routes, max_episode_steps=args.episode_steps
     )
+    if args.single:
+        print(
+            f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; max_routes {env['max_routes']}"
+        )
+        rate = env_alone(env, args.steps)
+        print(f"one suite env alone: {rate:,.0f} steps/s ({1e6 / rate:.0f} us per step)")
+        for threads in (default_threads, 1):
+            rate = driver_sampling(env, args.envs, args.steps, threads)
+            print(
+                f"sampling in the driver, {args.envs} envs, {threads} torch thread(s): "
+                f"{rate:,.0f} env steps/s"
+            )
+        print(f"load {os.getloadavg()[0]:.1f} at the end")
+        return
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
         f"{os.getloadavg()[0]:.1f} at start; suite {args.suite} train set, max_routes "

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     from prfaas_env.errors import ConfigError, replaceable_out
 
     # the driver samples (num_env_runners 0) and learns (num_learners 0): on the shared 2-core
-    # machine, sampling ran 6 to 14 times faster with one torch thread than with the default
+    # machine, sampling ran six times faster with one torch thread than with the default two
+    # (benchmarks/rllib_scaling.py --single)
     torch.set_num_threads(max(1, args.threads))
     try:
         if replaceable_out(args.out, args.force, "scorer.json", "rllib_suite"):
