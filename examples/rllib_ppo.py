@@ -27,20 +27,22 @@ DEFAULT_FILE = ROOT / "configs" / "rllib" / "ppo.yaml"
 SECTIONS = {"env", "env_runners", "learners", "network", "training"}
 
 
-def load_settings(path: Path, overrides: list[str]) -> dict[str, Any]:
+def load_settings(
+    path: Path, overrides: list[str], sections: set[str] = SECTIONS
+) -> dict[str, Any]:
     """The YAML settings with ``section.key=value`` overrides (values parsed as YAML)."""
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = set(raw) - SECTIONS
+    unknown = set(raw) - sections
     if unknown:
         raise SystemExit(
-            f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(SECTIONS)}"
+            f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(sections)}"
         )
     for item in overrides:
         key, sep, value = item.partition("=")
         section, _, name = key.partition(".")
-        if not sep or not name or section not in SECTIONS:
+        if not sep or not name or section not in sections:
             raise SystemExit(
-                f"--set {item!r}: expected SECTION.KEY=VALUE, SECTION one of {sorted(SECTIONS)}"
+                f"--set {item!r}: expected SECTION.KEY=VALUE, SECTION one of {sorted(sections)}"
             )
         raw.setdefault(section, {})[name] = yaml.safe_load(value)
     return raw

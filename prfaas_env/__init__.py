@@ -1,9 +1,9 @@
 """prfaas-env: learning where LLM requests should be prefilled (Prefill-as-a-Service).
 
-Importing the package registers the Gymnasium environment ``PrfaaS-v0`` without importing
-Gymnasium itself: if Gymnasium is already imported it registers at once, otherwise right
-after Gymnasium's own import. So a process that only routes requests (``prfaas_env.router``)
-never loads Gymnasium or the simulator's event loop.
+Importing the package registers the Gymnasium environments ``PrfaaS-v0`` and
+``PrfaaSSuite-v0`` without importing Gymnasium itself: if Gymnasium is already imported it
+registers at once, otherwise right after Gymnasium's own import. So a process that only
+routes requests (``prfaas_env.router``) never loads Gymnasium or the simulator's event loop.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was no
     __version__ = "0.0.0"
 
 ENV_ID = "PrfaaS-v0"
+SUITE_ENV_ID = "PrfaaSSuite-v0"  # an episode per scenario drawn from a suite (env/suite_env.py)
 
 
 def package_versions(*distributions: str) -> dict[str, str]:
@@ -39,7 +40,8 @@ def package_versions(*distributions: str) -> dict[str, str]:
 
 
 def register_envs() -> None:
-    """Register ``PrfaaS-v0`` with Gymnasium (once; importing the package does it)."""
+    """Register ``PrfaaS-v0`` and ``PrfaaSSuite-v0`` with Gymnasium (once; importing the
+    package does it)."""
     import gymnasium
 
     if ENV_ID not in gymnasium.registry:
@@ -48,6 +50,8 @@ def register_envs() -> None:
             entry_point="prfaas_env.env.single:PrfaaSEnv",
             vector_entry_point="prfaas_env.env.vector:PrfaaSVectorEnv",
         )
+    if SUITE_ENV_ID not in gymnasium.registry:
+        gymnasium.register(id=SUITE_ENV_ID, entry_point="prfaas_env.env.suite_env:PrfaaSSuiteEnv")
 
 
 class _RegisterAfterGymnasium(importlib.abc.MetaPathFinder):

@@ -135,6 +135,129 @@ def test_rllib_example_settings_are_checked(tmp_path: Path) -> None:
         rllib_ppo.load_settings(bad, [])
 
 
+def test_route_scorer_module_masks_routes_and_shares_weights_with_route_scorer() -> None:
+    """Differential: the RLlib module's logits are RouteScorer's scores on the allowed routes
+    and no probability elsewhere (padding included); its value is RouteScorer's value; its
+    network's state_dict loads into a RouteScorer of the same width and back."""
+    pytest.importorskip("ray")
+    from ray.rllib.core.columns import Columns
+
+    from prfaas_env.env.suite_env import PrfaaSSuiteEnv
+    from prfaas_env.integrations.rllib import RouteScorerModule
+    from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
+    from prfaas_env.policies.route_scorer import RouteScorer
+
+    env = PrfaaSSuiteEnv(split="all", max_episode_steps=50)
+    torch.manual_seed(0)
+    module = RouteScorerModule(
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={"hidden": 16},
+    )
+    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 16)
+    net.load_state_dict(module.scorer.state_dict())  # the library's class loads it as is
+    obs = [env.reset(seed=s)[0] for s in range(12)]  # several topologies, 2 to 72 routes
+    batch = {k: torch.from_numpy(np.stack([o[k] for o in obs])) for k in obs[0]}
+    mask = batch["action_mask"] > 0
+    with torch.no_grad():
+        logits = module.forward_exploration({Columns.OBS: batch})[Columns.ACTION_DIST_INPUTS]
+        scores = net.scores(batch["routes"], batch["global"])
+        value = module.compute_values({Columns.OBS: batch})
+        np.testing.assert_allclose(logits[mask], scores[mask], rtol=1e-6)
+        assert torch.softmax(logits, 1)[~mask].max() == 0.0
+        assert torch.isfinite(torch.log_softmax(logits, 1)).all()  # PPO's KL stays a number
+        np.testing.assert_allclose(value, net.value(batch["routes"], batch["global"], mask))
+    with pytest.raises(ValueError, match="expected the suite env's Dict observation"):
+        RouteScorerModule(
+            observation_space=gym.spaces.Box(0, 1, (3,)), action_space=env.action_space
+        )
+
+
+def test_rllib_suite_ppo_on_a_two_node_local_cluster() -> None:
+    """RLlib PPO across the suite on a Ray cluster of two nodes on loopback: one env runner on
+    each node, weights sent to both, episodes of several scenarios completed and reported
+    per scenario."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from prfaas_env.integrations.rllib import (
+        get_scorer_state,
+        set_scorer_state,
+        suite_env_config,
+        suite_ppo_config,
+    )
+    from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
+    from prfaas_env.policies.route_scorer import RouteScorer
+    from prfaas_env.suite import load_suite
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the learner runs here: one thread on the shared cores
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        assert len(nodes) == 2
+        # every node advertises loopback (tests/conftest.py), not the machine's address
+        assert {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+        env = suite_env_config(max_episode_steps=40, max_routes=11)
+        algo = suite_ppo_config(
+            env,
+            num_env_runners=2,  # one CPU each, one CPU per node: one runner per node
+            num_envs_per_env_runner=2,
+            hidden=16,
+            training={"train_batch_size_per_learner": 320, "minibatch_size": 80, "num_epochs": 1},
+        ).build_algo()
+        runners = algo.env_runner_group
+        where = runners.foreach_env_runner(
+            lambda r: ray.get_runtime_context().get_node_id(), local_env_runner=False
+        )
+        assert sorted(where) == sorted(n["NodeID"] for n in nodes)
+        torch.manual_seed(1)
+        start = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 16).state_dict()
+        set_scorer_state(algo, start)  # e.g. an imitation run's model.pt
+        heads = runners.foreach_env_runner(
+            lambda r: r.module.scorer.head.weight.detach().clone(), local_env_runner=False
+        )
+        assert all(torch.equal(h, start["head.weight"]) for h in heads)
+        for _ in range(2):
+            result = algo.train()
+        stats = result["env_runners"]
+        assert stats["num_env_steps_sampled_lifetime"] >= 640
+        assert np.isfinite(stats["episode_return_mean"])  # 40-decision episodes finished
+        train = {s.name for s in load_suite("default").train}
+        assert stats["suite"] and set(stats["suite"]) <= train
+        trained = get_scorer_state(algo)
+        assert not torch.equal(trained["head.weight"], start["head.weight"])  # PPO updated it
+        RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 16).load_state_dict(trained)
+        wider = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 32).state_dict()
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            set_scorer_state(algo, wider)
+        algo.stop()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        torch.set_num_threads(threads)
+
+
+def test_rllib_suite_example_checks_its_settings() -> None:
+    import rllib_suite  # reads YAML only; Ray is imported when training starts
+
+    s = rllib_suite.load_settings(rllib_suite.DEFAULT_FILE, [], rllib_suite.SECTIONS)
+    assert s["env"]["suite"] == "default" and s["network"]["hidden"] == 64
+    assert rllib_suite.env_settings(s)["max_routes"] == 72  # the suite's largest topology
+    with pytest.raises(SystemExit, match=r"env: unknown key\(s\) \['nope'\]; allowed"):
+        rllib_suite.env_settings({"env": {"nope": 1}})
+    # what every env runner receives: plain values, a suite folder as an absolute path
+    folder = rllib_suite.env_settings({"env": {"suite": "configs/suite/default"}})
+    assert folder["suite"] == str((ROOT / "configs/suite/default").resolve())
+    with pytest.raises(ValueError, match=r"rate_range: expected two numbers"):
+        rllib_suite.env_settings({"env": {"rate_range": 5}})
+
+
 # ---- a plain PyTorch PPO loop -------------------------------------------------------------------
 def test_plain_ppo_advantages_under_next_step_autoreset() -> None:
     """Hand-computed GAE for one env: steps 0-1 of an episode truncated at step 1, the reset

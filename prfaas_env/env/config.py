@@ -106,6 +106,21 @@ def parse_env_config(raw: Any, where: str) -> EnvConfig:
     return cfg
 
 
+def with_observation_form(cfg: EnvConfig, form: str) -> EnvConfig:
+    """``cfg`` with observation form ``form`` (ValueError naming the allowed forms, or why
+    ``routes`` does not apply)."""
+    if form not in OBSERVATION_FORMS:
+        raise ValueError(
+            f"observation_form: {form!r} is not allowed; allowed: {', '.join(OBSERVATION_FORMS)}"
+        )
+    if form == "routes" and cfg.admission_control:
+        raise ValueError(
+            "observation_form: routes describes routes only; it does not combine with "
+            "env.admission_control (a reject action)"
+        )
+    return replace(cfg, observation_form=form)
+
+
 def shipped_configs() -> list[str]:
     """Names of the scenario files shipped in ``configs/``."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

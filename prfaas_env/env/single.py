@@ -35,6 +35,7 @@ class PrfaaSEnv(gym.Env):
         max_episode_steps: int | None = None,
         dict_observation: bool | None = None,
         rate_multiplier: float | None = None,
+        observation_form: str | None = None,
     ) -> None:
         self.vector = PrfaaSVectorEnv(
             1,
@@ -45,6 +46,7 @@ class PrfaaSEnv(gym.Env):
             parallel=False,
             rate_multiplier=rate_multiplier,
             dict_observation=dict_observation,
+            observation_form=observation_form,
         )
         self.render_mode = render_mode
         self.observation_space = self.vector.single_observation_space

@@ -18,7 +18,7 @@ from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
 from prfaas_env.env.actions import check_actions
-from prfaas_env.env.config import EnvConfig, resolve_config
+from prfaas_env.env.config import EnvConfig, resolve_config, with_observation_form
 from prfaas_env.env.reward import REWARD_TERMS, Reward, account
 from prfaas_env.observation.encoder import OBS_HIGH
 from prfaas_env.observation.per_route import (
@@ -152,6 +152,8 @@ class PrfaaSVectorEnv(VectorEnv):
         rate_multiplier: scales the scenario's arrival rate (e.g. to train under heavy load).
         dict_observation: overrides ``env.observation.dict`` of the config (the
             ``{"observation", "action_mask"}`` form, for libraries that mask actions).
+        observation_form: overrides ``env.observation.form`` of the config (``flat`` or
+            ``routes``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -169,8 +171,11 @@ class PrfaaSVectorEnv(VectorEnv):
         parallel: bool | None = None,
         rate_multiplier: float | None = None,
         dict_observation: bool | None = None,
+        observation_form: str | None = None,
     ) -> None:
         self.scenario, cfg = resolve_config(config)
+        if observation_form is not None:
+            cfg = with_observation_form(cfg, observation_form)
         if rate_multiplier is not None:
             self.scenario = self.scenario.with_rate(float(rate_multiplier))
         if max_episode_steps is not None:

@@ -16,8 +16,10 @@ pending request and advances every env to its next arrival.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numba
 import numpy as np
@@ -282,6 +284,36 @@ class VecSimulator:
         self._view: ViewSpec = no_view()
         # simulators checked to run this scenario (copy_envs)
         self._same_as: weakref.WeakSet[VecSimulator] = weakref.WeakSet()
+        self.rate_multiplier = 1.0  # set_rate_multiplier
+        self._bandwidth_scale = np.ones(len(topo.links))  # set_bandwidth_scale
+
+    # ---- episode conditions (domain randomisation without rebuilding) ------------------------
+    def set_rate_multiplier(self, multiplier: float) -> None:
+        """Arrivals at ``multiplier`` x the scenario's rate (as :meth:`Scenario.with_rate`
+        would, on top of the file's own ``rate_multiplier``), for every env from its next
+        drawn arrival on: call it before :meth:`reset` for a whole episode at that rate.
+        Simulators of one scenario at different rates are not copies of each other
+        (:meth:`copy_envs` is meant for simulators at one rate)."""
+        if not (multiplier > 0 and math.isfinite(multiplier)):
+            raise ValueError(f"rate multiplier: expected a positive number, got {multiplier!r}")
+        w = self.scenario.workload
+        scaled = replace(w, rate_multiplier=w.rate_multiplier * float(multiplier))
+        self.workload_params = wl.params(scaled, self.scenario.topology.block_tokens)
+        self.rate_multiplier = float(multiplier)
+        self._step_args = None  # the compiled step reads the new constants
+
+    def set_bandwidth_scale(self, scale: Sequence[float] | NDArray[np.float64]) -> None:
+        """Scale each link's usable bandwidth series by ``scale[link]`` (in (0, 1], links in
+        ``topology.links`` order) in the envs reset from now on: the link carries that share
+        of what its bandwidth process draws (outages stay outages)."""
+        s = np.asarray(scale, np.float64).reshape(-1)
+        links = len(self.scenario.topology.links)
+        if s.shape != (links,) or not (np.isfinite(s).all() and (s > 0).all() and (s <= 1).all()):
+            raise ValueError(
+                f"bandwidth scale: expected {links} numbers in (0, 1] (one per link), got "
+                f"{np.asarray(scale).tolist()!r}"
+            )
+        self._bandwidth_scale = s
 
     # ---- the view a router would read ---------------------------------------------------------
     def enable_view(
@@ -384,6 +416,8 @@ class VecSimulator:
             series = link.process.series(
                 link.bandwidth_gbps, self.scenario.bandwidth_horizon_s, rng
             )
+            if self._bandwidth_scale[li] != 1.0:
+                series = series * self._bandwidth_scale[li]
             st.l_series[e, ch, : series.size] = series
             st.l_bw[e, ch] = series[0]
 
