@@ -403,7 +403,7 @@ def agent_factories(runs: list[str], scenario: Any, env_cfg: Any) -> dict[str, A
         if kind == "route_bundle":
             from prfaas_env.router.routes import bundle_policy_for
 
-            policy = bundle_policy_for(root, scenario, _label(spec, root))
+            policy = bundle_policy_for(scenario, root, _label(spec, root))
             out[policy.name] = lambda _sc, p=policy: p
             continue
         if kind == "generalist":

@@ -580,7 +580,7 @@ def _pretrained_row(
     if "generalist" not in pretrained_names() or ctx.eval_env_cfg.admission_control:
         return None
     label = "pretrained:generalist"
-    policy = bundle_policy_for(label, ctx.eval_scenario, label)
+    policy = bundle_policy_for(ctx.eval_scenario, label, label)
     run = evaluate_policy(
         ctx.eval_scenario, ctx.eval_env_cfg, lambda _sc: policy, label, seeds, decisions
     )

@@ -152,6 +152,20 @@ def suite_table(result: Any, metric: str = "ttft_p90_s") -> str:
             v = rel[p].get(c)
             row += (f"{v['slo_attainment']:.2f}" if v else "skip").rjust(8)
         lines.append(row)
+    guarded = sorted({r["policy"] for r in result.records if "guard_fired" in r})
+    if guarded:
+        lines += ["", "guard fired (share of decisions sent to the fallback heuristic)"]
+        lines += [head.replace("   train  held-out     all", ""), "-" * len(head)]
+        for p in guarded:
+            row = label(p).ljust(width)
+            for c in cols:
+                fired = [
+                    r["guard_fired"]
+                    for r in result.records
+                    if r["policy"] == p and r["scenario"] == c
+                ]
+                row += (f"{fired[0]:.1%}" if fired else "skip").rjust(8)
+            lines.append(row)
     return "\n".join(lines)
 
 

@@ -53,6 +53,36 @@ def test_candidate_costs_are_what_each_action_then_the_base_policy_gives() -> No
     assert (costs[:, 0] != costs[:, 1]).any()  # the choice matters on these requests
 
 
+def test_a_shortlist_costs_exactly_what_the_full_oracle_costs_on_its_candidates() -> None:
+    """With ``candidates`` = K the oracle simulates the K routes its base scores lowest: the
+    same costs as the full oracle on those, infinity elsewhere, K copies per env."""
+    sc = SUITE.get("region3_prefix_bursty").scenario
+    topo = sc.topology
+    routes = RouteTable.from_topology(topo)
+    sim = VecSimulator(sc, 3)
+    observer = SimObserver(sim, routes.num_routes)
+    sim.reset(seed=2)
+    base = make_policy("mooncake", routes, topo, prefill_estimate="tables")
+    base.reset(3)
+    for _ in range(60):
+        sim.step(base.act(observer.observe_view(), observer.mask))
+    view, mask = observer.observe_view(), observer.mask
+    full, short = (RolloutOracle(routes, topo, horizon=6, candidates=c) for c in (None, 3))
+    for o in (full, short):
+        o.reset(3)
+        o.attach(sim)
+    assert short._scratch is not None and short._scratch.num_envs == 9
+    everything, some = full.candidate_costs(view, mask), short.candidate_costs(view, mask)
+    picked = short.shortlist(view, mask)
+    scores = np.where(mask[:, : routes.num_routes], short.base.scores(view), np.inf)
+    for e in range(3):  # the shortlist is the base's three lowest-scored allowed routes
+        assert set(picked[e]) == set(np.argsort(scores[e], kind="stable")[:3])
+        np.testing.assert_array_equal(some[e, picked[e]], everything[e, picked[e]])
+    assert np.isinf(some).sum() == 3 * (routes.num_actions - 3)
+    with pytest.raises(ValueError, match="needs view and mask"):
+        short.candidate_costs()
+
+
 @pytest.mark.parametrize("name", ["paper_poisson", "region3_prefix_bursty"])
 def test_the_oracle_never_does_worse_than_its_base_policy(name: str) -> None:
     """Policy improvement with common random numbers: on fixed seeds the oracle's mean TTFT
@@ -96,6 +126,10 @@ def test_bad_parameters_and_no_simulator_are_refused() -> None:
         make_policy("rollout_oracle", routes, topo, base="random")
     with pytest.raises(ConfigError, match=r"horizon: expected an integer >= 0, got -1"):
         make_policy("rollout_oracle", routes, topo, horizon=-1)
+    with pytest.raises(ConfigError, match=r"candidates: expected an integer >= 1, got 0"):
+        make_policy("rollout_oracle", routes, topo, candidates=0)
+    with pytest.raises(ConfigError, match=r"base 'round_robin' does not score routes"):
+        make_policy("rollout_oracle", routes, topo, base="round_robin", candidates=1)
     oracle = make_policy("rollout_oracle", routes, topo)
     with pytest.raises(RuntimeError, match="plans with the simulator"):
         oracle.act({}, np.ones((1, 2), np.bool_))

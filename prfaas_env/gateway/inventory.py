@@ -378,6 +378,11 @@ def _fill_counts(raw: dict[str, Any], listed: dict[str, dict[str, list]], where:
             continue  # parse_topology says what is wrong
         for role, key in (("prefill", "prefill_instances"), ("decode", "decode_instances")):
             n = len(listed.get(str(cname), {}).get(role, []))
+            if role == "decode" and n and c.get("role") == "prefill":
+                raise ConfigError(
+                    f"{where}: endpoints.{cname}.decode: {cname} is a prefill-only cluster; "
+                    "it takes no decode endpoints"
+                )
             if key not in c:
                 if n or c.get("role") == "pd" or role == "prefill":
                     c[key] = n

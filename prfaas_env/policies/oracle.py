@@ -14,6 +14,11 @@ is paired. Costs (``cost``):
   20 bins per decade: within about 12 % of each request's excess);
 - ``goodput``: minus the number of those requests that meet both SLOs.
 
+With ``candidates`` = K the oracle simulates only the K routes its base policy scores best
+at each decision (the rest cost infinity): K copies per env instead of one per route, for
+scenarios with dozens of routes. Its answer is then the best of those K, no longer of every
+route; results name K.
+
 With ``iterations`` > 0 the base policy of the rollouts is itself a rollout oracle (with one
 iteration fewer): slower by a factor of about ``(actions x horizon)`` per iteration. Inside
 the rollouts a cost-aware base (Mooncake's router) reads prefill times from the simulator's
@@ -62,6 +67,8 @@ class RolloutOracle(Policy):
         cost: ``ttft`` (default), ``tail`` or ``goodput``.
         iterations: rollouts whose base is the oracle itself, this many times (default 0).
         ttft_slo_s: the TTFT SLO of the ``tail`` cost, s (default: the simulator's).
+        candidates: simulate only the base policy's best-scored routes, this many (default:
+            every route). Needs a base that scores routes (not ``round_robin``).
     """
 
     name = "rollout_oracle"
@@ -77,8 +84,15 @@ class RolloutOracle(Policy):
         cost: str = "ttft",
         iterations: int = 0,
         ttft_slo_s: float | None = None,
+        candidates: int | None = None,
     ) -> None:
         super().__init__(routes, topology)
+        if candidates is not None and (
+            not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1
+        ):
+            raise ConfigError(
+                f"rollout_oracle: candidates: expected an integer >= 1, got {candidates!r}"
+            )
         if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < 0:
             raise ConfigError(f"rollout_oracle: horizon: expected an integer >= 0, got {horizon!r}")
         if cost not in COSTS:
@@ -103,6 +117,8 @@ class RolloutOracle(Policy):
         self.cost = cost
         self.iterations = iterations
         self.ttft_slo_s = ttft_slo_s
+        k = routes.num_actions
+        self.candidates = k if candidates is None else min(candidates, k)
         base_routes = RouteTable.from_topology(topology) if topology is not None else routes
         # the rollouts' base: a heuristic, or this oracle once more with one iteration fewer;
         # cost-aware heuristics estimate prefill times from the simulator's tables there
@@ -119,6 +135,11 @@ class RolloutOracle(Policy):
             )
         except ConfigError as exc:
             raise ConfigError(f"rollout_oracle: base {base!r}: {exc}") from exc
+        if self.candidates < k and type(self.base).scores is Policy.scores:
+            raise ConfigError(
+                f"rollout_oracle: candidates: the base {self.base.name!r} does not score "
+                "routes, so it cannot shortlist them; choose a scoring base or drop candidates"
+            )
         self.sim: VecSimulator | None = None
         self._scratch: VecSimulator | None = None
         self._observer: SimObserver | None = None
@@ -127,8 +148,9 @@ class RolloutOracle(Policy):
     def attach(self, sim: VecSimulator) -> None:
         """Plan with ``sim`` (the simulator whose pending decisions :meth:`act` is given)."""
         self.sim = sim
-        k = self.routes.num_actions
-        self._scratch = VecSimulator(sim.scenario, sim.num_envs * k, tables=sim.tables)
+        self._scratch = VecSimulator(
+            sim.scenario, sim.num_envs * self.candidates, tables=sim.tables
+        )
         self._observer = SimObserver(self._scratch, self.base.routes.num_routes)
         if isinstance(self.base, RolloutOracle):
             self.base.reset(self._scratch.num_envs, seed=0)
@@ -143,23 +165,42 @@ class RolloutOracle(Policy):
                 "rollout_oracle plans with the simulator: run it through "
                 "prfaas_env.evaluation.run_policy, or call attach(sim) first"
             )
-        costs = self.candidate_costs()
+        costs = self.candidate_costs(view, mask)
         full = np.ones((mask.shape[0], self.routes.num_actions), np.bool_)
         full[:, : mask.shape[1]] = mask
         costs = np.where(full, costs, np.inf)
         return np.argmin(costs, axis=1).astype(np.int64)
 
-    def candidate_costs(self) -> NDArray[np.float64]:
+    def shortlist(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
+        """``[env, candidate]``: the ``candidates`` allowed routes the base scores lowest
+        (every action, in order, when no shortlist is asked for)."""
+        n, k = mask.shape[0], self.routes.num_actions
+        if self.candidates >= k:
+            return np.tile(np.arange(k, dtype=np.int64), (n, 1))
+        s = np.asarray(self.base.scores(view), np.float64)
+        s = np.where(mask[:, : s.shape[1]], s, np.inf)
+        return np.argsort(s, axis=1, kind="stable")[:, : self.candidates].astype(np.int64)
+
+    def candidate_costs(
+        self, view: View | None = None, mask: NDArray[np.bool_] | None = None
+    ) -> NDArray[np.float64]:
         """``[env, action]`` cost of each action at every env's pending decision (lower is
-        better; masked actions are simulated too)."""
+        better; masked actions are simulated too, unless a shortlist leaves them out: actions
+        outside the shortlist cost infinity). A shortlist needs the decision's ``view`` and
+        ``mask``."""
         sim, scratch, obs = self.sim, self._scratch, self._observer
         assert sim is not None and scratch is not None and obs is not None
-        n, k = sim.num_envs, self.routes.num_actions
-        scratch.copy_envs(sim, np.repeat(np.arange(n), k), np.arange(n * k))
+        n, k, m = sim.num_envs, self.routes.num_actions, self.candidates
+        if m < k:
+            if view is None or mask is None:
+                raise ValueError("rollout_oracle: a shortlist of candidates needs view and mask")
+            first = self.shortlist(view, mask).ravel()
+        else:
+            first = np.tile(np.arange(k, dtype=np.int64), n)
+        scratch.copy_envs(sim, np.repeat(np.arange(n), m), np.arange(n * m))
         self.base.reset(scratch.num_envs, seed=0)  # every copy's base starts alike
         before = scratch.counters()
         hist_before = scratch.ttft_histogram() if self.cost == "tail" else None
-        first = np.tile(np.arange(k, dtype=np.int64), n)
         scratch.step(routes_from_actions(first, self.routes.num_routes))
         for _ in range(self.horizon):
             a = self.base.act(obs.observe_view(), obs.mask)
@@ -173,7 +214,11 @@ class RolloutOracle(Policy):
         else:
             assert hist_before is not None
             cost = (scratch.ttft_histogram() - hist_before) @ self._excess
-        return cost.reshape(n, k)
+        if m == k:
+            return cost.reshape(n, k)
+        full = np.full((n, k), np.inf)
+        np.put_along_axis(full, first.reshape(n, m), cost.reshape(n, m), axis=1)
+        return full
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         super().reset(num_envs, seed)

@@ -335,10 +335,11 @@ class RouteBundlePolicy(Policy):
 
 
 def bundle_policy_for(
-    path: str | Path, scenario: Any, label: str | None = None, guard: bool = True
+    scenario: Any, path: str | Path, label: str | None = None, guard: bool = True
 ) -> RouteBundlePolicy:
     """The per-route bundle at ``path`` (or ``pretrained:NAME``) as a policy on ``scenario``
-    (its topology, TTFT SLO and mean output length)."""
+    (its topology, TTFT SLO and mean output length). The scenario comes first, as for
+    every policy builder a suite evaluation calls."""
     root = resolve_bundle(path)
     router = RouteRouter(
         root,
