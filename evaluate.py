@@ -216,7 +216,7 @@ def main_suite(args: argparse.Namespace) -> int:
     """``--suite``: every router on every scenario of the suite (prfaas_env.suite_eval)."""
     from tqdm import tqdm
 
-    from prfaas_env.report import suite_table, write_suite_outputs
+    from prfaas_env.report import headroom_table, suite_table, write_suite_outputs
     from prfaas_env.suite_eval import builtin_spec, default_workers, evaluate_suite
 
     try:
@@ -273,9 +273,17 @@ def main_suite(args: argparse.Namespace) -> int:
         f"requests each (seeds {seeds[0]}..{seeds[-1]}), the same requests for every router"
     )
     print(suite_table(result))
+    headroom = headroom_table(result)
+    if headroom:
+        print("\nheadroom: the planner against the best heuristic, and the learned routers\n")
+        print(headroom)
     if out is not None:
         write_suite_outputs(out, result)
-        print(f"\nwrote {out}/results.json, results.csv, summary.json, heatmap.png")
+        written = "results.json, results.csv, summary.json, heatmap.png"
+        if headroom:
+            (out / "headroom.md").write_text(headroom + "\n")
+            written += ", headroom.md"
+        print(f"\nwrote {out}/{written}")
     return 0
 
 

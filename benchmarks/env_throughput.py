@@ -75,12 +75,13 @@ def vector(
     )
     rng = np.random.default_rng(0)
     n = int(envs.single_action_space.n)
-    u = rng.random((8, num_envs, n))
     _, info = envs.reset(seed=0)
     state = {"info": info}
 
     def step(t: int) -> None:
-        r = u[t % 8]
+        # fresh draws every step (timed: about 30 us at 4096 envs); a small pool of draws
+        # reused in a cycle would give some envs the same route every time and overload them
+        r = rng.random((num_envs, n))
         if masked:
             a = np.argmax(np.where(state["info"]["action_mask"], r, -1.0), axis=1)
         else:

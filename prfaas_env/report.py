@@ -169,6 +169,101 @@ def suite_table(result: Any, metric: str = "ttft_p90_s") -> str:
     return "\n".join(lines)
 
 
+PENALTY = 1.0  # a router under 99 % of the best heuristic's throughput counts +100 %
+
+
+def paired_relative(
+    result: Any, policy: str, scenario: str, reference: str, metric: str = "ttft_p90_s"
+) -> tuple[float, float]:
+    """Mean and 95 % half-width over seeds of ``policy``'s metric over ``reference``'s on
+    the same seed, minus 1 (seeds where either is unknown are left out)."""
+    from prfaas_env.evaluation import interval
+
+    def per_seed(p: str) -> dict[int, float]:
+        return {
+            r["seed"]: np.nan if r[metric] is None else float(r[metric])
+            for r in result.records
+            if r["policy"] == p and r["scenario"] == scenario
+        }
+
+    mine, ref = per_seed(policy), per_seed(reference)
+    seeds = sorted(set(mine) & set(ref))
+    ratios = np.array([mine[s] / ref[s] - 1.0 if ref[s] else np.nan for s in seeds])
+    return interval(ratios)
+
+
+def headroom_table(result: Any, metric: str = "ttft_p90_s") -> str:
+    """Markdown: per scenario, the best heuristic and its metric, each planner's (the
+    oracle's) and each learned router's metric relative to it with a paired 95 % interval
+    over seeds (``*``: under 99 % of its throughput), and the share of the planner's gain a
+    learned router reaches. Means of the paired figures over scenarios, twice: as measured,
+    and with a router under 99 % of the throughput counted +100 % (it did not keep up).
+    Empty without a planner."""
+    rel = result.relative(metric)
+    best = result.best_heuristics(metric)
+    kinds = result.kinds()
+    planners = sorted(p for p in rel if kinds[p] == "planner")
+    learned = sorted(p for p in rel if kinds[p] == "learned")
+    if not planners:
+        return ""
+    scenarios = [s for s in result.suite.scenarios if s.name in best]
+    cols = planners + learned
+    short = SHORT.get(metric, metric)
+    head = f"| scenario | split | best heuristic | {short} |"
+    head += "".join(f" {p} |" for p in cols)
+    lines = [head, "|---" * (4 + len(cols)) + "|"]
+    for sc in scenarios:
+        b = best[sc.name]
+        split = sc.split.replace("_", "-")
+        row = f"| `{sc.name}` | {split} | {b} | {rel[b][sc.name]['value']:.3g} s |"
+        for p in cols:
+            v = rel[p].get(sc.name)
+            if v is None:
+                row += " skip |"
+                continue
+            m, h = paired_relative(result, p, sc.name, b, metric)
+            row += f" {m:+.1%} ± {h:.1%}{'' if v['keeps_up'] else '*'} |"
+        lines.append(row)
+
+    def mean(p: str, which: str | None, penalise: bool) -> float:
+        vals = []
+        for sc in scenarios:
+            v = rel[p].get(sc.name)
+            if which is not None and sc.split != which:
+                continue
+            if v is None:
+                return float("nan")
+            m = paired_relative(result, p, sc.name, best[sc.name], metric)[0]
+            vals.append(max(m, PENALTY) if penalise and not v["keeps_up"] else m)
+        return float(np.mean(vals)) if vals else float("nan")
+
+    for which, name in (("train", "train"), ("held_out", "held-out"), (None, "all")):
+        for penalise in (False, True):
+            tag = f"mean, {name}" + (" (* counted +100 %)" if penalise else "")
+            lines.append(
+                f"| {tag} | | | |" + "".join(f" {mean(p, which, penalise):+.1%} |" for p in cols)
+            )
+    notes = [
+        "",
+        "± : 95 % interval over seeds of the per-seed ratio to the best heuristic on the same "
+        "requests; * : under 99 % of the best heuristic's throughput.",
+        f"{', '.join(planners)}: sees requests that have not arrived yet (a reference, not a "
+        "router).",
+    ]
+    for p in learned:
+        for planner in planners:
+            shares = []
+            for penalise in (False, True):
+                bound = -mean(planner, None, penalise)
+                mine = -mean(p, None, penalise)
+                shares.append(f"{mine / bound:.0%}" if bound > 0 else "n/a (no gain)")
+            notes.append(
+                f"{p}: share of {planner}'s mean gain over the best heuristic: {shares[0]} as "
+                f"measured, {shares[1]} with * counted +100 %."
+            )
+    return "\n".join(lines + notes)
+
+
 def write_suite_outputs(out: Path, result: Any, metric: str = "ttft_p90_s") -> None:
     """``results.json`` and ``results.csv`` (one record per scenario, router and seed),
     ``summary.json`` (relative figures, best heuristics, skipped pairs) and

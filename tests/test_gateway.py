@@ -360,6 +360,21 @@ def test_live_state_reads_metrics_and_marks_stale_pools_missing(picker: Any) -> 
     assert d.source == "heuristic" and "missing prefill.prfaas.queued_requests" in d.reason
 
 
+def test_the_shipped_generalist_picks_on_the_inventorys_topology(tmp_path: Path) -> None:
+    """``--bundle pretrained:generalist``: the per-route bundle decides on the inventory's
+    own topology, from scraped metrics, with its guard and fallback in the decision."""
+    p = build_picker(inventory_file(tmp_path), bundle="pretrained:generalist", clock=FakeClock())
+    feed_all(p, metrics_text(2, 1, 0.25))
+    routes = set()
+    for tokens in (500, 4000, 30_000):
+        pick = p.pick(parse_request(body(tokens), "/v1/completions", 512))
+        assert pick.status == 200 and pick.destination in ("127.0.0.1:7301", "127.0.0.1:7302")
+        routes.add(pick.route)
+        d = p.router.decide(p.store.live_state(tokens, ()))
+        assert d.source in ("policy", "fallback") and (d.source == "policy") == (d.reason is None)
+    assert routes <= {"pd->pd", "prfaas->pd"}
+
+
 def test_garbage_or_down_metrics_never_crash_and_the_decision_says_why(picker: Any) -> None:
     store = picker.store
     store.clock.t += 10.0

@@ -166,8 +166,34 @@ def test_training_writes_a_usable_run(tmp_path: Path) -> None:
 
 
 def test_shipped_pretrained_bundles_replay_their_golden_files() -> None:
+    assert "generalist" in pretrained_names()
     for name in pretrained_names():
         count, wrong = replay_golden(
             Path(__file__).resolve().parents[1] / "prfaas_env" / "pretrained" / name
         )
         assert count > 0 and not wrong, wrong[:3]
+
+
+def test_the_shipped_generalist_routes_suite_and_single_scenarios_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``evaluate.py --agent pretrained:generalist`` on a suite (a topology it shares with
+    training and the large one) and on one shipped config, with guard firings reported."""
+    import json
+
+    from tests.test_evaluate import _main
+
+    out = tmp_path / "suite"
+    argv = ["--suite", "default", "--scenarios", "paper_poisson,large_poisson"]
+    argv += ["--policies", "mooncake", "--agent", "pretrained:generalist", "--seeds", "1"]
+    argv += ["--decisions", "80", "--workers", "1", "--no-progress", "--out", str(out)]
+    assert _main()(argv) == 0
+    text = capsys.readouterr().out
+    assert "pretrained:generalist" in text and "guard fired" in text
+    records = json.loads((out / "results.json").read_text())
+    mine = [r for r in records if r["policy"] == "pretrained:generalist"]
+    assert {r["scenario"] for r in mine} == {"paper_poisson", "large_poisson"}
+    assert all(r["throughput_rps"] > 0 and 0.0 <= r["guard_fired"] <= 1.0 for r in mine)
+    argv = ["--config", "paper_prfaas", "--policies", "none", "--agent", "pretrained:generalist"]
+    assert _main()([*argv, "--seeds", "1", "--decisions", "60", "--no-progress"]) == 0
+    assert "pretrained:generalist" in capsys.readouterr().out

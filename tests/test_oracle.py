@@ -183,10 +183,49 @@ def test_suite_evaluation_ranks_routers_and_writes_its_outputs(
     }
     assert len(recs) == 4 * 2 * 2
     assert (out / "heatmap.png").stat().st_size > 1000
+    assert "| `paper_poisson` | train |" in (out / "headroom.md").read_text()
+    assert "headroom: the planner against the best heuristic" in text
     assert _main()(["--suite", "no_such_suite", "--no-progress"]) == 2
     assert "shipped suites: default" in capsys.readouterr().err
     assert _main()(["--suite", "default", "--scenarios", "nope", "--no-progress"]) == 2
     assert "has no scenario 'nope'; it has: " in capsys.readouterr().err
+
+
+def test_the_headroom_table_pairs_seeds_and_shares_the_oracles_gain() -> None:
+    """Known per-seed figures: the paired interval, the throughput star, both means and the
+    learned router's share of the oracle's gain."""
+    from prfaas_env.evaluation import METRICS
+    from prfaas_env.report import headroom_table, paired_relative
+    from prfaas_env.suite_eval import SuiteResult
+
+    def rec(policy: str, kind: str, scenario: str, seed: int, p90: float, rps: float) -> dict:
+        r = {m: 1.0 for m in METRICS}
+        r.update(ttft_p90_s=p90, throughput_rps=rps, slo_attainment=0.9)
+        split = SUITE.get(scenario).split
+        return {**r, "policy": policy, "kind": kind, "scenario": scenario, "seed": seed,
+                "split": split}  # fmt: skip
+
+    recs = []
+    for seed, base in enumerate((10.0, 20.0)):
+        recs += [
+            rec("mooncake", "heuristic", "paper_poisson", seed, base, 2.0),
+            rec("rollout_oracle", "planner", "paper_poisson", seed, base * 0.8, 2.0),
+            rec("agent", "learned", "paper_poisson", seed, base * (0.9, 0.94)[seed], 2.0),
+            rec("mooncake", "heuristic", "large_poisson", seed, base, 2.0),
+            rec("rollout_oracle", "planner", "large_poisson", seed, base * 0.6, 2.0),
+            rec("agent", "learned", "large_poisson", seed, base * 0.5, 1.5),
+        ]
+    result = SuiteResult(SUITE, recs, {}, [0, 1], 100)
+    mean, half = paired_relative(result, "agent", "paper_poisson", "mooncake")
+    assert mean == pytest.approx(-0.08) and half == pytest.approx(12.706 * 0.04 / 2, 1e-3)
+    text = headroom_table(result)
+    assert "| `paper_poisson` | train | mooncake | 15 s | -20.0% ± 0.0% | -8.0% ± 25.4% |" in text
+    assert "-50.0% ± 0.0%* |" in text  # the agent fell behind on throughput there
+    assert "| mean, all | | | | -30.0% | -29.0% |" in text
+    assert "| mean, all (* counted +100 %) | | | | -30.0% | +46.0% |" in text
+    assert "97% as measured, -153% with * counted +100 %" in text
+    assert headroom_table(SuiteResult(SUITE, [r for r in recs if r["kind"] != "planner"], {},
+                                      [0, 1], 100)) == ""  # fmt: skip
 
 
 def _params(tmp_path: Path) -> Path:
