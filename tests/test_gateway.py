@@ -647,3 +647,19 @@ def test_any_scrapes_and_prompts_give_a_decision_or_503(
         if pick.status == 200:
             assert pick.destination in addresses and pick.route in p.labels
             assert pick.prefill is None or pick.prefill in addresses
+
+
+def test_the_demos_simulator_side_takes_a_shipped_per_route_bundle(tmp_path: Path) -> None:
+    """``demo --bundle pretrained:generalist`` compares with the simulator routed by the same
+    bundle (a per-route bundle on the demo's topology, not only flat bundles)."""
+    from prfaas_env.env.config import resolve_config
+    from prfaas_env.gateway.demo import simulate_trace
+    from prfaas_env.gateway.loadgen import synthetic_trace_file
+    from prfaas_env.router import BundleError
+
+    sc, _ = resolve_config("paper_prfaas")
+    trace = synthetic_trace_file("paper_prfaas", 60, 0, tmp_path / "t.jsonl", 2.0)
+    out = simulate_trace(sc.raw["topology"], trace, 60, bundle="pretrained:generalist")
+    assert out["requests"] == 60 and out["completed"] == 60 and out["ttft_p90_s"] > 0
+    with pytest.raises(BundleError, match="no such pretrained bundle"):
+        simulate_trace(sc.raw["topology"], trace, 60, bundle="pretrained:nope")

@@ -55,11 +55,20 @@ def simulate_trace(
     sc = parse_scenario(raw, "gateway comparison")
     if bundle is not None:
         from prfaas_env.policies import RouteTable
-        from prfaas_env.router import Router
+        from prfaas_env.router import Router, resolve_bundle
         from prfaas_env.router.core import BundlePolicy
+        from prfaas_env.router.routes import bundle_policy_for, is_route_bundle
 
-        def factory(s: Any) -> Any:
-            return BundlePolicy(Router(bundle), RouteTable.from_topology(s.topology), "bundle")
+        path = resolve_bundle(bundle)  # a folder or pretrained:NAME
+        if is_route_bundle(path):  # one network for any topology: this one
+
+            def factory(s: Any) -> Any:
+                return bundle_policy_for(s, str(path), "bundle")
+
+        else:
+
+            def factory(s: Any) -> Any:
+                return BundlePolicy(Router(path), RouteTable.from_topology(s.topology), "bundle")
 
         name = "bundle"
     else:
