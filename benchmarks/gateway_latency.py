@@ -83,7 +83,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 # ---- picker in process ----------------------------------------------------------------------
-def picker_bench(n: int, workloads: list[str]) -> dict[str, Any]:
+def picker_bench(n: int, workloads: list[str], bundle: str | None = None) -> dict[str, Any]:
     import tempfile
 
     from envoy.config.core.v3 import base_pb2
@@ -98,7 +98,12 @@ def picker_bench(n: int, workloads: list[str]) -> dict[str, Any]:
     sc, _ = resolve_config("paper_prfaas")
     work = Path(tempfile.mkdtemp())
     inv_path, _ = write_inventory(sc.raw["topology"], work / "inv.yaml", 1.0, None)
-    picker = build_picker(inv_path, policy="prfaas_threshold")
+    def make() -> Any:  # the threshold router, or the bundle (e.g. pretrained:generalist)
+        if bundle is not None:
+            return build_picker(inv_path, bundle=bundle)
+        return build_picker(inv_path, policy="prfaas_threshold")
+
+    picker = make()
     store = picker.store
     text = (
         "vllm:num_requests_waiting 1\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.3\n"
@@ -125,7 +130,7 @@ def picker_bench(n: int, workloads: list[str]) -> dict[str, Any]:
     if "mooncake" in workloads:
         traces["mooncake conversation"] = trace_requests("mooncake-conversation", 2000)
     for name, req in traces.items():
-        picker = build_picker(inv_path, policy="prfaas_threshold")  # a fresh state per workload
+        picker = make()  # a fresh state per workload
         store = picker.store
         o = LoadOptions(url="", stream=False)
         bodies = [_body(req, i, o) for i in range(len(req))]
@@ -315,10 +320,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--decisions", type=int, default=5000, help="picker: decisions per workload")
     ap.add_argument("--workloads", default="paper,mooncake", help="picker: paper, mooncake")
+    ap.add_argument(
+        "--bundle", default=None, help="picker: decide with this bundle (default: prfaas_threshold)"
+    )
     args = ap.parse_args()
     print(f"machine: {machine()}", flush=True)
     if args.what == "picker":
-        out = picker_bench(args.decisions, args.workloads.split(","))
+        out = picker_bench(args.decisions, args.workloads.split(","), args.bundle)
     elif args.what == "load":
         out = load_bench(args)
     else:
