@@ -283,6 +283,8 @@ def main_suite(args: argparse.Namespace) -> int:
         if headroom:
             (out / "headroom.md").write_text(headroom + "\n")
             written += ", headroom.md"
+        else:  # no planner ran: an earlier run's table must not sit beside these results
+            (out / "headroom.md").unlink(missing_ok=True)
         print(f"\nwrote {out}/{written}")
     return 0
 

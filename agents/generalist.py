@@ -18,7 +18,9 @@ Training (``train.py --suite NAME``) is imitation of the rollout oracle by DAgge
    candidates' negative cost gaps over ``tau`` x the TTFT SLO (decisions where the routes
    cost the same teach nothing; decisions where one route is far better teach most);
 4. evaluate greedily on the train scenarios' validation seeds against each best heuristic
-   (TensorBoard ``eval/<scenario>/...``) and keep the best iteration.
+   (TensorBoard ``eval/<scenario>/...``) and keep the best iteration. With ``oracle_eval``
+   (default 1) the rollout oracle runs once on the same seeds, so TensorBoard shows the
+   learner's P90 beside the oracle's and the share of the oracle's gain it reaches.
 
 The trained policy's inputs keep, per feature, the range the training data covered: a
 deployed router falls back to a heuristic for a decision outside it (the guard).
@@ -88,6 +90,7 @@ class GeneralistSettings:
     lr: float = 1e-3
     eval_seeds: int = 3
     eval_decisions: int = 1000
+    oracle_eval: int = 1  # 1: the oracle's P90 on the validation seeds beside the learner's
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,6 +120,8 @@ class GeneralistSettings:
         for name in ("horizon", "warmup", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected at least 0, got {getattr(self, name)}")
+        if self.oracle_eval not in (0, 1):
+            raise ConfigError(f"oracle_eval: expected 0 or 1, got {self.oracle_eval}")
         if not 0 <= self.beta0 <= 1:
             raise ConfigError(f"beta0: expected a probability in [0, 1], got {self.beta0}")
         if not self.tau > 0 or not self.lr > 0:
@@ -308,6 +313,42 @@ def evaluate(
     return out, base
 
 
+def oracle_reference(
+    scenarios: list[SuiteScenario],
+    best: dict[str, str],
+    s: GeneralistSettings,
+    baselines: dict[str, dict[str, float]],
+) -> dict[str, dict[str, float]]:
+    """The rollout oracle (planning around each scenario's best heuristic, lookahead
+    ``s.horizon``; it sees the future) on the validation seeds, once: per scenario its P90
+    relative to the best heuristic's (``baselines``) and its throughput ratio."""
+    seeds = seed_range(VALIDATION_SEED, s.eval_seeds)
+    out: dict[str, dict[str, float]] = {}
+    for sc in scenarios:
+        b = best[sc.name]
+        oracle = heuristic(
+            "rollout_oracle",
+            horizon=s.horizon,
+            base=b,
+            base_params=heuristic_params(sc.scenario, b),
+        )
+        run = run_policy(sc.scenario, oracle, "rollout_oracle", seeds, s.eval_decisions)
+        mine = {k: float(np.nanmean(run.metrics[k])) for k in METRICS}
+        ref = baselines[sc.name]
+        out[sc.name] = {
+            "p90_rel": mine["ttft_p90_s"] / ref["ttft_p90_s"] - 1.0,
+            "rps_ratio": mine["throughput_rps"] / ref["throughput_rps"],
+            "p90_s": mine["ttft_p90_s"],
+        }
+    return out
+
+
+def oracle_share(learner: float, oracle: float) -> float:
+    """The share of the oracle's gain over the best heuristic the learner reaches (relative
+    P90s, negative = better); NaN where the oracle gains nothing."""
+    return learner / oracle if oracle < 0 else math.nan
+
+
 def selection_score(result: dict[str, dict[str, float]]) -> float:
     """Lower is better: the mean relative P90, with a scenario that does not keep up with its
     best heuristic's throughput counted as +100 %."""
@@ -337,6 +378,7 @@ def train_generalist(
     data: dict[str, Labels] = {sc.name: Labels() for sc in scenarios}
     history = []
     baselines: dict[str, dict[str, float]] | None = None
+    oracle: dict[str, dict[str, float]] | None = None
     best_score, best_iteration = math.inf, -1
     for it in range(s.iterations):
         beta = s.beta0 * 0.5**it
@@ -364,12 +406,30 @@ def train_generalist(
             net.set_statistics(allr, allg)
         loss = fit(net, data, s, optimiser, rng)
         result, baselines = evaluate(net, scenarios, best, s, baselines)
+        if oracle is None and s.oracle_eval:
+            echo("the rollout oracle on the validation seeds (once, a reference) ...")
+            oracle = oracle_reference(scenarios, best, s, baselines)
+            echo(
+                "  oracle P90 vs best heuristic: "
+                + ", ".join(f"{k} {v['p90_rel']:+.0%}" for k, v in oracle.items())
+            )
         score = selection_score(result)
         labels = sum(len(lab) for lab in data.values())
         for name, r in result.items():
             writer.add_scalar(f"eval/{name}/p90_vs_best_heuristic", r["p90_rel"], it)
             writer.add_scalar(f"eval/{name}/throughput_ratio", r["rps_ratio"], it)
+            if oracle is not None:
+                o = oracle[name]["p90_rel"]
+                writer.add_scalar(f"eval/{name}/oracle_p90_vs_best_heuristic", o, it)
+                writer.add_scalar(
+                    f"eval/{name}/share_of_oracle_gain", oracle_share(r["p90_rel"], o), it
+                )
         writer.add_scalar("eval/mean_p90_vs_best_heuristic", score, it)
+        if oracle is not None:
+            mean_o = float(np.mean([v["p90_rel"] for v in oracle.values()]))
+            mean_r = float(np.mean([v["p90_rel"] for v in result.values()]))
+            writer.add_scalar("eval/mean_oracle_p90_vs_best_heuristic", mean_o, it)
+            writer.add_scalar("eval/share_of_oracle_gain", oracle_share(mean_r, mean_o), it)
         writer.add_scalar("train/loss", loss, it)
         writer.add_scalar("train/labels", labels, it)
         echo(
@@ -405,6 +465,7 @@ def train_generalist(
         "global_features": [n for n, _ in GLOBAL_FEATURES],
         "selected_iteration": best_iteration,
         "history": history,
+        "oracle": oracle,
         "ranges": ranges,
         "wall_s": time.perf_counter() - t0,
         "commit": _commit(),

@@ -49,15 +49,15 @@ def single(env_id: str, seconds: float, masked: bool, **kwargs: Any) -> tuple[fl
     env = gym.make(env_id, **kwargs)
     rng = np.random.default_rng(0)
     n = int(env.action_space.n)
-    u = rng.random((BLOCK, n))
     _, info = env.reset(seed=0)
     state = {"info": info}
 
     def step(t: int) -> None:
+        u = rng.random(n)  # fresh draws every step, as in the vector rows
         if masked:
-            a = int(np.argmax(np.where(state["info"]["action_mask"], u[t % BLOCK], -1.0)))
+            a = int(np.argmax(np.where(state["info"]["action_mask"], u, -1.0)))
         else:
-            a = int(u[t % BLOCK, 0] * n)
+            a = int(u[0] * n)
         _, _, term, trunc, state["info"] = env.step(a)
         if term or trunc:
             _, state["info"] = env.reset()

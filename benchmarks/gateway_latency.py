@@ -98,6 +98,7 @@ def picker_bench(n: int, workloads: list[str], bundle: str | None = None) -> dic
     sc, _ = resolve_config("paper_prfaas")
     work = Path(tempfile.mkdtemp())
     inv_path, _ = write_inventory(sc.raw["topology"], work / "inv.yaml", 1.0, None)
+
     def make() -> Any:  # the threshold router, or the bundle (e.g. pretrained:generalist)
         if bundle is not None:
             return build_picker(inv_path, bundle=bundle)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +175,10 @@ PENALTY = 1.0  # a router under 99 % of the best heuristic's throughput counts +
 
 def paired_relative(
     result: Any, policy: str, scenario: str, reference: str, metric: str = "ttft_p90_s"
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
     """Mean and 95 % half-width over seeds of ``policy``'s metric over ``reference``'s on
-    the same seed, minus 1 (seeds where either is unknown are left out)."""
+    the same seed, minus 1, and the number of seeds used (seeds where either is unknown are
+    left out; NaN mean with none, NaN half-width with one)."""
     from prfaas_env.evaluation import interval
 
     def per_seed(p: str) -> dict[int, float]:
@@ -189,16 +191,27 @@ def paired_relative(
     mine, ref = per_seed(policy), per_seed(reference)
     seeds = sorted(set(mine) & set(ref))
     ratios = np.array([mine[s] / ref[s] - 1.0 if ref[s] else np.nan for s in seeds])
-    return interval(ratios)
+    ratios = ratios[np.isfinite(ratios)]
+    mean, half = interval(ratios)
+    return mean, (half if ratios.size > 1 else math.nan), int(ratios.size)
+
+
+def _pct(x: float, sign: bool = True) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.1%}" if sign else f"{x:.1%}"
 
 
 def headroom_table(result: Any, metric: str = "ttft_p90_s") -> str:
     """Markdown: per scenario, the best heuristic and its metric, each planner's (the
     oracle's) and each learned router's metric relative to it with a paired 95 % interval
     over seeds (``*``: under 99 % of its throughput), and the share of the planner's gain a
-    learned router reaches. Means of the paired figures over scenarios, twice: as measured,
-    and with a router under 99 % of the throughput counted +100 % (it did not keep up).
-    Empty without a planner."""
+    learned router reaches. Means of the paired figures over the scenarios each router ran
+    (``k of n`` when it skipped some), twice: as measured, and with a router under 99 % of
+    the throughput counted +100 % (it did not keep up). The share compares the learned
+    router with the planner as measured, over the scenarios both ran. Empty without a
+    planner. Figures are means of per-seed ratios (``summary.json``'s ``relative`` is the
+    ratio of the seeds' means)."""
     rel = result.relative(metric)
     best = result.best_heuristics(metric)
     kinds = result.kinds()
@@ -209,40 +222,51 @@ def headroom_table(result: Any, metric: str = "ttft_p90_s") -> str:
     scenarios = [s for s in result.suite.scenarios if s.name in best]
     cols = planners + learned
     short = SHORT.get(metric, metric)
+    unit = " s" if metric.endswith("_s") else ""
     head = f"| scenario | split | best heuristic | {short} |"
     head += "".join(f" {p} |" for p in cols)
     lines = [head, "|---" * (4 + len(cols)) + "|"]
+    paired = {
+        (p, sc.name): paired_relative(result, p, sc.name, best[sc.name], metric)
+        for p in cols
+        for sc in scenarios
+        if sc.name in rel[p]
+    }
     for sc in scenarios:
         b = best[sc.name]
         split = sc.split.replace("_", "-")
-        row = f"| `{sc.name}` | {split} | {b} | {rel[b][sc.name]['value']:.3g} s |"
+        row = f"| `{sc.name}` | {split} | {b} | {rel[b][sc.name]['value']:.3g}{unit} |"
         for p in cols:
             v = rel[p].get(sc.name)
             if v is None:
                 row += " skip |"
                 continue
-            m, h = paired_relative(result, p, sc.name, b, metric)
-            row += f" {m:+.1%} ± {h:.1%}{'' if v['keeps_up'] else '*'} |"
+            m, h, _ = paired[(p, sc.name)]
+            spread = f" ± {_pct(h, False)}" if math.isfinite(h) else ""
+            row += f" {_pct(m)}{spread}{'' if v['keeps_up'] else '*'} |"
         lines.append(row)
 
-    def mean(p: str, which: str | None, penalise: bool) -> float:
-        vals = []
-        for sc in scenarios:
-            v = rel[p].get(sc.name)
-            if which is not None and sc.split != which:
-                continue
-            if v is None:
-                return float("nan")
-            m = paired_relative(result, p, sc.name, best[sc.name], metric)[0]
-            vals.append(max(m, PENALTY) if penalise and not v["keeps_up"] else m)
-        return float(np.mean(vals)) if vals else float("nan")
+    def figures(p: str, names: list[str], penalise: bool) -> list[float]:
+        out = []
+        for n in names:
+            m = paired[(p, n)][0] if (p, n) in paired else math.nan
+            if math.isfinite(m):
+                keeps = bool(rel[p][n]["keeps_up"])
+                out.append(max(m, PENALTY) if penalise and not keeps else m)
+        return out
 
     for which, name in (("train", "train"), ("held_out", "held-out"), (None, "all")):
+        names = [sc.name for sc in scenarios if which is None or sc.split == which]
         for penalise in (False, True):
             tag = f"mean, {name}" + (" (* counted +100 %)" if penalise else "")
-            lines.append(
-                f"| {tag} | | | |" + "".join(f" {mean(p, which, penalise):+.1%} |" for p in cols)
-            )
+            cells = ""
+            for p in cols:
+                vals = figures(p, names, penalise)
+                cell = _pct(float(np.mean(vals))) if vals else "n/a"
+                if len(vals) < len(names):
+                    cell += f" ({len(vals)} of {len(names)})"
+                cells += f" {cell} |"
+            lines.append(f"| {tag} | | | |{cells}")
     notes = [
         "",
         "± : 95 % interval over seeds of the per-seed ratio to the best heuristic on the same "
@@ -252,14 +276,20 @@ def headroom_table(result: Any, metric: str = "ttft_p90_s") -> str:
     ]
     for p in learned:
         for planner in planners:
+            both = [sc.name for sc in scenarios if (p, sc.name) in paired]
+            both = [n for n in both if (planner, n) in paired]
+            bound = -float(np.mean(figures(planner, both, False))) if both else math.nan
             shares = []
             for penalise in (False, True):
-                bound = -mean(planner, None, penalise)
-                mine = -mean(p, None, penalise)
-                shares.append(f"{mine / bound:.0%}" if bound > 0 else "n/a (no gain)")
+                mine = figures(p, both, penalise)
+                if not (math.isfinite(bound) and bound > 0) or not mine:
+                    shares.append("n/a (the planner gains nothing on them)")
+                else:
+                    shares.append(f"{-float(np.mean(mine)) / bound:.0%}")
             notes.append(
-                f"{p}: share of {planner}'s mean gain over the best heuristic: {shares[0]} as "
-                f"measured, {shares[1]} with * counted +100 %."
+                f"{p}: share of {planner}'s mean gain over the best heuristic, on the "
+                f"{len(both)} scenarios both ran: {shares[0]} as measured, {shares[1]} with "
+                f"{p}'s * counted +100 %."
             )
     return "\n".join(lines + notes)
 

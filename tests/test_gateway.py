@@ -364,15 +364,21 @@ def test_the_shipped_generalist_picks_on_the_inventorys_topology(tmp_path: Path)
     """``--bundle pretrained:generalist``: the per-route bundle decides on the inventory's
     own topology, from scraped metrics, with its guard and fallback in the decision."""
     p = build_picker(inventory_file(tmp_path), bundle="pretrained:generalist", clock=FakeClock())
-    feed_all(p, metrics_text(2, 1, 0.25))
-    routes = set()
+    feed_all(p, metrics_text(0, 1, 0.25))  # nothing waiting: inside the training ranges
+    routes, sources = set(), set()
     for tokens in (500, 4000, 30_000):
         pick = p.pick(parse_request(body(tokens), "/v1/completions", 512))
         assert pick.status == 200 and pick.destination in ("127.0.0.1:7301", "127.0.0.1:7302")
         routes.add(pick.route)
         d = p.router.decide(p.store.live_state(tokens, ()))
-        assert d.source in ("policy", "fallback") and (d.source == "policy") == (d.reason is None)
-    assert routes <= {"pd->pd", "prfaas->pd"}
+        assert d.source in ("model", "fallback") and (d.source == "model") == (d.reason is None)
+        sources.add(d.source)
+    assert routes <= {"pd->pd", "prfaas->pd"} and "model" in sources
+    # requests waiting at the decode servers: a feature that was 0 in every training row, so
+    # the guard sends the decision to the fallback and says which feature it was
+    feed_all(p, metrics_text(2, 1, 0.25))
+    d = p.router.decide(p.store.live_state(4000, ()))
+    assert d.source == "fallback" and "admission_queue_per_instance" in d.reason
 
 
 def test_garbage_or_down_metrics_never_crash_and_the_decision_says_why(picker: Any) -> None:

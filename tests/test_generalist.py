@@ -154,7 +154,11 @@ def test_training_writes_a_usable_run(tmp_path: Path) -> None:
     assert len(summary["ranges"]["routes"]) == len(ROUTE_FEATURES)
     assert summary["history"][0]["labels"] == 7 * 2 * 6
     assert set(summary["history"][0]["eval"]) == {sc.name for sc in SUITE.train}
-    assert any((tmp_path / "g" / "tb").iterdir())
+    assert set(summary["oracle"]) == {sc.name for sc in SUITE.train}  # its reference, once
+    assert all(np.isfinite(v["p90_rel"]) for v in summary["oracle"].values())
+    events = b"".join(p.read_bytes() for p in (tmp_path / "g" / "tb").iterdir())
+    assert b"eval/paper_poisson/oracle_p90_vs_best_heuristic" in events
+    assert b"eval/share_of_oracle_gain" in events
     net, _ = load_generalist(tmp_path / "g")
     assert net.head.in_features == 8
     from agents.generalist import generalist_policy

@@ -81,6 +81,30 @@ def test_a_shortlist_costs_exactly_what_the_full_oracle_costs_on_its_candidates(
     assert np.isinf(some).sum() == 3 * (routes.num_actions - 3)
     with pytest.raises(ValueError, match="needs view and mask"):
         short.candidate_costs()
+    with pytest.raises(ValueError, match=r"mask: expected shape \(envs, <= 11\)"):
+        short.shortlist(view, np.ones((3, 13), np.bool_))
+    nan_first = RolloutOracle(routes, topo, horizon=6, candidates=3)
+    nan_first.ranker = type("NaNScores", (), {"scores": lambda self, v: np.full((3, 11), np.nan)})()
+    only = np.zeros((3, 11), np.bool_)
+    only[:, 4] = True  # one allowed route whose score is NaN still comes before masked ones
+    assert (nan_first.shortlist(view, only)[:, 0] == 4).all()
+
+
+def test_a_base_without_scores_and_an_inner_oracle_shortlist_by_mooncakes_scores() -> None:
+    """round_robin does not score routes, nor does an inner oracle: Mooncake's router ranks
+    the shortlist instead, and the nested oracle runs with it (it used to be refused, which
+    ended a whole suite run where round_robin was a scenario's best heuristic)."""
+    sc = SUITE.get("region3_prefix_bursty").scenario
+    routes = RouteTable.from_topology(sc.topology)
+    rr = RolloutOracle(routes, sc.topology, horizon=2, base="round_robin", candidates=2)
+    assert rr.ranker.name == "mooncake"
+    full = RolloutOracle(routes, sc.topology, horizon=2, base="round_robin")
+    assert full.ranker is full.base  # no shortlist: nothing else is built
+    kwargs = {"horizon": 2, "iterations": 1, "candidates": 2}
+    run = run_policy(sc, heuristic("rollout_oracle", **kwargs), "o", [0], 12)
+    assert run.metrics["decisions"][0] == 12
+    nested = RolloutOracle(routes, sc.topology, **kwargs)
+    assert nested.ranker.name == "mooncake" and nested.base.candidates == 2
 
 
 @pytest.mark.parametrize("name", ["paper_poisson", "region3_prefix_bursty"])
@@ -128,8 +152,6 @@ def test_bad_parameters_and_no_simulator_are_refused() -> None:
         make_policy("rollout_oracle", routes, topo, horizon=-1)
     with pytest.raises(ConfigError, match=r"candidates: expected an integer >= 1, got 0"):
         make_policy("rollout_oracle", routes, topo, candidates=0)
-    with pytest.raises(ConfigError, match=r"base 'round_robin' does not score routes"):
-        make_policy("rollout_oracle", routes, topo, base="round_robin", candidates=1)
     oracle = make_policy("rollout_oracle", routes, topo)
     with pytest.raises(RuntimeError, match="plans with the simulator"):
         oracle.act({}, np.ones((1, 2), np.bool_))
@@ -216,14 +238,21 @@ def test_the_headroom_table_pairs_seeds_and_shares_the_oracles_gain() -> None:
             rec("agent", "learned", "large_poisson", seed, base * 0.5, 1.5),
         ]
     result = SuiteResult(SUITE, recs, {}, [0, 1], 100)
-    mean, half = paired_relative(result, "agent", "paper_poisson", "mooncake")
+    mean, half, used = paired_relative(result, "agent", "paper_poisson", "mooncake")
+    assert used == 2
     assert mean == pytest.approx(-0.08) and half == pytest.approx(12.706 * 0.04 / 2, 1e-3)
     text = headroom_table(result)
     assert "| `paper_poisson` | train | mooncake | 15 s | -20.0% ± 0.0% | -8.0% ± 25.4% |" in text
     assert "-50.0% ± 0.0%* |" in text  # the agent fell behind on throughput there
     assert "| mean, all | | | | -30.0% | -29.0% |" in text
     assert "| mean, all (* counted +100 %) | | | | -30.0% | +46.0% |" in text
-    assert "97% as measured, -153% with * counted +100 %" in text
+    assert "on the 2 scenarios both ran: 97% as measured, -153% with agent's * counted" in text
+    one_seed = SuiteResult(SUITE, [r for r in recs if r["seed"] == 0], {}, [0], 100)
+    assert "| -10.0% |" in headroom_table(one_seed)  # one seed: no interval to give
+    skipped = [r for r in recs if not (r["policy"] == "agent" and r["scenario"] == "large_poisson")]
+    text = headroom_table(SuiteResult(SUITE, skipped, {}, [0, 1], 100))
+    assert "| mean, all | | | | -30.0% | -8.0% (1 of 2) |" in text and "nan" not in text
+    assert "on the 1 scenarios both ran: 40% as measured" in text
     assert headroom_table(SuiteResult(SUITE, [r for r in recs if r["kind"] != "planner"], {},
                                       [0, 1], 100)) == ""  # fmt: skip
 

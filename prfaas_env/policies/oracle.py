@@ -14,10 +14,11 @@ is paired. Costs (``cost``):
   20 bins per decade: within about 12 % of each request's excess);
 - ``goodput``: minus the number of those requests that meet both SLOs.
 
-With ``candidates`` = K the oracle simulates only the K routes its base policy scores best
-at each decision (the rest cost infinity): K copies per env instead of one per route, for
-scenarios with dozens of routes. Its answer is then the best of those K, no longer of every
-route; results name K.
+With ``candidates`` = K the oracle simulates only the K allowed routes its base policy
+scores best at each decision (Mooncake's router scores them when the base does not score
+routes, e.g. ``round_robin`` or an inner oracle); the rest cost infinity: K copies per env
+instead of one per route, for scenarios with dozens of routes. Its answer is then the best
+of those K, no longer of every route; say K where its results are reported.
 
 With ``iterations`` > 0 the base policy of the rollouts is itself a rollout oracle (with one
 iteration fewer): slower by a factor of about ``(actions x horizon)`` per iteration. Inside
@@ -68,7 +69,7 @@ class RolloutOracle(Policy):
         iterations: rollouts whose base is the oracle itself, this many times (default 0).
         ttft_slo_s: the TTFT SLO of the ``tail`` cost, s (default: the simulator's).
         candidates: simulate only the base policy's best-scored routes, this many (default:
-            every route). Needs a base that scores routes (not ``round_robin``).
+            every route); an inner oracle (``iterations``) shortlists as many.
     """
 
     name = "rollout_oracle"
@@ -128,17 +129,26 @@ class RolloutOracle(Policy):
         try:
             self.base: Policy = (
                 RolloutOracle(
-                    base_routes, topology, horizon, base, params, cost, iterations - 1, ttft_slo_s
+                    base_routes,
+                    topology,
+                    horizon,
+                    base,
+                    params,
+                    cost,
+                    iterations - 1,
+                    ttft_slo_s,
+                    candidates,
                 )
                 if iterations > 0
                 else HEURISTICS[base](base_routes, topology=topology, **params)
             )
         except ConfigError as exc:
             raise ConfigError(f"rollout_oracle: base {base!r}: {exc}") from exc
+        # what ranks the shortlist: the base's scores, or Mooncake's where it has none
+        self.ranker: Policy = self.base
         if self.candidates < k and type(self.base).scores is Policy.scores:
-            raise ConfigError(
-                f"rollout_oracle: candidates: the base {self.base.name!r} does not score "
-                "routes, so it cannot shortlist them; choose a scoring base or drop candidates"
+            self.ranker = HEURISTICS["mooncake"](
+                base_routes, topology=topology, prefill_estimate="tables"
             )
         self.sim: VecSimulator | None = None
         self._scratch: VecSimulator | None = None
@@ -165,20 +175,33 @@ class RolloutOracle(Policy):
                 "rollout_oracle plans with the simulator: run it through "
                 "prfaas_env.evaluation.run_policy, or call attach(sim) first"
             )
-        costs = self.candidate_costs(view, mask)
-        full = np.ones((mask.shape[0], self.routes.num_actions), np.bool_)
-        full[:, : mask.shape[1]] = mask
-        costs = np.where(full, costs, np.inf)
+        full = self._full_mask(mask)
+        costs = np.where(full, self.candidate_costs(view, full), np.inf)
         return np.argmin(costs, axis=1).astype(np.int64)
+
+    def _full_mask(self, mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """``mask`` over every action (columns it lacks are allowed; ValueError when it has
+        more columns than the route table has actions)."""
+        k = self.routes.num_actions
+        mask = np.asarray(mask, np.bool_)
+        if mask.ndim != 2 or mask.shape[1] > k:
+            raise ValueError(
+                f"rollout_oracle: mask: expected shape (envs, <= {k}), got {mask.shape}"
+            )
+        full = np.ones((mask.shape[0], k), np.bool_)
+        full[:, : mask.shape[1]] = mask
+        return full
 
     def shortlist(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
         """``[env, candidate]``: the ``candidates`` allowed routes the base scores lowest
         (every action, in order, when no shortlist is asked for)."""
-        n, k = mask.shape[0], self.routes.num_actions
+        full = self._full_mask(mask)
+        n, k = full.shape
         if self.candidates >= k:
             return np.tile(np.arange(k, dtype=np.int64), (n, 1))
-        s = np.asarray(self.base.scores(view), np.float64)
-        s = np.where(mask[:, : s.shape[1]], s, np.inf)
+        s = np.asarray(self.ranker.scores(view), np.float64)
+        # allowed routes first (a NaN or infinite score ranks last among them), masked last
+        s = np.where(full[:, : s.shape[1]], np.nan_to_num(s, nan=1e300, posinf=1e300), np.inf)
         return np.argsort(s, axis=1, kind="stable")[:, : self.candidates].astype(np.int64)
 
     def candidate_costs(
