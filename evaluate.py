@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+ORACLE_ROUTES_WARN = 16  # routes above which the full oracle takes hours per scenario
+
+
 def main_suite(args: argparse.Namespace) -> int:
     """``--suite``: every router on every scenario of the suite (prfaas_env.suite_eval)."""
     from tqdm import tqdm
@@ -237,6 +240,24 @@ def main_suite(args: argparse.Namespace) -> int:
     if not specs:
         print("error: nothing to evaluate (--policies none and no --agent)", file=sys.stderr)
         return 2
+    from prfaas_env.evaluation import heuristic_params
+
+    for spec in specs:  # the oracle simulates every route per decision unless told otherwise
+        if spec.kwargs.get("name") == "rollout_oracle" and "candidates" not in spec.kwargs:
+            large = [
+                f"{s.name} ({len(s.scenario.topology.routes)} routes)"
+                for s in suite.scenarios
+                if len(s.scenario.topology.routes) > ORACLE_ROUTES_WARN
+                and (not wanted or s.name in wanted)
+                and "candidates" not in heuristic_params(s.scenario, "rollout_oracle")
+            ]
+            if large:
+                print(
+                    "note: rollout_oracle simulates every route at each decision on "
+                    f"{', '.join(large)}: expect hours; 'candidates: K' shortlists routes "
+                    "(--policy-params configs/suite_params/oracle_shortlist.yaml)",
+                    file=sys.stderr,
+                )
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.force:
         print(f"error: {out} exists; choose another --out or pass --force", file=sys.stderr)

@@ -351,3 +351,18 @@ def test_table_prefill_estimates_stay_within_a_fifth_of_a_percent_of_the_cost_mo
         worst = max(worst, float(np.max(np.abs(tables[ok] / exact[ok] - 1.0), initial=0.0)))
         sim.step(routes_from_actions(policy.act(view, observer.mask), policy.routes.num_routes))
     assert compared > 500 and worst < 2e-3
+
+
+def test_suite_evaluation_warns_before_a_full_oracle_on_a_large_topology(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_evaluate import _main
+
+    argv = ["--suite", "default", "--scenarios", "large_poisson", "--policies"]
+    argv += ["mooncake,rollout_oracle", "--seeds", "1", "--decisions", "3", "--no-progress"]
+    assert _main()([*argv, "--policy-params", str(_params(tmp_path))]) == 0
+    assert "large_poisson (72 routes): expect hours" in capsys.readouterr().err
+    p = tmp_path / "short.yaml"
+    p.write_text("policies:\n  rollout_oracle: {horizon: 2, candidates: 4}\n")
+    assert _main()([*argv, "--policy-params", str(p)]) == 0
+    assert "expect hours" not in capsys.readouterr().err
