@@ -62,7 +62,7 @@ from prfaas_env.observation.per_route import (
 from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy, policy_names
 from prfaas_env.policies.learned import RoutePolicy
-from prfaas_env.policies.oracle import RolloutOracle
+from prfaas_env.policies.oracle import NONDETERMINISTIC, RolloutOracle
 from prfaas_env.policies.route_scorer import RouteScorer, score_fn
 from prfaas_env.sim.engine import VecSimulator, routes_from_actions
 from prfaas_env.sim.scenario import Scenario
@@ -91,6 +91,7 @@ class GeneralistSettings:
     eval_seeds: int = 3
     eval_decisions: int = 1000
     oracle_eval: int = 1  # 1: the oracle's P90 on the validation seeds beside the learner's
+    residual: int = 0  # 1: the network adjusts Mooncake's rule (minus estimated TTFT)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -120,8 +121,9 @@ class GeneralistSettings:
         for name in ("horizon", "warmup", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected at least 0, got {getattr(self, name)}")
-        if self.oracle_eval not in (0, 1):
-            raise ConfigError(f"oracle_eval: expected 0 or 1, got {self.oracle_eval}")
+        for name in ("oracle_eval", "residual"):
+            if getattr(self, name) not in (0, 1):
+                raise ConfigError(f"{name}: expected 0 or 1, got {getattr(self, name)}")
         if not 0 <= self.beta0 <= 1:
             raise ConfigError(f"beta0: expected a probability in [0, 1], got {self.beta0}")
         if not self.tau > 0 or not self.lr > 0:
@@ -158,12 +160,15 @@ class Labels:
 def best_heuristics(
     scenarios: list[SuiteScenario], seeds: list[int], decisions: int
 ) -> dict[str, str]:
-    """Each scenario's best heuristic on ``seeds`` (lowest P90 TTFT at >= 99 % of the best
-    throughput)."""
+    """Each scenario's best deterministic heuristic on ``seeds`` (lowest P90 TTFT at >= 99 %
+    of the best throughput): the teacher warms up with it and the oracle plans around it,
+    which needs a base whose copies act alike (not ``random``)."""
     out = {}
     for sc in scenarios:
         scores = {}
         for name in policy_names():
+            if name in NONDETERMINISTIC:
+                continue
             try:
                 run = run_policy(sc.scenario, heuristic(name), name, seeds, decisions)
             except NotApplicableError:
@@ -373,7 +378,7 @@ def train_generalist(
     echo(f"best heuristics of the {len(scenarios)} train scenarios (validation seeds) ...")
     best = best_heuristics(scenarios, seed_range(VALIDATION_SEED, s.eval_seeds), s.eval_decisions)
     echo("  " + ", ".join(f"{k}: {v}" for k, v in best.items()))
-    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), s.hidden)
+    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), s.hidden, anchor_of(s.residual))
     optimiser = torch.optim.Adam(net.parameters(), lr=s.lr)
     data: dict[str, Labels] = {sc.name: Labels() for sc in scenarios}
     history = []
@@ -513,6 +518,12 @@ def feature_ranges(data: dict[str, Labels], q: float = 0.001) -> dict[str, list[
     }
 
 
+def anchor_of(residual: int) -> int | None:
+    """The route feature a residual network adjusts (the estimated TTFT), or None."""
+    names = [n for n, _ in ROUTE_FEATURES]
+    return names.index("estimated_ttft") if residual else None
+
+
 def load_generalist(path: str | Path) -> tuple[RouteScorer, dict[str, Any]]:
     """The network and run summary of a ``train.py --suite`` run folder (ConfigError naming
     what is missing)."""
@@ -524,7 +535,13 @@ def load_generalist(path: str | Path) -> tuple[RouteScorer, dict[str, Any]]:
         raise ConfigError(f"{root}/run.json: not a generalist run of format {GENERALIST_FORMAT}")
     if not (root / "model.pt").is_file():
         raise ConfigError(f"{root}: model.pt is missing (was training finished?)")
-    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), int(summary["settings"]["hidden"]))
+    settings = summary["settings"]
+    net = RouteScorer(
+        len(ROUTE_FEATURES),
+        len(GLOBAL_FEATURES),
+        int(settings["hidden"]),
+        anchor_of(int(settings.get("residual", 0))),
+    )
     net.load_state_dict(torch.load(root / "model.pt"))
     net.eval()
     return net, summary

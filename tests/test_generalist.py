@@ -201,3 +201,38 @@ def test_the_shipped_generalist_routes_suite_and_single_scenarios_from_the_comma
     argv = ["--config", "paper_prfaas", "--policies", "none", "--agent", "pretrained:generalist"]
     assert _main()([*argv, "--seeds", "1", "--decisions", "60", "--no-progress"]) == 0
     assert "pretrained:generalist" in capsys.readouterr().out
+
+
+def test_an_untrained_residual_scorer_routes_as_mooncake_and_a_residual_run_reloads(
+    tmp_path: Path,
+) -> None:
+    """The residual form starts as the heuristic's rule (the lowest estimated TTFT among the
+    allowed routes, on the same per-route rows) and its run reloads with its anchor."""
+    from agents.generalist import anchor_of, load_generalist
+
+    anchor = anchor_of(1)
+    assert anchor == [n for n, _ in ROUTE_FEATURES].index("estimated_ttft")
+    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 8, anchor=anchor).eval()
+    rng = np.random.default_rng(3)
+    routes = rng.random((64, 9, len(ROUTE_FEATURES))).astype(np.float32)
+    glob = rng.random((64, len(GLOBAL_FEATURES))).astype(np.float32)
+    mask = rng.random((64, 9)) < 0.7
+    mask[:, 0] = True
+    with torch.no_grad():
+        action, _ = net(torch.from_numpy(routes), torch.from_numpy(glob), torch.from_numpy(mask))
+    want = np.argmin(np.where(mask, routes[:, :, anchor], np.inf), axis=1)
+    np.testing.assert_array_equal(action.numpy(), want)
+    with pytest.raises(ValueError, match="anchor: a route feature index"):
+        RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 8, anchor=len(ROUTE_FEATURES))
+    s = GeneralistSettings(
+        hidden=8, horizon=2, iterations=1, envs=2, warmup=5, decisions=6, epochs=1,
+        eval_seeds=1, eval_decisions=30, oracle_eval=0, residual=1,
+    )  # fmt: skip
+    summary = train_generalist("default", tmp_path / "r", s, echo=lambda m: None)
+    assert summary["oracle"] is None and summary["settings"]["residual"] == 1
+    again, _ = load_generalist(tmp_path / "r")
+    assert again.anchor == anchor and float(again.anchor_weight.detach()) != 0.0
+    from prfaas_env.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="residual: expected 0 or 1, got 2"):
+        GeneralistSettings(residual=2)

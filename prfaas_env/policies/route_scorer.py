@@ -25,10 +25,14 @@ class RouteScorer(nn.Module):
     routes]`` (bool); :meth:`forward` returns ``(action, scores)`` (scores before masking;
     the action is the best allowed one), :meth:`value` a value per decision (mean and max
     of the route embeddings with the global features) for RL fine-tuning. Inputs are
-    standardised inside with fixed statistics (``set_statistics``).
+    standardised inside with fixed statistics (``set_statistics``). With ``anchor`` (a route
+    feature's index) it is residual: a learned weight times minus that raw feature, plus the
+    network's output, which starts at zero.
     """
 
-    def __init__(self, route_dim: int, global_dim: int, hidden: int = 64) -> None:
+    def __init__(
+        self, route_dim: int, global_dim: int, hidden: int = 64, anchor: int | None = None
+    ) -> None:
         super().__init__()
         self.embed = nn.Sequential(
             nn.Linear(route_dim + global_dim, hidden),
@@ -37,6 +41,16 @@ class RouteScorer(nn.Module):
             nn.Tanh(),
         )
         self.head = nn.Linear(hidden, 1)
+        # residual form: the score is a heuristic's (minus ``anchor_weight`` x the route's raw
+        # feature ``anchor``, e.g. its estimated TTFT: Mooncake's rule) plus what the network
+        # adds, which starts at zero, so the untrained network routes as the heuristic does
+        if anchor is not None and not 0 <= anchor < route_dim:
+            raise ValueError(f"anchor: a route feature index in [0, {route_dim}), got {anchor}")
+        self.anchor = anchor
+        if anchor is not None:
+            self.anchor_weight = nn.Parameter(torch.tensor(4.0))
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.critic = nn.Sequential(
             nn.Linear(2 * hidden + global_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
         )
@@ -61,7 +75,10 @@ class RouteScorer(nn.Module):
 
     def scores(self, routes: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
         h, _ = self._hidden(routes, glob)
-        return self.head(h).squeeze(2)
+        s = self.head(h).squeeze(2)
+        if self.anchor is not None:
+            s = s - self.anchor_weight * routes[:, :, self.anchor]
+        return s
 
     def forward(
         self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
