@@ -102,3 +102,38 @@ def test_extract_from_raw_profiles_matches_committed(tmp_path, monkeypatch):
     for f in written:
         assert filecmp.cmp(f, DATA_DIR / f.name, shallow=False), f.name
     shutil.rmtree(tmp_path)
+
+
+def test_allreduce_version_delta():
+    """The all-reduce correction of a run on another vLLM version: none without tensor
+    parallelism or for the tables' own version; positive below vLLM's custom all-reduce limit
+    and zero above it (NCCL) for vLLM 0.19 against the current data on the RTX PRO 6000."""
+    from dataclasses import replace
+
+    from prfaas_env.costmodel import aic
+
+    if aic.installed_version() is None:
+        pytest.skip("aiconfigurator-core is not installed")
+    key = aic.BackendKey(
+        model="Qwen/Qwen3-32B",
+        system="rtx_pro_6000_server",
+        backend="vllm",
+        version=aic.backend_versions("rtx_pro_6000_server", "vllm")["current"],
+        tp=2,
+        pp=1,
+        attention_dp=1,
+        moe_tp=2,
+        moe_ep=1,
+        gemm_quant=None,
+        moe_quant=None,
+        kv_quant=None,
+        package_version=aic.installed_version(),
+    )
+    assert aic.allreduce_version_delta_s(key, key.version, 5120, 64) is None
+    assert aic.allreduce_version_delta_s(replace(key, tp=1), "0.19.0", 5120, 64) is None
+    delta = aic.allreduce_version_delta_s(key, "0.19.0", 5120, 64)
+    if delta is None:
+        pytest.skip("no vLLM 0.19 all-reduce data in this aiconfigurator-core")
+    d = delta(np.array([0.0, 1.0, 128.0, 2048.0]))
+    assert d[0] == 0.0 and d[3] == 0.0  # nothing to reduce; 20 MiB messages go to NCCL
+    assert 0.0 < d[1] < d[2] < 0.05

@@ -14,6 +14,12 @@ together) with step times from the cost model (``mixed_step_time_s``'s compositi
 Prefix caching is on in the runs, but the request files carry no prompt content or block
 hashes, so no prefix hits are modelled (each prompt is computed in full). The runs drive vLLM
 in process (no HTTP server): the serving overhead's per-request term is left out.
+
+The kernel tables come from the backend database's current vLLM version; where the database
+also measured the run's own vLLM version (``meta.json``'s ``vllm_version``), the
+tensor-parallel all-reduces of a pass are charged at that version's measured speed
+(:func:`allreduce_correction`; on the RTX PRO 6000 vLLM 0.19's custom all-reduce is 2-4x
+slower than the current version's below 8 MiB).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from prfaas_env.costmodel import ServingSpec
-from prfaas_env.sim.costs import tables_for
+from prfaas_env.sim.costs import step_grid, tables_for
 from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.scenario import Scenario, parse_scenario
 from prfaas_env.sim.traces import Trace
@@ -80,6 +86,7 @@ class Run:
     tpot_s: np.ndarray
     latency_s: np.ndarray
     theirs: dict[str, str]
+    vllm_version: str | None = None
 
 
 def load_run(run_dir: Path) -> Run:
@@ -128,6 +135,7 @@ def load_run(run_dir: Path) -> Run:
         tpot_s=np.where(out > 1, (last - first) / np.maximum(out - 1, 1), np.nan),
         latency_s=last - q,
         theirs=_their_errors(run_dir / "validation" / "summary.txt"),
+        vllm_version=meta.get("vllm_version"),
     )
 
 
@@ -203,12 +211,32 @@ def run_scenario(run: Run) -> Scenario:
     return replace(sc, workload=Workload(kind="trace", trace=trace, random_start=False))
 
 
+def allreduce_correction(run: Run, sc: Scenario) -> Any | None:
+    """``f(tokens) -> s`` to add to the engine's non-attention work of a pass when the run's
+    vLLM version has its own all-reduce measurements on this GPU (the kernel tables come from
+    the database's current version; :func:`prfaas_env.costmodel.aic.allreduce_version_delta_s`),
+    else None."""
+    cm = sc.topology.cost_models()[0]
+    t = cm.backend_tables
+    if t is None or not run.vllm_version:
+        return None
+    from prfaas_env.costmodel import aic
+
+    m = cm.model
+    return aic.allreduce_version_delta_s(t.key, run.vllm_version, m.hidden_size, m.num_layers)
+
+
 def replay(run: Run) -> dict[str, np.ndarray]:
     """Replay ``run`` in the simulator; per request (in arrival order) TTFT, TPOT (NaN for
     one output token) and latency, s, and whether the cost model had backend data."""
     sc = run_scenario(run)
     tables = tables_for(sc.topology)
     tables = replace(tables, request_s=np.zeros_like(tables.request_s))  # in-process engine
+    delta = allreduce_correction(run, sc)
+    if delta is not None:  # tensor-parallel all-reduces at the run's vLLM version's speed
+        na = tables.co_na_log_t.copy()
+        na[0] = np.log(np.exp(na[0]) + delta(step_grid()))
+        tables = replace(tables, co_na_log_t=na)
     n = len(sc.workload.trace)
     sim = VecSimulator(sc, 1, record=n, tables=tables)
     sim.reset(seed=0)

@@ -523,3 +523,67 @@ def load_backend(model: Any, gpu: Any, spec: Any, where: str) -> BackendTables:
             f"parallelism it answers for: {listing}"
         ) from exc
     return get_tables(key, handle)
+
+
+# ---- all-reduce data of another backend version ------------------------------------------------
+# vLLM's custom all-reduce handles messages below 8 MiB (``CustomAllreduce(max_size=8192 * 1024)``
+# in vllm/distributed/device_communicators/custom_all_reduce.py); larger ones go to NCCL, whose
+# data does not depend on the vLLM version.
+VLLM_CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 2**20
+_ACTIVATION_BYTES = 2.0  # bf16 activations
+
+
+def _allreduce_latency(system: str, backend: str, version: str, gpus: int) -> Any | None:
+    """``f(elements) -> seconds`` of one CUDA-graph custom all-reduce over ``gpus`` GPUs from
+    the backend's database for ``version``, or None if it has no such data."""
+    path = (
+        _package_dir()
+        / "systems"
+        / "data"
+        / system
+        / "comm"
+        / backend
+        / version
+        / "custom_allreduce_perf.parquet"
+    )
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    d = pd.read_parquet(path)
+    d = d[(d["num_gpus"] == gpus) & d["backend"].astype(str).str.endswith("graph")]
+    if len(d) < 2:
+        return None
+    d = d.sort_values("message_size")
+    lx = np.log(d["message_size"].to_numpy(float))
+    ly = np.log(d["latency"].to_numpy(float) * 1e-3)
+    return lambda n: np.exp(np.interp(np.log(np.maximum(np.asarray(n, float), 1.0)), lx, ly))
+
+
+def allreduce_version_delta_s(
+    key: BackendKey, version: str, hidden_size: int, num_layers: int
+) -> Any | None:
+    """What a pass over ``n`` tokens gains (s, per ``f(n)``) when its tensor-parallel
+    all-reduces run at the speed the database measured for ``version`` of the backend rather
+    than ``key.version`` (the version of the kernel tables).
+
+    Only for vLLM with tensor parallelism and only for messages the custom all-reduce
+    handles (two all-reduces of ``n x hidden_size`` activations per layer). None when there
+    is nothing to correct (same version, no tensor parallelism, another backend, or no
+    all-reduce data for either version).
+    """
+    tp = int(key.tp)
+    if key.backend != "vllm" or tp < 2 or version == key.version:
+        return None
+    new = _allreduce_latency(key.system, key.backend, version, tp)
+    old = _allreduce_latency(key.system, key.backend, key.version, tp)
+    if new is None or old is None:
+        return None
+
+    def delta(tokens: NDArray) -> NDArray[np.float64]:
+        elems = np.asarray(tokens, float) * hidden_size
+        custom = elems * _ACTIVATION_BYTES < VLLM_CUSTOM_ALLREDUCE_MAX_BYTES
+        d = 2.0 * num_layers * (new(elems) - old(elems))
+        return np.where(custom & (elems > 0), d, 0.0)
+
+    return delta
