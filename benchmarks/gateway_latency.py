@@ -41,6 +41,7 @@ import platform
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 # ---- picker in process ----------------------------------------------------------------------
-def picker_bench(n: int, workloads: list[str], bundle: str | None = None) -> dict[str, Any]:
+def picker_bench(
+    n: int, workloads: list[str], bundle: str | None = None, waiting: int = 1
+) -> dict[str, Any]:
     import tempfile
 
     from envoy.config.core.v3 import base_pb2
@@ -107,7 +110,8 @@ def picker_bench(n: int, workloads: list[str], bundle: str | None = None) -> dic
     picker = make()
     store = picker.store
     text = (
-        "vllm:num_requests_waiting 1\nvllm:num_requests_running 1\nvllm:kv_cache_usage_perc 0.3\n"
+        f"vllm:num_requests_waiting {waiting}\nvllm:num_requests_running 1\n"
+        "vllm:kv_cache_usage_perc 0.3\n"
     )
     samples, _ = parse_metrics(text, store.wanted)
 
@@ -133,6 +137,15 @@ def picker_bench(n: int, workloads: list[str], bundle: str | None = None) -> dic
     for name, req in traces.items():
         picker = make()  # a fresh state per workload
         store = picker.store
+        sources: Counter[str] = Counter()  # who decided: the model, its fallback, a heuristic
+        decide = picker.pick
+
+        def counted(*a: Any, _decide: Any = decide, _seen: Any = sources, **k: Any) -> Any:
+            pick = _decide(*a, **k)
+            _seen[pick.source] += 1
+            return pick
+
+        picker.pick = counted  # type: ignore[method-assign]
         o = LoadOptions(url="", stream=False)
         bodies = [_body(req, i, o) for i in range(len(req))]
         msgs = [
@@ -159,11 +172,12 @@ def picker_bench(n: int, workloads: list[str], bundle: str | None = None) -> dic
             "p50_ms": pct(times, 50),
             "p99_ms": pct(times, 99),
             "p999_ms": pct(times, 99.9),
+            "sources": dict(sources),
         }
         print(
             f"{name:24s} mean prompt {out[name]['mean_input_tokens']:8.0f} tokens: decision "
             f"p50 {out[name]['p50_ms']:.3f} ms, p99 {out[name]['p99_ms']:.3f} ms, "
-            f"p99.9 {out[name]['p999_ms']:.3f} ms",
+            f"p99.9 {out[name]['p999_ms']:.3f} ms; decided by {dict(sources)}",
             flush=True,
         )
     return out
@@ -324,10 +338,13 @@ def main() -> int:
     ap.add_argument(
         "--bundle", default=None, help="picker: decide with this bundle (default: prfaas_threshold)"
     )
+    ap.add_argument(
+        "--waiting", type=int, default=1, help="picker: requests each server reports waiting"
+    )
     args = ap.parse_args()
     print(f"machine: {machine()}", flush=True)
     if args.what == "picker":
-        out = picker_bench(args.decisions, args.workloads.split(","), args.bundle)
+        out = picker_bench(args.decisions, args.workloads.split(","), args.bundle, args.waiting)
     elif args.what == "load":
         out = load_bench(args)
     else:
