@@ -58,7 +58,13 @@ def env_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return suite_env_config(**env)
 
 
-def build(settings: dict[str, Any], env_cfg: dict[str, Any], hidden: int, seed: int) -> Any:
+def build(
+    settings: dict[str, Any],
+    env_cfg: dict[str, Any],
+    hidden: int,
+    seed: int,
+    anchor: int | None = None,
+) -> Any:
     """The RLlib algorithm (Ray must be initialised): ``env_runners``, ``learners`` and
     ``training`` go to the PPOConfig methods of those names (any of their arguments)."""
     from prfaas_env.integrations.rllib import suite_ppo_config
@@ -72,6 +78,7 @@ def build(settings: dict[str, Any], env_cfg: dict[str, Any], hidden: int, seed: 
         num_learners=int(learners.pop("num_learners", 0)),
         hidden=hidden,
         training=settings.get("training", {}),
+        anchor=anchor,
     ).debugging(seed=seed)
     try:  # the remaining keys are PPOConfig arguments (RLlib names any it does not know)
         cfg = cfg.env_runners(**runners).learners(**learners)
@@ -165,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from prfaas_env.integrations.rllib import get_scorer_state, set_scorer_state
     from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
-    from prfaas_env.policies.route_scorer import RouteScorer
+    from prfaas_env.policies.route_scorer import RouteScorer, anchor_in
 
     if args.address:
         ray.init(address=args.address)
     else:
         ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-    algo = build(settings, env_cfg, hidden, args.seed)
+    anchor = anchor_in(state)  # a residual imitation run stays residual
+    algo = build(settings, env_cfg, hidden, args.seed, anchor)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out / "tb"))
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             if evaluator is not None and (
                 (i + 1) % args.eval_every == 0 or i + 1 == args.iterations
             ):
-                net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), hidden)
+                net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), hidden, anchor)
                 net.load_state_dict(get_scorer_state(algo))
                 score, per = evaluator(net, writer, i + 1)
                 record |= {"score": score, "eval": per}

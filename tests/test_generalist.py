@@ -216,6 +216,10 @@ def test_an_untrained_residual_scorer_routes_as_mooncake_and_a_residual_run_relo
     rng = np.random.default_rng(3)
     routes = rng.random((64, 9, len(ROUTE_FEATURES))).astype(np.float32)
     glob = rng.random((64, len(GLOBAL_FEATURES))).astype(np.float32)
+    # statistics far from (0, 1): the rule must read the raw feature, not the standardised one
+    shift = rng.random(len(ROUTE_FEATURES)).astype(np.float32)
+    net.set_statistics(routes.reshape(-1, len(ROUTE_FEATURES)) * 7.0 - shift, glob * 3.0 + 1.0)
+    routes[:, :, anchor] = rng.permuted(rng.random((64, 9)), axis=1)
     mask = rng.random((64, 9)) < 0.7
     mask[:, 0] = True
     with torch.no_grad():
@@ -231,7 +235,9 @@ def test_an_untrained_residual_scorer_routes_as_mooncake_and_a_residual_run_relo
     summary = train_generalist("default", tmp_path / "r", s, echo=lambda m: None)
     assert summary["oracle"] is None and summary["settings"]["residual"] == 1
     again, _ = load_generalist(tmp_path / "r")
-    assert again.anchor == anchor and float(again.anchor_weight.detach()) != 0.0
+    saved = torch.load(tmp_path / "r" / "model.pt")
+    assert again.anchor == anchor and set(saved) == set(again.state_dict())
+    assert all(torch.equal(saved[k], v) for k, v in again.state_dict().items())
     from prfaas_env.errors import ConfigError
 
     with pytest.raises(ConfigError, match="residual: expected 0 or 1, got 2"):

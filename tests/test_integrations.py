@@ -171,6 +171,17 @@ def test_route_scorer_module_masks_routes_and_shares_weights_with_route_scorer()
         RouteScorerModule(
             observation_space=gym.spaces.Box(0, 1, (3,)), action_space=env.action_space
         )
+    # a residual imitation run (the shipped generalist's form) loads into a residual module
+    from prfaas_env.policies.route_scorer import anchor_in, residual_anchor
+
+    residual = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), 16, residual_anchor())
+    state = residual.state_dict()
+    assert anchor_in(state) == residual_anchor() and anchor_in(net.state_dict()) is None
+    spaces = {"observation_space": env.observation_space, "action_space": env.action_space}
+    anchored = RouteScorerModule(**spaces, model_config={"hidden": 16, "anchor": anchor_in(state)})
+    anchored.scorer.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="anchor_weight"):
+        RouteScorerModule(**spaces, model_config={"hidden": 16}).scorer.load_state_dict(state)
 
 
 def test_rllib_suite_ppo_on_a_two_node_local_cluster() -> None:

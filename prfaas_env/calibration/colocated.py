@@ -235,7 +235,8 @@ def replay(run: Run) -> dict[str, np.ndarray]:
     delta = allreduce_correction(run, sc)
     if delta is not None:  # tensor-parallel all-reduces at the run's vLLM version's speed
         na = tables.co_na_log_t.copy()
-        na[0] = np.log(np.exp(na[0]) + delta(step_grid()))
+        # a version faster than the tables' would shorten passes: keep them positive
+        na[0] = np.log(np.maximum(np.exp(na[0]) + delta(step_grid()), 1e-9))
         tables = replace(tables, co_na_log_t=na)
     n = len(sc.workload.trace)
     sim = VecSimulator(sc, 1, record=n, tables=tables)
@@ -272,6 +273,8 @@ def validate_run(run: Run) -> dict[str, Any]:
         cm = CostModel(run.model, run.gpu, run.gpus, serving=run.serving, mode="agg")
         src = cm.describe()["decode"]
         source = "vllm backend (" + src.split(": ", 2)[-1].split(",")[0] + ")"
+        if allreduce_correction(run, run_scenario(run)) is not None:
+            source += f"; all-reduces at vLLM {run.vllm_version}'s measured speed"
     else:
         source = "fitted roofline (no backend data for this GPU)"
     return {

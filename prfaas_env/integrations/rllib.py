@@ -170,7 +170,8 @@ class RouteScorerModule(TorchRLModule, ValueFunctionAPI):
                 f"RouteScorerModule: the observation has {f} route and {g} global features; "
                 f"the per-route form has {len(ROUTE_FEATURES)} and {len(GLOBAL_FEATURES)}"
             )
-        self.scorer = RouteScorer(f, g, int(cfg.get("hidden", 64)))
+        anchor = cfg.get("anchor")  # a residual scorer (RouteScorer's ``anchor``)
+        self.scorer = RouteScorer(f, g, int(cfg.get("hidden", 64)), anchor)
 
     @staticmethod
     def _inputs(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -259,12 +260,15 @@ def suite_ppo_config(
     num_learners: int = 0,
     hidden: int = 64,
     training: dict[str, Any] | None = None,
+    anchor: int | None = None,
 ) -> PPOConfig:
     """PPO on :class:`PrfaaSSuiteEnv` (``env``: from :func:`suite_env_config`) with
     :class:`RouteScorerModule`: each of the ``num_env_runners`` env runners (one process
     each, anywhere in the Ray cluster) steps ``num_envs_per_env_runner`` suite envs in a
     Gymnasium ``SyncVectorEnv``, each env drawing its own scenario per episode; per-scenario
-    episode metrics go to the results under ``env_runners/suite/<scenario>/``."""
+    episode metrics go to the results under ``env_runners/suite/<scenario>/``. ``anchor``
+    makes the scorer residual (see :class:`RouteScorer`; ``anchor_in(state)`` of the
+    network it starts from)."""
     register_env(SUITE_ENV_NAME, make_suite_env)  # in Ray's registry: every node finds it
     return (
         PPOConfig()
@@ -279,7 +283,8 @@ def suite_ppo_config(
         .callbacks(on_episode_end=log_suite_episode)
         .rl_module(
             rl_module_spec=RLModuleSpec(
-                module_class=RouteScorerModule, model_config={"hidden": int(hidden)}
+                module_class=RouteScorerModule,
+                model_config={"hidden": int(hidden), "anchor": anchor},
             )
         )
     )

@@ -17,6 +17,20 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from prfaas_env.observation.per_route import ROUTE_FEATURES
+
+RESIDUAL_FEATURE = "estimated_ttft"  # what a residual scorer adjusts: Mooncake's rule
+
+
+def residual_anchor() -> int:
+    """The index of :data:`RESIDUAL_FEATURE` among the per-route features."""
+    return [n for n, _ in ROUTE_FEATURES].index(RESIDUAL_FEATURE)
+
+
+def anchor_in(state: dict[str, torch.Tensor]) -> int | None:
+    """The anchor of the scorer whose ``state_dict`` is ``state`` (None: not residual)."""
+    return residual_anchor() if "anchor_weight" in state else None
+
 
 class RouteScorer(nn.Module):
     """Scores every route from its row and the global features with one shared MLP.
