@@ -516,7 +516,10 @@ def _render_llmservingsim(ls: dict[str, Any]) -> list[str]:
         "max_num_seqs, max_num_batched_tokens, KV blocks as recorded or from memory, "
         "tensor, data and expert parallelism; no serving overhead per request: the runs drive "
         "the engine in process); LLMServingSim's own error on the same run (its "
-        "`validation/summary.txt`) beside ours. Nothing is fitted to these runs."
+        "`validation/summary.txt`) beside ours. Nothing is fitted to these runs. The kernel "
+        "tables are the backend database's current vLLM version; where the database also "
+        "measured the run's own vLLM version, tensor-parallel all-reduces are charged at that "
+        "version's speed (the cost source says so)."
     )
     L.append("")
     L += [
