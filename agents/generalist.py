@@ -441,7 +441,7 @@ def train_generalist(
         writer.add_scalar("train/labels", labels, it)
         echo(
             f"iteration {it}: beta {beta:.2f}, {labels:,} labels ({collect_s:.0f} s to collect), "
-            f"loss {loss:.4f}, mean P90 vs best heuristic {score:+.1%} ("
+            f"loss {loss:.4f}, validation score {score:+.1%} ("
             + ", ".join(f"{k} {v['p90_rel']:+.0%}" for k, v in result.items())
             + ")"
         )
