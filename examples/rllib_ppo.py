@@ -44,8 +44,20 @@ def load_settings(
             raise SystemExit(
                 f"--set {item!r}: expected SECTION.KEY=VALUE, SECTION one of {sorted(sections)}"
             )
-        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+        raw.setdefault(section, {})[name] = scalar(value)
     return raw
+
+
+def scalar(text: str) -> Any:
+    """A ``--set`` value parsed as YAML, with numbers YAML 1.1 leaves as text (``3e-5``, no
+    decimal point) read as numbers."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 ENV_KEYS = {"config", "rate_multiplier", "max_episode_steps", "autoreset_mode", "masked"}

@@ -127,6 +127,8 @@ def test_rllib_example_settings_are_checked(tmp_path: Path) -> None:
 
     s = rllib_ppo.load_settings(rllib_ppo.DEFAULT_FILE, ["env_runners.num_env_runners=4"])
     assert s["env_runners"]["num_env_runners"] == 4 and s["env"]["masked"] is True
+    s = rllib_ppo.load_settings(rllib_ppo.DEFAULT_FILE, ["training.lr=3e-5", "env.config=x"])
+    assert s["training"]["lr"] == 3e-5 and s["env"]["config"] == "x"  # 3e-5 is a number
     with pytest.raises(SystemExit, match=r"expected SECTION\.KEY=VALUE"):
         rllib_ppo.load_settings(rllib_ppo.DEFAULT_FILE, ["nope=1"])
     bad = tmp_path / "bad.yaml"
