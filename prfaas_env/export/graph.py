@@ -97,9 +97,29 @@ def _example(graph: PolicyGraph, actions: int) -> tuple[torch.Tensor, torch.Tens
 def write_onnx(graph: PolicyGraph, actions: int, path: Path) -> None:
     """Export ``graph`` to ONNX (opset :data:`ONNX_OPSET`, float32, dynamic batch) at ``path``
     with torch's exporter, quietly; raises RuntimeError if the file is not at that opset."""
+    batch = torch.export.Dim("batch", min=1)
+    export_onnx(
+        graph,
+        _example(graph, actions),
+        path,
+        list(INPUT_NAMES),
+        list(OUTPUT_NAMES),
+        ({0: batch}, {0: batch}),
+    )
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic_shapes: tuple[dict[int, Any], ...],
+) -> None:
+    """``module`` (in eval mode) as ONNX at ``path`` with torch's exporter, quietly, checked
+    by ONNX's checker; RuntimeError if the file is above opset :data:`ONNX_OPSET`."""
     import onnx
 
-    batch = torch.export.Dim("batch", min=1)
     with (
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
@@ -107,14 +127,14 @@ def write_onnx(graph: PolicyGraph, actions: int, path: Path) -> None:
     ):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph,
-            _example(graph, actions),
+            module.eval(),
+            example,
             str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            input_names=inputs,
+            output_names=outputs,
             opset_version=ONNX_OPSET,
             dynamo=True,
-            dynamic_shapes=({0: batch}, {0: batch}),
+            dynamic_shapes=dynamic_shapes,
             external_data=False,
             verbose=False,
         )

@@ -21,12 +21,9 @@ Files::
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import json
 import shutil
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,7 @@ from numpy.typing import NDArray
 from prfaas_env import package_versions
 from prfaas_env.errors import ConfigError, replaceable_out
 from prfaas_env.evaluation import VALIDATION_SEED, run_policy, seed_range
-from prfaas_env.export.graph import ONNX_OPSET, _quiet
+from prfaas_env.export.graph import ONNX_OPSET, export_onnx
 from prfaas_env.export.record import Recording
 from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
@@ -65,8 +62,6 @@ def _portable(raw: dict[str, Any]) -> dict[str, Any]:
 def write_route_onnx(module: torch.nn.Module, path: Path) -> None:
     """``module`` (routes, global, mask) -> (action, scores) as ONNX with dynamic batch and
     route dimensions."""
-    import onnx
-
     batch = torch.export.Dim("batch", min=1)
     routes = torch.export.Dim("routes", min=1, max=4096)
     example = (
@@ -74,25 +69,14 @@ def write_route_onnx(module: torch.nn.Module, path: Path) -> None:
         torch.zeros(2, len(GLOBAL_FEATURES)),
         torch.ones(2, 3, dtype=torch.bool),
     )
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-        _quiet("torch.onnx", "torch.export", "onnxscript"),
-    ):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            example,
-            str(path),
-            input_names=list(ROUTE_INPUTS),
-            output_names=list(OUTPUTS),
-            opset_version=ONNX_OPSET,
-            dynamo=True,
-            dynamic_shapes=({0: batch, 1: routes}, {0: batch}, {0: batch, 1: routes}),
-            external_data=False,
-            verbose=False,
-        )
-    onnx.checker.check_model(onnx.load(str(path)))
+    export_onnx(
+        module,
+        example,
+        path,
+        list(ROUTE_INPUTS),
+        list(OUTPUTS),
+        ({0: batch, 1: routes}, {0: batch}, {0: batch, 1: routes}),
+    )
 
 
 class _Recorder(Policy):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,32 @@ def content_hash(files: dict[str, str], manifest: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_files(
+    root: Path, manifest: dict[str, Any], required: Sequence[str], verify_hashes: bool = True
+) -> None:
+    """BundleError unless ``manifest["files"]`` lists every ``required`` file, each listed
+    file exists in ``root`` (with its SHA-256 when ``verify_hashes``), and the manifest's
+    ``content_hash`` matches (any bundle kind: flat or per-route)."""
+    mpath = root / "manifest.json"
+    files: dict[str, str] = manifest["files"]
+    for name in required:
+        if name not in files:
+            raise BundleError(f"{mpath}: files lists no {name}")
+    for name, digest in files.items():
+        p = root / name
+        if not p.is_file():
+            raise BundleError(f"{root}: {name} is missing (listed in manifest.json)")
+        if verify_hashes and sha256(p) != digest:
+            raise BundleError(
+                f"{p}: SHA-256 differs from manifest.json (the file was changed after export)"
+            )
+    if manifest.get("content_hash") != content_hash(files, manifest):
+        raise BundleError(
+            f"{mpath}: content_hash does not match the manifest and the listed files (the "
+            f"manifest was edited after export)"
+        )
+
+
 def _section(manifest: dict[str, Any], key: str, kind: type, where: Path) -> Any:
     value = manifest.get(key)
     if not isinstance(value, kind):
@@ -129,23 +156,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
             f"{mpath}: state.format {manifest['state'].get('format')!r}; this version reads "
             f"{STATE_FORMAT}"
         )
-    files: dict[str, str] = manifest["files"]
-    for name in REQUIRED_FILES:
-        if name not in files:
-            raise BundleError(f"{mpath}: files lists no {name}")
-    for name, digest in files.items():
-        p = root / name
-        if not p.is_file():
-            raise BundleError(f"{root}: {name} is missing (listed in manifest.json)")
-        if verify_hashes and sha256(p) != digest:
-            raise BundleError(
-                f"{p}: SHA-256 differs from manifest.json (the file was changed after export)"
-            )
-    if manifest.get("content_hash") != content_hash(files, manifest):
-        raise BundleError(
-            f"{mpath}: content_hash does not match the manifest and the listed files (the "
-            f"manifest was edited after export)"
-        )
+    check_files(root, manifest, REQUIRED_FILES, verify_hashes)
     fallback = manifest["fallback"].get("policy")
     if fallback not in STATELESS_FALLBACKS:
         raise BundleError(

@@ -33,7 +33,7 @@ from prfaas_env.observation.per_route import (
     route_features,
 )
 from prfaas_env.policies import Policy, RouteTable, make_policy
-from prfaas_env.router.bundle import STATELESS_FALLBACKS, BundleError, content_hash, sha256
+from prfaas_env.router.bundle import STATELESS_FALLBACKS, BundleError, check_files
 from prfaas_env.router.core import Decision, finish_decisions
 from prfaas_env.router.pretrained import resolve_bundle
 from prfaas_env.sim.topology import Topology, parse_topology
@@ -110,18 +110,7 @@ def load_route_bundle(path: str | Path, verify_hashes: bool = True) -> RouteBund
             f"{mpath}: fallback.policy {m['fallback'].get('policy')!r}; allowed: "
             f"{', '.join(STATELESS_FALLBACKS)}"
         )
-    files: dict[str, str] = m["files"]
-    for name in REQUIRED_FILES:
-        if name not in files:
-            raise BundleError(f"{mpath}: files lists no {name}")
-    for name, digest in files.items():
-        p = root / name
-        if not p.is_file():
-            raise BundleError(f"{root}: {name} is missing (listed in manifest.json)")
-        if verify_hashes and sha256(p) != digest:
-            raise BundleError(f"{p}: SHA-256 differs from manifest.json (changed after export)")
-    if m.get("content_hash") != content_hash(files, m):
-        raise BundleError(f"{mpath}: content_hash does not match (edited after export)")
+    check_files(root, m, REQUIRED_FILES, verify_hashes)
     return RouteBundle(root, m)
 
 
