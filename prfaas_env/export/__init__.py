@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from prfaas_env.export.graph import (
     write_torchscript,
 )
 from prfaas_env.export.policy import TrainedPolicy
-from prfaas_env.export.record import Recording, record
+from prfaas_env.export.record import Recording, folder_in_place, record
 from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.policies import RouteTable
 from prfaas_env.policies.learned import ScoredPolicy
@@ -118,21 +117,10 @@ def export_bundle(
         trained.name,
     )
     live = LiveState(topo, scenario.workload.mean_output_tokens(), env_cfg.admission_control)
-    # everything is written into a sibling folder, which replaces `out` only when complete
-    work = out.with_name(f".{out.name}.partial")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    try:
+    with folder_in_place(out) as work:  # replaces `out` only when complete
         manifest = _write_bundle(
             work, trained, agent, live, fallback, seeds, decisions, golden, distill, echo
         )
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
     return manifest
 
 

@@ -7,8 +7,11 @@ vectors: :func:`record` runs a policy on a scenario through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -70,3 +73,21 @@ def record(
     )
     view = {k: np.concatenate([v[k] for v in rec.views]) for k in rec.views[0]}
     return Recording(view, np.concatenate(rec.masks), np.concatenate(rec.actions), run)
+
+
+@contextlib.contextmanager
+def folder_in_place(out: Path) -> Iterator[Path]:
+    """A sibling work folder to write a bundle into; it replaces ``out`` only when the block
+    completes (an error removes it and leaves ``out`` as it was)."""
+    work = out.with_name(f".{out.name}.partial")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)

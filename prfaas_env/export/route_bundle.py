@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from prfaas_env import package_versions
 from prfaas_env.errors import ConfigError, replaceable_out
 from prfaas_env.evaluation import VALIDATION_SEED, run_policy, seed_range
 from prfaas_env.export.graph import ONNX_OPSET, export_onnx
-from prfaas_env.export.record import Recording
+from prfaas_env.export.record import Recording, folder_in_place
 from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
 from prfaas_env.policies import Policy, RouteTable, View
@@ -138,11 +137,7 @@ def export_route_bundle(
     for key, names in (("routes", ROUTE_FEATURES), ("global", GLOBAL_FEATURES)):
         if len(ranges.get(key, [])) != len(names):
             raise ConfigError(f"ranges[{key!r}]: expected {len(names)} [low, high] pairs")
-    work = out.with_name(f".{out.name}.partial")
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    try:
+    with folder_in_place(out) as work:  # replaces `out` only when complete
         write_route_onnx(module, work / "policy.onnx")
         sess = ort.InferenceSession(str(work / "policy.onnx"), providers=["CPUExecutionProvider"])
         golden_lines, topologies, agree, total, real, max_diff = [], {}, 0, 0, 0, 0.0
@@ -249,12 +244,6 @@ def export_route_bundle(
         manifest["files"] = files
         manifest["content_hash"] = content_hash(files, manifest)
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
     return manifest
 
 
