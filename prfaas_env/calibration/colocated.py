@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from prfaas_env.calibration.silicon import replay_to_end
 from prfaas_env.costmodel import ServingSpec
 from prfaas_env.sim.costs import step_grid, tables_for
-from prfaas_env.sim.engine import VecSimulator
 from prfaas_env.sim.scenario import Scenario, parse_scenario
 from prfaas_env.sim.traces import Trace
 from prfaas_env.sim.workload import Workload
@@ -238,13 +238,7 @@ def replay(run: Run) -> dict[str, np.ndarray]:
         # a version faster than the tables' would shorten passes: keep them positive
         na[0] = np.log(np.maximum(np.exp(na[0]) + delta(step_grid()), 1e-9))
         tables = replace(tables, co_na_log_t=na)
-    n = len(sc.workload.trace)
-    sim = VecSimulator(sc, 1, record=n, tables=tables)
-    sim.reset(seed=0)
-    route = np.zeros(1, np.int64)
-    for _ in range(n):
-        sim.step(route, checked=True)
-    sim.drain()
+    sim = replay_to_end(sc, tables, len(sc.workload.trace))
     rec = sim.records(0)
     out = rec["output_tokens"]
     first, last = rec["first_token_s"], rec["finish_s"]

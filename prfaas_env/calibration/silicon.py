@@ -392,14 +392,7 @@ def replay_row(
             [_with_overhead(cms["prefill"], overhead)],
             [_with_overhead(cms["decode"], overhead)],
         )
-    n = BENCHMARK_WAVES * row.concurrency
-    sim = VecSimulator(sc, 1, record=n, tables=tables)
-    sim.reset(seed=0)
-    route = np.zeros(1, np.int64)
-    for _ in range(n):
-        sim.step(route, checked=True)
-    sim.drain()
-    rec = sim.records(0)
+    rec = replay_to_end(sc, tables, BENCHMARK_WAVES * row.concurrency).records(0)
     first, finish, arrival = rec["first_token_s"], rec["finish_s"], rec["arrival_s"]
     ttft = first - arrival
     tpot = (finish - first) / max(row.osl - 1, 1)
@@ -407,6 +400,18 @@ def replay_row(
     prefill = rec["prefill_end_s"] - rec["prefill_start_s"]
     regime = "queued" if float(np.mean(wait)) > float(np.mean(prefill)) else "open"
     return Prediction(float(np.mean(ttft)), float(np.mean(tpot)), regime)
+
+
+def replay_to_end(sc: Any, tables: Any, n: int) -> VecSimulator:
+    """A one-env simulator of ``sc`` (seed 0, cost ``tables``) that has run ``n`` requests,
+    every one on route 0, until all finished: its ``records(0)`` holds them (times in s)."""
+    sim = VecSimulator(sc, 1, record=n, tables=tables)
+    sim.reset(seed=0)
+    route = np.zeros(1, np.int64)
+    for _ in range(n):
+        sim.step(route, checked=True)
+    sim.drain()
+    return sim
 
 
 def with_overhead(ov: ServingOverhead, **changes: float) -> ServingOverhead:
