@@ -96,6 +96,30 @@ def env_config(
     return out
 
 
+def _ppo(
+    env_id: str,
+    env: dict[str, Any],
+    num_env_runners: int,
+    num_envs_per_env_runner: int,
+    num_learners: int,
+    training: dict[str, Any] | None,
+    vectorize: Any,
+) -> PPOConfig:
+    """PPO on ``env_id`` with ``env`` as its config: runners, envs per runner (vectorised
+    by ``vectorize``), learners and the ``training`` arguments."""
+    return (
+        PPOConfig()
+        .environment(env=env_id, env_config=env)
+        .env_runners(
+            num_env_runners=num_env_runners,
+            num_envs_per_env_runner=num_envs_per_env_runner,
+            gym_env_vectorize_mode=vectorize,
+        )
+        .learners(num_learners=num_learners)
+        .training(**(training or {}))
+    )
+
+
 def ppo_config(
     env: dict[str, Any],
     num_env_runners: int = 0,
@@ -106,16 +130,14 @@ def ppo_config(
 ) -> PPOConfig:
     """A PPO configuration on the native vector env (``env``: from :func:`env_config`), with
     the action-masking module when ``env["dict_observation"]`` is set."""
-    cfg = (
-        PPOConfig()
-        .environment(env=ENV_ID, env_config=env)
-        .env_runners(
-            num_env_runners=num_env_runners,
-            num_envs_per_env_runner=num_envs_per_env_runner,
-            gym_env_vectorize_mode=gym.VectorizeMode.VECTOR_ENTRY_POINT,
-        )
-        .learners(num_learners=num_learners)
-        .training(**(training or {}))
+    cfg = _ppo(
+        ENV_ID,
+        env,
+        num_env_runners,
+        num_envs_per_env_runner,
+        num_learners,
+        training,
+        gym.VectorizeMode.VECTOR_ENTRY_POINT,
     )
     model = {"fcnet_hiddens": list(hidden), "fcnet_activation": "tanh", "head_fcnet_hiddens": []}
     if env.get("dict_observation"):
@@ -271,15 +293,15 @@ def suite_ppo_config(
     network it starts from)."""
     register_env(SUITE_ENV_NAME, make_suite_env)  # in Ray's registry: every node finds it
     return (
-        PPOConfig()
-        .environment(env=SUITE_ENV_NAME, env_config=env)
-        .env_runners(
-            num_env_runners=num_env_runners,
-            num_envs_per_env_runner=num_envs_per_env_runner,
-            gym_env_vectorize_mode=gym.VectorizeMode.SYNC,
+        _ppo(
+            SUITE_ENV_NAME,
+            env,
+            num_env_runners,
+            num_envs_per_env_runner,
+            num_learners,
+            training,
+            gym.VectorizeMode.SYNC,
         )
-        .learners(num_learners=num_learners)
-        .training(**(training or {}))
         .callbacks(on_episode_end=log_suite_episode)
         .rl_module(
             rl_module_spec=RLModuleSpec(
