@@ -147,14 +147,7 @@ def continue_headers(
 ) -> ep.ProcessingResponse:
     """The answer to a request (or response, ``response=True``) headers message."""
     hr = ep.HeadersResponse(response=common) if common is not None else ep.HeadersResponse()
-    out = (
-        ep.ProcessingResponse(response_headers=hr)
-        if response
-        else ep.ProcessingResponse(request_headers=hr)
-    )
-    if meta is not None:
-        out.dynamic_metadata.CopyFrom(meta)
-    return out
+    return _answer("headers", hr, meta, response)
 
 
 def continue_body(
@@ -164,11 +157,19 @@ def continue_body(
 ) -> ep.ProcessingResponse:
     """The answer to a body message: continue, optionally with mutations and metadata."""
     br = ep.BodyResponse(response=common) if common is not None else ep.BodyResponse()
-    out = (
-        ep.ProcessingResponse(response_body=br)
-        if response
-        else ep.ProcessingResponse(request_body=br)
-    )
+    return _answer("body", br, meta, response)
+
+
+def _answer(
+    part: str,
+    inner: ep.HeadersResponse | ep.BodyResponse,
+    meta: struct_pb2.Struct | None,
+    response: bool,
+) -> ep.ProcessingResponse:
+    """``inner`` in the ProcessingResponse field of ``part`` (``headers`` or ``body``) of
+    the request or the response, with ``meta`` as dynamic metadata."""
+    side = "response" if response else "request"
+    out = ep.ProcessingResponse(**{f"{side}_{part}": inner})
     if meta is not None:
         out.dynamic_metadata.CopyFrom(meta)
     return out
