@@ -60,6 +60,20 @@ def scalar(text: str) -> Any:
     return value
 
 
+def start_ray(address: str | None) -> Any:
+    """Join the Ray cluster at ``address``, or start a local instance with every process on
+    loopback (the variable is read when Ray is imported); the ``ray`` module."""
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    return ray
+
+
 ENV_KEYS = {"config", "rate_multiplier", "max_episode_steps", "autoreset_mode", "masked"}
 
 
@@ -99,14 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None, help="save the algorithm here")
     args = ap.parse_args(argv)
     settings = load_settings(args.file, args.set)
-    if not args.address:  # a local instance: every process on loopback (read at import)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray = start_ray(args.address)
     algo = build(settings)
     try:
         start = time.perf_counter()

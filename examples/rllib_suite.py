@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # agents/ (evaluation against the heuristics)
 sys.path.insert(0, str(ROOT / "examples"))
 
-from rllib_ppo import load_settings  # noqa: E402
+from rllib_ppo import load_settings, start_ray  # noqa: E402
 
 DEFAULT_FILE = ROOT / "configs" / "rllib" / "suite_ppo.yaml"
 SECTIONS = {"env", "env_runners", "learners", "network", "training"}
@@ -165,19 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
-    if not args.address:  # a local instance: every process on loopback (read at import)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+    ray = start_ray(args.address)
     from torch.utils.tensorboard import SummaryWriter
 
     from prfaas_env.integrations.rllib import get_scorer_state, set_scorer_state
     from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
     from prfaas_env.policies.route_scorer import RouteScorer, anchor_in
 
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     anchor = anchor_in(state)  # a residual imitation run stays residual
     algo = build(settings, env_cfg, hidden, args.seed, anchor)
     out = args.out
