@@ -39,7 +39,7 @@ from prfaas_env.export.graph import (
     write_torchscript,
 )
 from prfaas_env.export.policy import TrainedPolicy
-from prfaas_env.export.record import Recording, folder_in_place, record
+from prfaas_env.export.record import Recording, folder_in_place, portable_topology, record
 from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.policies import RouteTable
 from prfaas_env.policies.learned import ScoredPolicy
@@ -271,7 +271,7 @@ def _manifest(
     fallback: str,
 ) -> dict[str, Any]:
     scenario = trained.scenario
-    topo_raw = _portable_topology(scenario.raw["topology"])
+    topo_raw = portable_topology(scenario.raw["topology"])
     routes = live.topology.routes
     clusters = live.topology.clusters
     actions = []
@@ -331,14 +331,3 @@ def _manifest(
         "golden": {"file": "golden.jsonl", "min_score_margin": GOLDEN_MARGIN},
         "versions": _versions(),
     }
-
-
-def _portable_topology(raw: dict[str, Any]) -> dict[str, Any]:
-    """The topology mapping without link bandwidth processes and outages (a router measures
-    bandwidth itself; a replayed CSV would also tie the bundle to a file)."""
-    out = json.loads(json.dumps(raw))
-    for link in out.get("links") or []:
-        if isinstance(link, dict):
-            link.pop("bandwidth", None)
-            link.pop("outages", None)
-    return out

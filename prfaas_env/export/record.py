@@ -8,10 +8,12 @@ vectors: :func:`record` runs a policy on a scenario through
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -91,3 +93,14 @@ def folder_in_place(out: Path) -> Iterator[Path]:
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
+
+
+def portable_topology(raw: dict[str, Any]) -> dict[str, Any]:
+    """The topology mapping without link bandwidth processes and outages (a router measures
+    bandwidth itself; a replayed CSV would also tie the bundle to a file)."""
+    out = json.loads(json.dumps(raw))
+    for link in out.get("links") or []:
+        if isinstance(link, dict):
+            link.pop("bandwidth", None)
+            link.pop("outages", None)
+    return out

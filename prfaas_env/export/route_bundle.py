@@ -35,7 +35,7 @@ from prfaas_env import package_versions
 from prfaas_env.errors import ConfigError, replaceable_out
 from prfaas_env.evaluation import VALIDATION_SEED, run_policy, seed_range
 from prfaas_env.export.graph import ONNX_OPSET, export_onnx
-from prfaas_env.export.record import Recording, folder_in_place
+from prfaas_env.export.record import Recording, folder_in_place, portable_topology
 from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
 from prfaas_env.policies import Policy, RouteTable, View
@@ -47,15 +47,6 @@ from prfaas_env.sim.scenario import Scenario
 ROUTE_INPUTS = ("routes", "global", "action_mask")
 OUTPUTS = ("action", "scores")
 TIE = 1e-4
-
-
-def _portable(raw: dict[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(raw))
-    for link in out.get("links") or []:
-        if isinstance(link, dict):
-            link.pop("bandwidth", None)
-            link.pop("outages", None)
-    return out
 
 
 def write_route_onnx(module: torch.nn.Module, path: Path) -> None:
@@ -159,7 +150,7 @@ def export_route_bundle(
             max_diff = max(max_diff, float(np.abs(s_onnx - ref).max()))
             live = LiveState(topo, sc.workload.mean_output_tokens())
             topologies[name] = {
-                "topology": _portable(sc.raw["topology"]),
+                "topology": portable_topology(sc.raw["topology"]),
                 "ttft_slo_s": sc.ttft_slo_s,
                 "expected_output_tokens": sc.workload.mean_output_tokens(),
             }
