@@ -18,7 +18,7 @@ A state without a usable ``request.input_tokens`` cannot be routed by anything a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,17 +188,26 @@ class Router:
         parsed = self.live.parse(states)
         mask = parsed.mask
         reasons: list[str | None] = ["; ".join(p) if p else None for p in parsed.problems]
-        try:
-            actions, scores = self.model.run(parsed.observation(), mask)
-            chosen: list[int] = actions.tolist()
-            score_rows: list[list[float]] | None = scores.tolist()
-        except Exception as exc:  # any runtime failure must still produce a decision
-            failure = f"model failed: {type(exc).__name__}: {exc}"
-            chosen, score_rows = [0] * len(states), None
-            reasons = [r or failure for r in reasons]
+        chosen, score_rows, reasons = run_model(
+            lambda: self.model.run(parsed.observation(), mask), reasons
+        )
         return finish_decisions(
             self.labels, chosen, score_rows, reasons, mask, parsed.view, self.fallback
         )
+
+
+def run_model(
+    run: Callable[[], tuple[NDArray[np.int64], NDArray[np.float64]]], reasons: list[str | None]
+) -> tuple[list[int], list[list[float]] | None, list[str | None]]:
+    """``run()``'s actions and score rows as lists, with ``reasons``; if it raises (any
+    runtime failure must still produce a decision), action 0, no scores and the failure as
+    the reason of every decision that had none (the fallback then decides)."""
+    try:
+        actions, scores = run()
+        return actions.tolist(), scores.tolist(), reasons
+    except Exception as exc:
+        failure = f"model failed: {type(exc).__name__}: {exc}"
+        return [0] * len(reasons), None, [r or failure for r in reasons]
 
 
 def finish_decisions(

@@ -34,7 +34,7 @@ from prfaas_env.observation.per_route import (
 )
 from prfaas_env.policies import Policy, RouteTable, make_policy
 from prfaas_env.router.bundle import STATELESS_FALLBACKS, BundleError, check_files
-from prfaas_env.router.core import Decision, finish_decisions
+from prfaas_env.router.core import Decision, finish_decisions, run_model
 from prfaas_env.router.pretrained import resolve_bundle
 from prfaas_env.sim.topology import Topology, parse_topology
 
@@ -260,16 +260,10 @@ class RouteRouter:
                     reasons[i] = why
                     self.guard_fired += 1
         self.decisions += len(reasons)
-        try:
-            action, scores = self.session.run(
-                ["action", "scores"], {"routes": routes, "global": glob, "action_mask": allowed}
-            )
-            chosen: list[int] = action.tolist()
-            rows: list[list[float]] | None = scores.tolist()
-        except Exception as exc:  # any runtime failure must still produce a decision
-            failure = f"model failed: {type(exc).__name__}: {exc}"
-            chosen, rows = [0] * len(reasons), None
-            reasons = [r or failure for r in reasons]
+        feeds = {"routes": routes, "global": glob, "action_mask": allowed}
+        chosen, rows, reasons = run_model(
+            lambda: self.session.run(["action", "scores"], feeds), reasons
+        )
         return finish_decisions(self.labels, chosen, rows, reasons, allowed, view, self.fallback)
 
 
