@@ -9,16 +9,18 @@ deployment, a multi-region layout and a seventy-route one.
 Training (``train.py --suite NAME``) is imitation of the rollout oracle by DAgger:
 
 1. for every train scenario of the suite, its best heuristic (validation seeds);
-2. per iteration, per train scenario, with a load multiplier drawn per iteration
-   (domain randomisation): warm the system up with the best heuristic, then route with a mix
-   of the oracle (probability ``beta``, halved each iteration) and the learner, and label
-   every visited decision with the oracle's cost of each candidate route (the oracle plans
-   around the scenario's best heuristic and sees the future; it is the teacher only);
+2. per iteration, per train scenario, with a load multiplier and an output-length multiplier
+   drawn per iteration (domain randomisation): warm the system up with the best heuristic,
+   then route with a mix of the oracle (probability ``beta``, halved each iteration) and
+   the learner, and label every visited decision with the oracle's cost (``cost``) of each
+   candidate route (the oracle plans around the scenario's best heuristic and sees the
+   future; it is the teacher only);
 3. fit the network to the aggregated labels: cross-entropy against a softmax of the
    candidates' negative cost gaps over ``tau`` x the TTFT SLO (decisions where the routes
    cost the same teach nothing; decisions where one route is far better teach most);
 4. evaluate greedily on the train scenarios' validation seeds against each best heuristic
-   (TensorBoard ``eval/<scenario>/...``) and keep the best iteration. With ``oracle_eval``
+   (TensorBoard ``eval/<scenario>/...``; with randomised outputs also on each train scenario
+   at the longest outputs of the range) and keep the best iteration. With ``oracle_eval``
    (default 1) the rollout oracle runs once on the same seeds, so TensorBoard shows the
    learner's P90 beside the oracle's and the share of the oracle's gain it reaches.
 
@@ -33,7 +35,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,7 @@ from prfaas_env.sim.scenario import Scenario
 from prfaas_env.suite import SuiteScenario, load_suite
 
 GENERALIST_FORMAT = 1
+LABEL_COSTS = ("ttft", "tail", "ttft_slo")  # oracle costs in seconds (soft labels divide them)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class GeneralistSettings:
     decisions: int = 250  # labelled decisions per env, scenario and iteration
     rate_low: float = 0.7  # load multipliers drawn per scenario and iteration
     rate_high: float = 1.15
+    out_low: float = 1.0  # output-length multipliers drawn per scenario and iteration
+    out_high: float = 1.0  # (log-uniform; 1, 1: the scenarios' own lengths)
+    cost: str = "ttft"  # the oracle's cost while labelling (RolloutOracle's costs)
     epochs: int = 4
     batch: int = 512
     lr: float = 1e-3
@@ -101,6 +107,8 @@ class GeneralistSettings:
 
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.type in ("str", str):
+                continue
             if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ConfigError(f"{f.name}: expected a whole number, got {v!r}")
             if not isinstance(v, (int, float)) or isinstance(v, bool):
@@ -128,6 +136,15 @@ class GeneralistSettings:
             raise ConfigError(f"beta0: expected a probability in [0, 1], got {self.beta0}")
         if not self.tau > 0 or not self.lr > 0:
             raise ConfigError(f"tau and lr: expected positive numbers, got {self.tau}, {self.lr}")
+        if self.cost not in LABEL_COSTS:
+            raise ConfigError(
+                f"cost: {self.cost!r} is not allowed; allowed: {', '.join(LABEL_COSTS)}"
+            )
+        if not 0 < self.out_low <= self.out_high <= 100:
+            raise ConfigError(
+                f"out_low, out_high: expected 0 < low <= high <= 100, got {self.out_low}, "
+                f"{self.out_high}"
+            )
         if not 0 < self.rate_low <= self.rate_high:
             raise ConfigError(
                 f"rate_low, rate_high: expected 0 < low <= high, got {self.rate_low}, "
@@ -157,6 +174,21 @@ class Labels:
         return sum(len(x) for x in self.mask)
 
 
+def validation_scenarios(
+    scenarios: list[SuiteScenario], s: GeneralistSettings
+) -> list[SuiteScenario]:
+    """What the iterations are validated on: the train scenarios as they are and, when
+    outputs are randomised (``out_high`` > 1), each once more with outputs ``out_high`` times
+    longer (named ``NAME@out<x>``): the top of the training range, where decode pools fill
+    up, so that an iteration that loses throughput there is not the one kept."""
+    out = list(scenarios)
+    if s.out_high > 1.0:
+        for sc in scenarios:
+            longer = sc.scenario.with_output(s.out_high)
+            out.append(replace(sc, name=f"{sc.name}@out{s.out_high:g}", scenario=longer))
+    return out
+
+
 def best_heuristics(
     scenarios: list[SuiteScenario], seeds: list[int], decisions: int
 ) -> dict[str, str]:
@@ -178,6 +210,18 @@ def best_heuristics(
     return out
 
 
+def randomised(sc: Scenario, s: GeneralistSettings, rng: np.random.Generator) -> Scenario:
+    """``sc`` with a load multiplier drawn uniformly in [``rate_low``, ``rate_high``] and an
+    output-length multiplier drawn log-uniformly in [``out_low``, ``out_high``] (longer
+    outputs fill the decode pools: their batches grow, steps slow down, and at the top of the
+    range decode admission queues; the train scenarios alone never do)."""
+    rate = float(rng.uniform(s.rate_low, s.rate_high))
+    if s.out_high == s.out_low == 1.0:
+        return sc.with_rate(rate)
+    out = float(np.exp(rng.uniform(np.log(s.out_low), np.log(s.out_high))))
+    return sc.with_output(out).with_rate(rate)
+
+
 def collect(
     sc: Scenario,
     best: str,
@@ -194,7 +238,7 @@ def collect(
     observer = SimObserver(sim, routes.num_routes)
     teacher = make_policy(best, routes, topo, **heuristic_params(sc, best))
     teacher.reset(s.envs, seed=int(rng.integers(2**31)))
-    oracle = RolloutOracle(routes, topo, s.horizon, best, heuristic_params(sc, best))
+    oracle = RolloutOracle(routes, topo, s.horizon, best, heuristic_params(sc, best), s.cost)
     oracle.reset(s.envs)
     oracle.attach(sim)
     form = RouteForm.of(topo, sc.ttft_slo_s)
@@ -336,6 +380,7 @@ def oracle_reference(
             horizon=s.horizon,
             base=b,
             base_params=heuristic_params(sc.scenario, b),
+            cost=s.cost,
         )
         run = run_policy(sc.scenario, oracle, "rollout_oracle", seeds, s.eval_decisions)
         mine = {k: float(np.nanmean(run.metrics[k])) for k in METRICS}
@@ -375,8 +420,9 @@ def train_generalist(
     torch.manual_seed(s.seed)
     writer = SummaryWriter(str(out / "tb"))
     t0 = time.perf_counter()
-    echo(f"best heuristics of the {len(scenarios)} train scenarios (validation seeds) ...")
-    best = best_heuristics(scenarios, seed_range(VALIDATION_SEED, s.eval_seeds), s.eval_decisions)
+    checks = validation_scenarios(scenarios, s)
+    echo(f"best heuristics of the {len(checks)} validation scenarios (validation seeds) ...")
+    best = best_heuristics(checks, seed_range(VALIDATION_SEED, s.eval_seeds), s.eval_decisions)
     echo("  " + ", ".join(f"{k}: {v}" for k, v in best.items()))
     net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), s.hidden, anchor_of(s.residual))
     optimiser = torch.optim.Adam(net.parameters(), lr=s.lr)
@@ -389,9 +435,8 @@ def train_generalist(
         beta = s.beta0 * 0.5**it
         t = time.perf_counter()
         for sc in scenarios:
-            m = float(rng.uniform(s.rate_low, s.rate_high))
             collect(
-                sc.scenario.with_rate(m),
+                randomised(sc.scenario, s, rng),
                 best[sc.name],
                 net if it else None,
                 s,
@@ -410,10 +455,10 @@ def train_generalist(
             allg = np.concatenate([np.concatenate(lab.glob) for lab in data.values()])
             net.set_statistics(allr, allg)
         loss = fit(net, data, s, optimiser, rng)
-        result, baselines = evaluate(net, scenarios, best, s, baselines)
+        result, baselines = evaluate(net, checks, best, s, baselines)
         if oracle is None and s.oracle_eval:
             echo("the rollout oracle on the validation seeds (once, a reference) ...")
-            oracle = oracle_reference(scenarios, best, s, baselines)
+            oracle = oracle_reference(checks, best, s, baselines)
             echo(
                 "  oracle P90 vs best heuristic: "
                 + ", ".join(f"{k} {v['p90_rel']:+.0%}" for k, v in oracle.items())

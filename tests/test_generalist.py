@@ -14,6 +14,7 @@ from agents.generalist import (
     GeneralistSettings,
     RouteScorer,
     load_generalist,
+    randomised,
     score_fn,
     soft_targets,
     train_generalist,
@@ -242,3 +243,25 @@ def test_an_untrained_residual_scorer_routes_as_mooncake_and_a_residual_run_relo
 
     with pytest.raises(ConfigError, match="residual: expected 0 or 1, got 2"):
         GeneralistSettings(residual=2)
+
+
+def test_domain_randomisation_and_label_cost_settings() -> None:
+    """Output-length multipliers are drawn log-uniformly in their range (the scenario's own
+    lengths, and the same random stream as before, when the range is 1-1); the label cost
+    and the ranges are checked with the setting named."""
+    from prfaas_env.errors import ConfigError
+
+    sc = SUITE.get("paper_poisson").scenario
+    rng = np.random.default_rng(3)
+    plain = randomised(sc, GeneralistSettings(), rng)
+    assert plain.workload.output_multiplier == 1.0
+    again = np.random.default_rng(3)
+    assert plain.workload.rate_multiplier == again.uniform(0.7, 1.15)  # the one draw
+    assert rng.integers(10**9) == again.integers(10**9)
+    s = GeneralistSettings(out_low=0.5, out_high=4.0, cost="ttft_slo")
+    draws = [randomised(sc, s, rng).workload.output_multiplier for _ in range(40)]
+    assert 0.5 <= min(draws) < 1.0 < 2.0 < max(draws) <= 4.0
+    with pytest.raises(ConfigError, match="cost: 'goodput' is not allowed; allowed: ttft, tail"):
+        GeneralistSettings(cost="goodput")
+    with pytest.raises(ConfigError, match="out_low, out_high: expected 0 < low <= high <= 100"):
+        GeneralistSettings(out_low=3.0, out_high=2.0)

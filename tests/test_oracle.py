@@ -130,6 +130,34 @@ def test_the_oracle_runs_on_every_suite_scenario(name: str) -> None:
     assert run.metrics["decisions"][0] == 40
 
 
+def test_the_ttft_slo_cost_is_the_ttft_cost_plus_one_slo_per_missed_request() -> None:
+    """``ttft_slo`` = ``ttft`` + SLO x (requests that miss an SLO): against the ``ttft`` and
+    ``goodput`` oracles on the same state, the difference is an SLO times the completed
+    requests (the same for every candidate: all drain) less those meeting both SLOs. The
+    scenario's outputs are lengthened so that some candidates break the TPOT SLO."""
+    sc = SUITE.get("paper_mixture_overload").scenario.with_output(3.0)
+    topo = sc.topology
+    routes = RouteTable.from_topology(topo)
+    sim = VecSimulator(sc, 3)
+    observer = SimObserver(sim, routes.num_routes)
+    sim.reset(seed=5)
+    base = make_policy("mooncake", routes, topo, prefill_estimate="tables")
+    base.reset(3)
+    for _ in range(120):
+        sim.step(base.act(observer.observe_view(), observer.mask))
+    costs = {}
+    for cost in ("ttft", "goodput", "ttft_slo"):
+        o = RolloutOracle(routes, topo, horizon=10, cost=cost)
+        o.reset(3)
+        o.attach(sim)
+        costs[cost] = o.candidate_costs()
+    missed = (costs["ttft_slo"] - costs["ttft"]) / sc.ttft_slo_s
+    np.testing.assert_allclose(missed, np.round(missed), atol=1e-6)
+    completed = missed + costs["goodput"]  # missed = completed - met, goodput = -met
+    np.testing.assert_allclose(completed, completed[:, :1].repeat(completed.shape[1], 1))
+    assert (missed > 0).any()  # some requests miss an SLO here, so the costs differ
+
+
 def test_costs_and_iterations() -> None:
     sc = SUITE.get("paper_poisson").scenario
     for kwargs in ({"cost": "goodput"}, {"iterations": 1, "horizon": 3}):
@@ -140,7 +168,7 @@ def test_costs_and_iterations() -> None:
 def test_bad_parameters_and_no_simulator_are_refused() -> None:
     topo = SUITE.get("paper_poisson").scenario.topology
     routes = RouteTable.from_topology(topo)
-    with pytest.raises(ConfigError, match="cost: 'median'; allowed: ttft, tail, goodput"):
+    with pytest.raises(ConfigError, match="cost: 'median'; allowed: ttft, tail, goodput, ttft_slo"):
         make_policy("rollout_oracle", routes, topo, cost="median")
     with pytest.raises(
         ConfigError, match=r"base: 'best_guess' is not a deterministic heuristic; allowed: .*moon"

@@ -154,6 +154,39 @@ def test_trace_replay_follows_the_trace_and_loops() -> None:
     assert rec["cached_tokens"][n] < rec["input_tokens"][n] - 512 or tr.block_offsets[1] == 1
 
 
+def test_output_multiplier_scales_every_output_length_of_synthetic_and_trace_workloads() -> None:
+    """``workload.output_multiplier`` scales each drawn output (rounded, at least 1) and
+    nothing else: the arrivals and inputs are those of the unscaled workload, and the mean the
+    observations carry scales with it."""
+    for make in (base, mooncake):
+        d = make()
+        d["workload"]["output"] = {"distribution": "lognormal", "mu": 5.0, "sigma": 1.0}
+        if make is mooncake:
+            del d["workload"]["output"]
+            d["workload"].update(start="first", window_s=[0, 60])
+        plain = _first_requests(d, 60).records(0)
+        d["workload"]["output_multiplier"] = 2.5
+        longer = _first_requests(d, 60).records(0)
+        np.testing.assert_array_equal(longer["arrival_s"], plain["arrival_s"])
+        np.testing.assert_array_equal(longer["input_tokens"], plain["input_tokens"])
+        want = np.maximum(np.floor(plain["output_tokens"] * 2.5 + 0.5), 1)
+        np.testing.assert_array_equal(longer["output_tokens"], want)
+        one = parse_scenario({**d, "workload": {**d["workload"], "output_multiplier": 1}}, "t")
+        two = parse_scenario(d, "t")
+        assert two.workload.mean_output_tokens() == pytest.approx(
+            2.5 * one.workload.mean_output_tokens()
+        )
+    sc = parse_scenario(base(), "t").with_output(0.5).with_output(3.0)
+    assert sc.workload.output_multiplier == 1.5 and "output x3" in sc.source
+    d = base()
+    d["workload"]["output_multiplier"] = 0
+    assert "workload.output_multiplier" in _err(d)
+    d = base()
+    d["workload"]["output"] = {"distribution": "fixed", "tokens": 100_000}
+    d["workload"]["output_multiplier"] = 20  # what the KV capacity check sizes for
+    assert parse_scenario(d, "t").workload.longest_output_tokens() == 2_000_000
+
+
 def _err(d: dict) -> str:
     with pytest.raises(ConfigError) as exc:
         parse_scenario(d, "cfg.yaml")

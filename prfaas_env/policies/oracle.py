@@ -12,7 +12,10 @@ is paired. Costs (``cost``):
   candidates and cancel out);
 - ``tail``: the summed time above the TTFT SLO of those requests (from the TTFT histogram,
   20 bins per decade: within about 12 % of each request's excess);
-- ``goodput``: minus the number of those requests that meet both SLOs.
+- ``goodput``: minus the number of those requests that meet both SLOs;
+- ``ttft_slo``: the ``ttft`` cost plus one TTFT SLO (s) for each of those requests that
+  misses either SLO: TTFT as long as every request meets its SLOs, and a penalty the ``ttft``
+  cost does not see when a decode pool is so full that its steps break the TPOT SLO.
 
 With ``candidates`` = K the oracle simulates only the K allowed routes its base policy
 scores best at each decision (Mooncake's router scores them when the base does not score
@@ -51,10 +54,11 @@ from prfaas_env.sim.engine import VecSimulator, hist_centres, routes_from_action
 from prfaas_env.sim.topology import Topology
 from prfaas_env.sim.view import COUNTERS
 
-COSTS = ("ttft", "tail", "goodput")
+COSTS = ("ttft", "tail", "goodput", "ttft_slo")
 NONDETERMINISTIC = ("random",)  # bases whose copies would draw different numbers
 _TTFT = COUNTERS.index("ttft_sum_s")
 _SLO = COUNTERS.index("slo_met")
+_DONE = COUNTERS.index("completed")
 
 
 class RolloutOracle(Policy):
@@ -65,9 +69,10 @@ class RolloutOracle(Policy):
         horizon: arrivals routed by the base policy after each candidate (default 128).
         base: the base heuristic's name (default ``mooncake``).
         base_params: the base heuristic's parameters (default: none).
-        cost: ``ttft`` (default), ``tail`` or ``goodput``.
+        cost: ``ttft`` (default), ``tail``, ``goodput`` or ``ttft_slo``.
         iterations: rollouts whose base is the oracle itself, this many times (default 0).
-        ttft_slo_s: the TTFT SLO of the ``tail`` cost, s (default: the simulator's).
+        ttft_slo_s: the TTFT SLO of the ``tail`` and ``ttft_slo`` costs, s (default: the
+            simulator's).
         candidates: simulate only the base policy's best-scored routes, this many (default:
             every route); an inner oracle (``iterations``) shortlists as many.
     """
@@ -168,6 +173,7 @@ class RolloutOracle(Policy):
         self._centres = hist_centres()
         slo = self.ttft_slo_s if self.ttft_slo_s is not None else sim.scenario.ttft_slo_s
         self._excess = np.maximum(self._centres - slo, 0.0)
+        self._slo_s = slo
 
     def act(self, view: View, mask: NDArray[np.bool_]) -> NDArray[np.int64]:
         if self.sim is None or self._scratch is None or self._observer is None:
@@ -234,6 +240,9 @@ class RolloutOracle(Policy):
             cost = after[:, _TTFT] - before[:, _TTFT]
         elif self.cost == "goodput":
             cost = -(after[:, _SLO] - before[:, _SLO])
+        elif self.cost == "ttft_slo":
+            missed = (after[:, _DONE] - before[:, _DONE]) - (after[:, _SLO] - before[:, _SLO])
+            cost = after[:, _TTFT] - before[:, _TTFT] + self._slo_s * missed
         else:
             assert hist_before is not None
             cost = (scratch.ttft_histogram() - hist_before) @ self._excess

@@ -39,12 +39,20 @@ class Scenario:
     def with_rate(self, multiplier: float) -> Scenario:
         """This scenario with its arrival rate scaled by ``multiplier`` (on top of its own
         ``workload.rate_multiplier``)."""
+        return self._scaled("rate_multiplier", multiplier, "rate")
+
+    def with_output(self, multiplier: float) -> Scenario:
+        """This scenario with every request's output length scaled by ``multiplier`` (on top
+        of its own ``workload.output_multiplier``)."""
+        return self._scaled("output_multiplier", multiplier, "output")
+
+    def _scaled(self, key: str, multiplier: float, what: str) -> Scenario:
         if not (multiplier > 0 and math.isfinite(multiplier)):
-            raise ConfigError(f"rate multiplier: expected a positive number, got {multiplier!r}")
+            raise ConfigError(f"{what} multiplier: expected a positive number, got {multiplier!r}")
         raw = copy.deepcopy(self.raw or {})
         w = raw["workload"]
-        w["rate_multiplier"] = float(w.get("rate_multiplier", 1.0)) * multiplier
-        return parse_scenario(raw, f"{self.source} (rate x{multiplier:.4g})", self.base_dir)
+        w[key] = float(w.get(key, 1.0)) * multiplier
+        return parse_scenario(raw, f"{self.source} ({what} x{multiplier:.4g})", self.base_dir)
 
 
 def parse_scenario(data: dict[str, Any], where: str, base_dir: Path | None = None) -> Scenario:
@@ -95,9 +103,10 @@ def _check_capacity(topo: Topology, work: Workload, where: str) -> None:
     every co-located engine's rank must hold the longest request's KV blocks (else it could
     never run)."""
     if work.trace is not None:
-        longest = int((work.trace.input_tokens + work.trace.output_tokens).max())
+        tr = work.trace
+        longest = int(tr.input_tokens.max()) + work.longest_output_tokens() if len(tr) else 0
     else:
-        longest = work.input.longest() + work.output.longest()
+        longest = work.input.longest() + work.longest_output_tokens()
     longest = min(longest, 2 * MAX_PROMPT_TOKENS)
     need = float(topo.model.kv_bytes_for(longest))
     caps = topo.decode_kv_capacity_bytes()

@@ -143,6 +143,7 @@ class Workload:
 
     kind: str
     rate_multiplier: float = 1.0
+    output_multiplier: float = 1.0
     arrival: str = "poisson"
     rate_rps: float = 1.0
     cv: float = 1.0
@@ -184,8 +185,15 @@ class Workload:
         """Mean output length, tokens: the trace's mean, or the distribution's. A router
         does not know a request's output length in advance; observations carry this mean."""
         if self.trace is not None:
-            return float(self.trace.output_tokens.mean())
-        return self.output.mean()
+            return float(self.trace.output_tokens.mean()) * self.output_multiplier
+        return self.output.mean() * self.output_multiplier
+
+    def longest_output_tokens(self) -> int:
+        """The longest output a request of this workload can ask for, tokens (after
+        ``output_multiplier``)."""
+        tr = self.trace
+        raw = int(tr.output_tokens.max()) if tr is not None else self.output.longest()
+        return scaled_output(raw, self.output_multiplier)
 
 
 class WorkloadParams(NamedTuple):
@@ -212,6 +220,7 @@ class WorkloadParams(NamedTuple):
     session_reuse: float
     sessions: int
     multiplier: float
+    out_multiplier: float
     tr_arrival: NDArray[np.float64]
     tr_input: NDArray[np.int64]
     tr_output: NDArray[np.int64]
@@ -396,6 +405,7 @@ def params(w: Workload, block_tokens: int) -> WorkloadParams:
         session_reuse=w.session_reuse,
         sessions=max(w.sessions, 1),
         multiplier=w.rate_multiplier,
+        out_multiplier=w.output_multiplier,
         tr_arrival=arrays[0],
         tr_input=arrays[1],
         tr_output=arrays[2],
@@ -489,6 +499,15 @@ def reset_env(w: Workload, st: WorkloadState, e: int, rng: np.random.Generator) 
     else:
         st.wi[e, WI.CURSOR] = 0
         st.wf[e, WF.BASE_T] = 0.0
+
+
+@compiled_inline
+def scaled_output(tokens: int, multiplier: float) -> int:
+    """``tokens`` output tokens scaled by the workload's ``output_multiplier`` (rounded, at
+    least 1, at most MAX_OUTPUT_TOKENS; unchanged at 1)."""
+    if multiplier == 1.0:
+        return tokens
+    return min(max(int(tokens * multiplier + 0.5), 1), MAX_OUTPUT_TOKENS)
 
 
 @compiled_inline
@@ -650,7 +669,7 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
             tau if p.shape_kind == 0 else warp(p.shape_kind, p.shape, p.shape_knots, tau)
         )
         st.wi[e, WI.REQ_IN] = p.tr_input[j]
-        st.wi[e, WI.REQ_OUT] = p.tr_output[j]
+        st.wi[e, WI.REQ_OUT] = scaled_output(p.tr_output[j], p.out_multiplier)
         st.wi[e, WI.REQ_TOFF] = p.tr_offsets[j]
         st.wi[e, WI.REQ_NBLOCKS] = p.tr_offsets[j + 1] - p.tr_offsets[j]
         st.wi[e, WI.REQ_SHIFT] = st.wi[e, WI.LOOP] * p.tr_id_shift
@@ -662,7 +681,7 @@ def next_request(p: WorkloadParams, st: WorkloadState, e: int) -> None:
     st.wf[e, WF.LAST_T] = t
     st.wf[e, WF.REQ_T] = t if p.shape_kind == 0 else warp(p.shape_kind, p.shape, p.shape_knots, t)
     length = _length(p, st, e, 0)
-    st.wi[e, WI.REQ_OUT] = _length(p, st, e, 1)
+    st.wi[e, WI.REQ_OUT] = scaled_output(_length(p, st, e, 1), p.out_multiplier)
     s = int(uniform(st.rng, e) * p.sessions)
     if (
         p.session_reuse > 0.0
@@ -800,13 +819,17 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
         raise ConfigError(f"{where}.kind: {kind!r} is not allowed; allowed: {', '.join(KINDS)}")
     keys = _SYNTH_KEYS if kind == "synthetic" else _TRACE_KEYS
     check_keys(
-        raw, where, ["kind"] + (["trace"] if kind == "trace" else []), ("rate_multiplier", *keys)
+        raw,
+        where,
+        ["kind"] + (["trace"] if kind == "trace" else []),
+        ("rate_multiplier", "output_multiplier", *keys),
     )
     mult = number(raw, "rate_multiplier", where, minimum=0, exclusive_minimum=True, default=1.0)
+    out_mult = number(raw, "output_multiplier", where, minimum=0.01, maximum=100, default=1.0)
     shape = parse_rate_shape(raw.get("rate_shape"), f"{where}.rate_shape")
     if kind == "trace":
         w = _parse_trace_workload(raw, where, mult, base_dir)
-        return w if shape is None else replace(w, rate_shape=shape)
+        return replace(w, output_multiplier=out_mult, rate_shape=shape or w.rate_shape)
     arr = raw.get("arrival") or {}
     aw = f"{where}.arrival"
     if not isinstance(arr, dict):
@@ -863,6 +886,7 @@ def parse_workload(raw: Any, where: str, base_dir: Path | None = None) -> Worklo
     w = Workload(
         kind="synthetic",
         rate_multiplier=mult,
+        output_multiplier=out_mult,
         arrival=proc,
         rate_rps=1.0 if closed else number(arr, "rate_rps", aw, minimum=0, exclusive_minimum=True),
         concurrency=number(
