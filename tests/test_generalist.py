@@ -18,6 +18,7 @@ from agents.generalist import (
     score_fn,
     soft_targets,
     train_generalist,
+    validation_scenarios,
 )
 from prfaas_env.export.route_bundle import export_route_bundle
 from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
@@ -249,6 +250,8 @@ def test_domain_randomisation_and_label_cost_settings() -> None:
     """Output-length multipliers are drawn log-uniformly in their range (the scenario's own
     lengths, and the same random stream as before, when the range is 1-1); the label cost
     and the ranges are checked with the setting named."""
+    from dataclasses import replace
+
     from prfaas_env.errors import ConfigError
 
     sc = SUITE.get("paper_poisson").scenario
@@ -261,6 +264,11 @@ def test_domain_randomisation_and_label_cost_settings() -> None:
     s = GeneralistSettings(out_low=0.5, out_high=4.0, cost="ttft_slo")
     draws = [randomised(sc, s, rng).workload.output_multiplier for _ in range(40)]
     assert 0.5 <= min(draws) < 1.0 < 2.0 < max(draws) <= 4.0
+    train = list(SUITE.train)
+    assert validation_scenarios(train, s) == train
+    more = validation_scenarios(train, replace(s, validate_long=1))
+    assert [v.name for v in more[len(train) :]] == [f"{t.name}@out4" for t in train]
+    assert more[-1].scenario.workload.output_multiplier == 4.0
     with pytest.raises(ConfigError, match="cost: 'goodput' is not allowed; allowed: ttft, tail"):
         GeneralistSettings(cost="goodput")
     with pytest.raises(ConfigError, match="out_low, out_high: expected 0 < low <= high <= 100"):
