@@ -8,7 +8,11 @@ TPOT.
 
 Each distinct configuration (rows repeated over measurement dates are merged, their median
 kept) whose model and GPU the catalog covers is replayed by :func:`replay_row` in the
-simulator, as the benchmark ran it:
+simulator, as the benchmark ran it. The benchmark's concurrency is the
+``silicon_concurrency`` its ``silicon_data_source`` records (rows that differ only in it are
+distinct measurements); the batch and worker columns give it only for rows that lack it.
+Disaggregated rows that record neither their decode batch nor their numbers of prefill and
+decode workers cannot be replayed (the pools' sizes are unknown) and are left out.
 
 * a closed loop at the row's concurrency (each completion starts the next request; the
   clients' first requests start together, or spread over a ramp), ``BENCHMARK_WAVES`` times
@@ -30,6 +34,8 @@ validation run the same dynamics.
 from __future__ import annotations
 
 import csv
+import math
+import re
 import statistics
 import warnings
 from collections import defaultdict
@@ -159,6 +165,26 @@ class SiliconRow:
         return (self.model, self.gpu, self.backend, self.mode)
 
 
+_CONCURRENCY = re.compile(r"(?:^|;)\s*silicon_concurrency=(\d+)")
+NO_DISAGG_SIZES = (
+    "disaggregated row without its decode batch and worker counts (pool sizes unknown)"
+)
+
+
+def recorded_concurrency(row: dict[str, str]) -> int | None:
+    """The benchmark's concurrency (requests its clients keep in flight) as the row's
+    ``silicon_data_source`` records it (``silicon_concurrency=N``), or None."""
+    m = _CONCURRENCY.search(row.get("silicon_data_source") or "")
+    return int(m.group(1)) if m else None
+
+
+def _merge_key(row: dict[str, str]) -> tuple:
+    """What makes two rows of the file the same measurement (repeats over dates): every
+    column but the id, the source and the measurements, and the recorded concurrency."""
+    cols = tuple((k, v) for k, v in row.items() if k not in _SKIP)
+    return (*cols, ("silicon_concurrency", recorded_concurrency(row)))
+
+
 def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
     """Distinct configurations of ``path`` whose model and GPU the catalog covers.
 
@@ -168,7 +194,7 @@ def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
         raw = list(csv.DictReader(f))
     merged: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     for r in raw:
-        merged[tuple((k, v) for k, v in r.items() if k not in _SKIP)].append(r)
+        merged[_merge_key(r)].append(r)
     skipped: dict[str, int] = defaultdict(int)
     rows: list[SiliconRow] = []
     for _, reps in merged.items():
@@ -181,13 +207,18 @@ def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
         if gpu is None:
             skipped[f"system {r['system']} not in the catalog"] += 1
             continue
+        recorded = recorded_concurrency(r)
         if r["mode"] == "agg":
             pools = {"agg": _pool(r, "")}
             conc = pools["agg"].batch * pools["agg"].attention_dp * pools["agg"].pp
         else:
+            if not r["decode_batch_size"] or not r["decode_num_workers"]:
+                skipped[NO_DISAGG_SIZES] += 1
+                continue
             pools = {"prefill": _pool(r, "prefill_"), "decode": _pool(r, "decode_")}
             d = pools["decode"]
             conc = d.batch * d.attention_dp * d.workers
+        conc = recorded if recorded is not None else conc
         rows.append(
             SiliconRow(
                 model=model,
@@ -321,6 +352,15 @@ def _serving(cm: CostModel) -> dict[str, Any]:
     return out
 
 
+def agg_seqs_per_rank(row: SiliconRow) -> int:
+    """Running requests an aggregated row's engine holds per attention data-parallel rank:
+    its batch (over the pipeline stages), or more when the recorded concurrency exceeds what
+    that batch holds over the ranks (such rows' measured TTFTs show no request waiting for
+    another to finish: the engine held every client's request)."""
+    pool = row.pools["agg"]
+    return max(pool.batch * pool.pp, math.ceil(row.concurrency / pool.attention_dp), 1)
+
+
 def row_scenario(row: SiliconRow, cms: dict[str, CostModel]) -> dict[str, Any]:
     """The scenario mapping of the benchmark that measured ``row`` (see the module
     docstring)."""
@@ -332,7 +372,7 @@ def row_scenario(row: SiliconRow, cms: dict[str, CostModel]) -> dict[str, Any]:
             "gpu": row.gpu,
             "gpus_per_instance": pool.gpus,
             "instances": 1,
-            "max_num_seqs": max(pool.batch * pool.pp, 1),
+            "max_num_seqs": agg_seqs_per_rank(row),
             "max_num_batched_tokens": TOKEN_BUDGET,
             "kv_block_tokens": KV_BLOCK_TOKENS,
             "memory_fraction": MEMORY_FRACTION,
