@@ -360,3 +360,23 @@ def test_silicon_disagg_rows_without_pool_sizes_are_left_out(tmp_path):
     assert skipped == {silicon.NO_DISAGG_SIZES: 1}
     assert len(got) == 1 and got[0].concurrency == 48
     assert got[0].pools["decode"].workers == 3 and got[0].pools["prefill"].workers == 2
+
+
+def test_silicon_fit_offsets_minimise_the_reported_error():
+    """The per-request delay is the one that minimises the median relative TTFT error (the
+    median of the differences would be pulled by the rows of several seconds), and a
+    prediction adds the fitted terms to the replay at the fitted ramp."""
+    from prfaas_env.calibration import validate
+    from prfaas_env.costmodel import ServingOverhead
+
+    kernel = np.array([0.05, 0.05, 0.05, 1.0, 1.0])
+    measured = np.array([0.1, 0.1, 0.1, 5.0, 6.0])
+    d, err = validate._best_offset(kernel, measured)
+    assert d == pytest.approx(0.05) and err == pytest.approx(0.0)
+    assert err <= np.median(np.abs((kernel + np.median(measured - kernel)) / measured - 1))
+    assert validate._best_offset(np.array([1.0, 2.0]), np.array([0.5, 1.0]))[0] == 0.0
+    x = {"ttft_kernel_s": [1.0, 2.0, 3.0, 4.0], "tpot_kernel_s": [0.01, 0.02, 0.03, 0.04]}
+    x["regime"] = ["open", "queued", "open", "open"]
+    got = validate._with_overhead(x, validate.RAMPS[1], ServingOverhead(request_s=0.5, step_s=1e-3))
+    assert got.ttft_s == pytest.approx(2.5) and got.tpot_s == pytest.approx(0.021)
+    assert got.regime == "queued"

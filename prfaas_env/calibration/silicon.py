@@ -24,8 +24,10 @@ decode workers cannot be replayed (the pools' sizes are unknown) and are left ou
 * disaggregated rows on a PD cluster whose prefill and decode pools have the row's
   parallelism and numbers of workers (each prefill rank prefills one request at a time, KV
   over the GPUs' NICs, decode instances of the row's batch);
-* the cost model of the row's configuration (measured backend, the row's precision) with the
-  serving overhead under test (:class:`~prfaas_env.costmodel.ServingOverhead`).
+* the cost model of the row's configuration (measured backend, the row's precision); the
+  validation adds the serving overhead under test
+  (:class:`~prfaas_env.costmodel.ServingOverhead`) to the replay's TTFT and TPOT
+  (:func:`prfaas_env.calibration.validate.fit_protocol`).
 
 The simulator is the one timing model: the environment, the reference simulator and this
 validation run the same dynamics.
