@@ -319,7 +319,7 @@ def test_silicon_rows_keep_each_recorded_concurrency(tmp_path):
     of one measurement merge to their median."""
     from prfaas_env.calibration import silicon
 
-    agg = {"mode": "agg", "batch_size": "8", "tp_size": "4", "pp_size": "1"}
+    agg = {"mode": "agg", "batch_size": "32", "tp_size": "4", "pp_size": "1"}
     agg.update(attention_dp_size="1", moe_tp_size="4", moe_ep_size="1")
     rows = [
         {**agg, "silicon_data_source": "f.csv; silicon_concurrency=8", "silicon_ttft_ms": "100"},
@@ -332,12 +332,11 @@ def test_silicon_rows_keep_each_recorded_concurrency(tmp_path):
     got, skipped = silicon.load_rows(_silicon_csv(tmp_path / "s.csv", rows))
     assert not skipped
     seen = sorted((r.concurrency, r.repeats, round(r.ttft_s, 6)) for r in got)
-    # the row without a recorded concurrency: batch x ranks x stages = 8
-    assert seen == [(8, 1, 0.05), (8, 2, 0.2), (32, 1, 0.9)]
-    by_c = {r.concurrency: r for r in got}
-    # the engine holds every client's request (8 per rank would leave 24 waiting)
-    assert silicon.agg_seqs_per_rank(by_c[32]) == 32
-    assert silicon.agg_seqs_per_rank(by_c[8]) == 8
+    # the row without a recorded concurrency: batch x ranks x stages = 32
+    assert seen == [(8, 2, 0.2), (32, 1, 0.05), (32, 1, 0.9)]
+    # more clients than the engine's batch holds: 32 / 8 = 4 engines, one replayed
+    got = silicon.load_rows(_silicon_csv(tmp_path / "t.csv", [{**rows[2], "batch_size": "8"}]))
+    assert [(r.concurrency, r.replicas) for r in got[0]] == [(8, 4)]
 
 
 def test_silicon_disagg_rows_without_pool_sizes_are_left_out(tmp_path):

@@ -11,6 +11,8 @@ kept) whose model and GPU the catalog covers is replayed by :func:`replay_row` i
 simulator, as the benchmark ran it. The benchmark's concurrency is the
 ``silicon_concurrency`` its ``silicon_data_source`` records (rows that differ only in it are
 distinct measurements); the batch and worker columns give it only for rows that lack it.
+An aggregated row whose recorded concurrency is a multiple of what its engine's batch holds
+over its ranks ran that many engines; one is replayed with its share of the clients.
 Disaggregated rows that record neither their decode batch nor their numbers of prefill and
 decode workers cannot be replayed (the pools' sizes are unknown) and are left out.
 
@@ -36,7 +38,6 @@ validation run the same dynamics.
 from __future__ import annotations
 
 import csv
-import math
 import re
 import statistics
 import warnings
@@ -127,9 +128,12 @@ class SiliconRow:
         isl, osl: prompt and output tokens.
         gemm_quant, moe_quant: precision modes (None: the checkpoint's).
         pools: ``{"agg": Pool}`` or ``{"prefill": Pool, "decode": Pool}``.
-        concurrency: requests in flight in the whole deployment.
+        concurrency: requests in flight in the whole deployment (in one engine of an
+            aggregated deployment of several, ``replicas``).
         ttft_s, tpot_s: measured (median over repeats), s.
         repeats: how many rows of the file were merged.
+        replicas: engines of an aggregated deployment whose clients' share ``concurrency``
+            is (the recorded concurrency over it; 1 for the others).
     """
 
     model: str
@@ -148,6 +152,7 @@ class SiliconRow:
     ttft_s: float
     tpot_s: float
     repeats: int
+    replicas: int = 1
 
     @property
     def configuration(self) -> str:
@@ -220,7 +225,15 @@ def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
             pools = {"prefill": _pool(r, "prefill_"), "decode": _pool(r, "decode_")}
             d = pools["decode"]
             conc = d.batch * d.attention_dp * d.workers
-        conc = recorded if recorded is not None else conc
+        replicas = 1
+        if recorded is not None and r["mode"] == "agg" and recorded > conc:
+            # more clients than the engine's batch over its ranks holds: the deployment ran
+            # recorded / conc engines (replicas) with the clients spread evenly over them
+            # (what the 30 such rows record is a multiple of it, 4 to 32: their TTFTs show no
+            # request waiting for another to finish); one engine is replayed with its share
+            replicas = recorded // conc
+        elif recorded is not None:
+            conc = recorded
         rows.append(
             SiliconRow(
                 model=model,
@@ -239,6 +252,7 @@ def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
                 ttft_s=statistics.median(float(x["silicon_ttft_ms"]) for x in reps) / 1e3,
                 tpot_s=statistics.median(float(x["silicon_tpot_ms"]) for x in reps) / 1e3,
                 repeats=len(reps),
+                replicas=replicas,
             )
         )
     rows.sort(key=lambda x: (x.group, x.configuration, x.isl, x.osl, x.concurrency))
@@ -354,15 +368,6 @@ def _serving(cm: CostModel) -> dict[str, Any]:
     return out
 
 
-def agg_seqs_per_rank(row: SiliconRow) -> int:
-    """Running requests an aggregated row's engine holds per attention data-parallel rank:
-    its batch (over the pipeline stages), or more when the recorded concurrency exceeds what
-    that batch holds over the ranks (such rows' measured TTFTs show no request waiting for
-    another to finish: the engine held every client's request)."""
-    pool = row.pools["agg"]
-    return max(pool.batch * pool.pp, math.ceil(row.concurrency / pool.attention_dp), 1)
-
-
 def row_scenario(row: SiliconRow, cms: dict[str, CostModel]) -> dict[str, Any]:
     """The scenario mapping of the benchmark that measured ``row`` (see the module
     docstring)."""
@@ -374,7 +379,7 @@ def row_scenario(row: SiliconRow, cms: dict[str, CostModel]) -> dict[str, Any]:
             "gpu": row.gpu,
             "gpus_per_instance": pool.gpus,
             "instances": 1,
-            "max_num_seqs": agg_seqs_per_rank(row),
+            "max_num_seqs": max(pool.batch * pool.pp, 1),
             "max_num_batched_tokens": TOKEN_BUDGET,
             "kv_block_tokens": KV_BLOCK_TOKENS,
             "memory_fraction": MEMORY_FRACTION,

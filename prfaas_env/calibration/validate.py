@@ -465,7 +465,8 @@ def _render_silicon(si: dict[str, Any]) -> list[str]:
         "(a per-request delay before the first token, a time per step, added to the replay's "
         "TTFT and TPOT: time outside the engine that shifts every client alike). The "
         "concurrency is the one each row's source records (`silicon_concurrency`); an "
-        "aggregated engine holds every client's request. Errors are leave one "
+        "aggregated row recording more clients than its engine's batch holds ran several "
+        "engines, one replayed with its share. Errors are leave one "
         "configuration out: what predicts a row was fitted without the rows of its "
         "configuration (model, GPU, backend, mode, precision, parallelism)."
     )
