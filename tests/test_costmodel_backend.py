@@ -279,3 +279,103 @@ def test_cached_tables_serve_current_but_not_relative_versions_without_the_packa
     with pytest.warns(BackendFallbackWarning, match="relative to the installed package"):
         cm = CostModel("llama-3.1-70b", "h200", 4, serving=replace(FP8_70B, version="previous"))
     assert cm.backend_tables is None
+
+
+# ---- the silicon rows' loader ----------------------------------------------------------------
+_SILICON_COLUMNS = (
+    "id,silicon_data_source,backend,backend_version,model_path,system,precision,mode,isl,osl,"
+    "gemm_quant_mode,moe_quant_mode,batch_size,tp_size,pp_size,attention_dp_size,moe_tp_size,"
+    "moe_ep_size,prefill_batch_size,prefill_num_workers,prefill_tp_size,prefill_pp_size,"
+    "prefill_attention_dp_size,prefill_moe_tp_size,prefill_moe_ep_size,decode_batch_size,"
+    "decode_num_workers,decode_tp_size,decode_pp_size,decode_attention_dp_size,"
+    "decode_moe_tp_size,decode_moe_ep_size,silicon_ttft_ms,silicon_tpot_ms"
+).split(",")
+
+
+def _silicon_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    base = dict.fromkeys(_SILICON_COLUMNS, "")
+    base.update(
+        backend="vllm",
+        backend_version="0.12.0",
+        model_path="meta-llama/Llama-3.1-70B",
+        system="h200_sxm",
+        precision="fp8",
+        isl="1024",
+        osl="1024",
+        gemm_quant_mode="fp8",
+        moe_quant_mode="fp8",
+    )
+    lines = [",".join(_SILICON_COLUMNS)]
+    for k, r in enumerate(rows):
+        full = {**base, "id": f"row{k}", **r}
+        lines.append(",".join(full[c] for c in _SILICON_COLUMNS))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_silicon_rows_keep_each_recorded_concurrency(tmp_path):
+    """Rows that differ only in the concurrency their source records are distinct
+    measurements (not repeats to merge), and that concurrency is the one replayed; repeats
+    of one measurement merge to their median."""
+    from prfaas_env.calibration import silicon
+
+    agg = {"mode": "agg", "batch_size": "32", "tp_size": "4", "pp_size": "1"}
+    agg.update(attention_dp_size="1", moe_tp_size="4", moe_ep_size="1")
+    rows = [
+        {**agg, "silicon_data_source": "f.csv; silicon_concurrency=8", "silicon_ttft_ms": "100"},
+        {**agg, "silicon_data_source": "g.csv; silicon_concurrency=8", "silicon_ttft_ms": "300"},
+        {**agg, "silicon_data_source": "f.csv; silicon_concurrency=32", "silicon_ttft_ms": "900"},
+        {**agg, "silicon_data_source": "f.csv", "silicon_ttft_ms": "50"},  # none recorded
+    ]
+    for r in rows:
+        r["silicon_tpot_ms"] = "10"
+    got, skipped = silicon.load_rows(_silicon_csv(tmp_path / "s.csv", rows))
+    assert not skipped
+    seen = sorted((r.concurrency, r.repeats, round(r.ttft_s, 6)) for r in got)
+    # the row without a recorded concurrency: batch x ranks x stages = 32
+    assert seen == [(8, 2, 0.2), (32, 1, 0.05), (32, 1, 0.9)]
+    # more clients than the engine's batch holds: 32 / 8 = 4 engines, one replayed
+    got = silicon.load_rows(_silicon_csv(tmp_path / "t.csv", [{**rows[2], "batch_size": "8"}]))
+    assert [(r.concurrency, r.replicas) for r in got[0]] == [(8, 4)]
+
+
+def test_silicon_disagg_rows_without_pool_sizes_are_left_out(tmp_path):
+    """A disaggregated row that records neither its decode batch nor its workers cannot be
+    replayed (its pools' sizes are unknown); one that records them is."""
+    from prfaas_env.calibration import silicon
+
+    pools = {"mode": "disagg", "silicon_ttft_ms": "500", "silicon_tpot_ms": "20"}
+    for side in ("prefill", "decode"):
+        pools.update({f"{side}_tp_size": "4", f"{side}_pp_size": "1"})
+        pools.update({f"{side}_attention_dp_size": "1", f"{side}_moe_tp_size": "4"})
+        pools[f"{side}_moe_ep_size"] = "1"
+    sized = {"prefill_batch_size": "1", "prefill_num_workers": "2"}
+    sized.update(decode_batch_size="16", decode_num_workers="3")
+    rows = [
+        {**pools, "silicon_data_source": "silicon_concurrency=64"},
+        {**pools, **sized, "silicon_data_source": "silicon_concurrency=48"},
+    ]
+    got, skipped = silicon.load_rows(_silicon_csv(tmp_path / "s.csv", rows))
+    assert skipped == {silicon.NO_DISAGG_SIZES: 1}
+    assert len(got) == 1 and got[0].concurrency == 48
+    assert got[0].pools["decode"].workers == 3 and got[0].pools["prefill"].workers == 2
+
+
+def test_silicon_fit_offsets_minimise_the_reported_error():
+    """The per-request delay is the one that minimises the median relative TTFT error (the
+    median of the differences would be pulled by the rows of several seconds), and a
+    prediction adds the fitted terms to the replay at the fitted ramp."""
+    from prfaas_env.calibration import validate
+    from prfaas_env.costmodel import ServingOverhead
+
+    kernel = np.array([0.05, 0.05, 0.05, 1.0, 1.0])
+    measured = np.array([0.1, 0.1, 0.1, 5.0, 6.0])
+    d, err = validate._best_offset(kernel, measured)
+    assert d == pytest.approx(0.05) and err == pytest.approx(0.0)
+    assert err <= np.median(np.abs((kernel + np.median(measured - kernel)) / measured - 1))
+    assert validate._best_offset(np.array([1.0, 2.0]), np.array([0.5, 1.0]))[0] == 0.0
+    x = {"ttft_kernel_s": [1.0, 2.0, 3.0, 4.0], "tpot_kernel_s": [0.01, 0.02, 0.03, 0.04]}
+    x["regime"] = ["open", "queued", "open", "open"]
+    got = validate._with_overhead(x, validate.RAMPS[1], ServingOverhead(request_s=0.5, step_s=1e-3))
+    assert got.ttft_s == pytest.approx(2.5) and got.tpot_s == pytest.approx(0.021)
+    assert got.regime == "queued"

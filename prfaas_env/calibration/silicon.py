@@ -8,7 +8,13 @@ TPOT.
 
 Each distinct configuration (rows repeated over measurement dates are merged, their median
 kept) whose model and GPU the catalog covers is replayed by :func:`replay_row` in the
-simulator, as the benchmark ran it:
+simulator, as the benchmark ran it. The benchmark's concurrency is the
+``silicon_concurrency`` its ``silicon_data_source`` records (rows that differ only in it are
+distinct measurements); the batch and worker columns give it only for rows that lack it.
+An aggregated row whose recorded concurrency is a multiple of what its engine's batch holds
+over its ranks ran that many engines; one is replayed with its share of the clients.
+Disaggregated rows that record neither their decode batch nor their numbers of prefill and
+decode workers cannot be replayed (the pools' sizes are unknown) and are left out.
 
 * a closed loop at the row's concurrency (each completion starts the next request; the
   clients' first requests start together, or spread over a ramp), ``BENCHMARK_WAVES`` times
@@ -20,8 +26,10 @@ simulator, as the benchmark ran it:
 * disaggregated rows on a PD cluster whose prefill and decode pools have the row's
   parallelism and numbers of workers (each prefill rank prefills one request at a time, KV
   over the GPUs' NICs, decode instances of the row's batch);
-* the cost model of the row's configuration (measured backend, the row's precision) with the
-  serving overhead under test (:class:`~prfaas_env.costmodel.ServingOverhead`).
+* the cost model of the row's configuration (measured backend, the row's precision); the
+  validation adds the serving overhead under test
+  (:class:`~prfaas_env.costmodel.ServingOverhead`) to the replay's TTFT and TPOT
+  (:func:`prfaas_env.calibration.validate.fit_protocol`).
 
 The simulator is the one timing model: the environment, the reference simulator and this
 validation run the same dynamics.
@@ -30,6 +38,7 @@ validation run the same dynamics.
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 import warnings
 from collections import defaultdict
@@ -119,9 +128,12 @@ class SiliconRow:
         isl, osl: prompt and output tokens.
         gemm_quant, moe_quant: precision modes (None: the checkpoint's).
         pools: ``{"agg": Pool}`` or ``{"prefill": Pool, "decode": Pool}``.
-        concurrency: requests in flight in the whole deployment.
+        concurrency: requests in flight in the whole deployment (in one engine of an
+            aggregated deployment of several, ``replicas``).
         ttft_s, tpot_s: measured (median over repeats), s.
         repeats: how many rows of the file were merged.
+        replicas: engines of an aggregated deployment whose clients' share ``concurrency``
+            is (the recorded concurrency over it; 1 for the others).
     """
 
     model: str
@@ -140,6 +152,7 @@ class SiliconRow:
     ttft_s: float
     tpot_s: float
     repeats: int
+    replicas: int = 1
 
     @property
     def configuration(self) -> str:
@@ -159,6 +172,26 @@ class SiliconRow:
         return (self.model, self.gpu, self.backend, self.mode)
 
 
+_CONCURRENCY = re.compile(r"(?:^|;)\s*silicon_concurrency=(\d+)")
+NO_DISAGG_SIZES = (
+    "disaggregated row without its decode batch and worker counts (pool sizes unknown)"
+)
+
+
+def recorded_concurrency(row: dict[str, str]) -> int | None:
+    """The benchmark's concurrency (requests its clients keep in flight) as the row's
+    ``silicon_data_source`` records it (``silicon_concurrency=N``), or None."""
+    m = _CONCURRENCY.search(row.get("silicon_data_source") or "")
+    return int(m.group(1)) if m else None
+
+
+def _merge_key(row: dict[str, str]) -> tuple:
+    """What makes two rows of the file the same measurement (repeats over dates): every
+    column but the id, the source and the measurements, and the recorded concurrency."""
+    cols = tuple((k, v) for k, v in row.items() if k not in _SKIP)
+    return (*cols, ("silicon_concurrency", recorded_concurrency(row)))
+
+
 def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
     """Distinct configurations of ``path`` whose model and GPU the catalog covers.
 
@@ -168,7 +201,7 @@ def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
         raw = list(csv.DictReader(f))
     merged: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     for r in raw:
-        merged[tuple((k, v) for k, v in r.items() if k not in _SKIP)].append(r)
+        merged[_merge_key(r)].append(r)
     skipped: dict[str, int] = defaultdict(int)
     rows: list[SiliconRow] = []
     for _, reps in merged.items():
@@ -181,13 +214,26 @@ def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
         if gpu is None:
             skipped[f"system {r['system']} not in the catalog"] += 1
             continue
+        recorded = recorded_concurrency(r)
         if r["mode"] == "agg":
             pools = {"agg": _pool(r, "")}
             conc = pools["agg"].batch * pools["agg"].attention_dp * pools["agg"].pp
         else:
+            if not r["decode_batch_size"] or not r["decode_num_workers"]:
+                skipped[NO_DISAGG_SIZES] += 1
+                continue
             pools = {"prefill": _pool(r, "prefill_"), "decode": _pool(r, "decode_")}
             d = pools["decode"]
             conc = d.batch * d.attention_dp * d.workers
+        replicas = 1
+        if recorded is not None and r["mode"] == "agg" and recorded > conc:
+            # more clients than the engine's batch over its ranks holds: the deployment ran
+            # recorded / conc engines (replicas) with the clients spread evenly over them
+            # (what the 30 such rows record is a multiple of it, 4 to 32: their TTFTs show no
+            # request waiting for another to finish); one engine is replayed with its share
+            replicas = recorded // conc
+        elif recorded is not None:
+            conc = recorded
         rows.append(
             SiliconRow(
                 model=model,
@@ -206,6 +252,7 @@ def load_rows(path: Path) -> tuple[list[SiliconRow], dict[str, int]]:
                 ttft_s=statistics.median(float(x["silicon_ttft_ms"]) for x in reps) / 1e3,
                 tpot_s=statistics.median(float(x["silicon_tpot_ms"]) for x in reps) / 1e3,
                 repeats=len(reps),
+                replicas=replicas,
             )
         )
     rows.sort(key=lambda x: (x.group, x.configuration, x.isl, x.osl, x.concurrency))
