@@ -14,6 +14,7 @@ from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy
 from prfaas_env.policies.oracle import RolloutOracle
 from prfaas_env.sim.engine import VecSimulator
+from prfaas_env.sim.scenario import Scenario
 from prfaas_env.suite import load_suite
 
 SUITE = load_suite("default")
@@ -53,19 +54,26 @@ def test_candidate_costs_are_what_each_action_then_the_base_policy_gives() -> No
     assert (costs[:, 0] != costs[:, 1]).any()  # the choice matters on these requests
 
 
+def _warmed(sc: Scenario, envs: int, seed: int, decisions: int) -> tuple[VecSimulator, SimObserver]:
+    """``envs`` envs of ``sc`` after ``decisions`` decisions routed by Mooncake's router."""
+    routes = RouteTable.from_topology(sc.topology)
+    sim = VecSimulator(sc, envs)
+    observer = SimObserver(sim, routes.num_routes)
+    sim.reset(seed=seed)
+    base = make_policy("mooncake", routes, sc.topology, prefill_estimate="tables")
+    base.reset(envs)
+    for _ in range(decisions):
+        sim.step(base.act(observer.observe_view(), observer.mask))
+    return sim, observer
+
+
 def test_a_shortlist_costs_exactly_what_the_full_oracle_costs_on_its_candidates() -> None:
     """With ``candidates`` = K the oracle simulates the K routes its base scores lowest: the
     same costs as the full oracle on those, infinity elsewhere, K copies per env."""
     sc = SUITE.get("region3_prefix_bursty").scenario
     topo = sc.topology
     routes = RouteTable.from_topology(topo)
-    sim = VecSimulator(sc, 3)
-    observer = SimObserver(sim, routes.num_routes)
-    sim.reset(seed=2)
-    base = make_policy("mooncake", routes, topo, prefill_estimate="tables")
-    base.reset(3)
-    for _ in range(60):
-        sim.step(base.act(observer.observe_view(), observer.mask))
+    sim, observer = _warmed(sc, 3, seed=2, decisions=60)
     view, mask = observer.observe_view(), observer.mask
     full, short = (RolloutOracle(routes, topo, horizon=6, candidates=c) for c in (None, 3))
     for o in (full, short):
@@ -138,13 +146,7 @@ def test_the_ttft_slo_cost_is_the_ttft_cost_plus_one_slo_per_missed_request() ->
     sc = SUITE.get("paper_mixture_overload").scenario.with_output(3.0)
     topo = sc.topology
     routes = RouteTable.from_topology(topo)
-    sim = VecSimulator(sc, 3)
-    observer = SimObserver(sim, routes.num_routes)
-    sim.reset(seed=5)
-    base = make_policy("mooncake", routes, topo, prefill_estimate="tables")
-    base.reset(3)
-    for _ in range(120):
-        sim.step(base.act(observer.observe_view(), observer.mask))
+    sim, _ = _warmed(sc, 3, seed=5, decisions=120)
     costs = {}
     for cost in ("ttft", "goodput", "ttft_slo"):
         o = RolloutOracle(routes, topo, horizon=10, cost=cost)
