@@ -22,7 +22,7 @@ from prfaas_env.env.config import resolve_config
 from prfaas_env.evaluation import best_baseline
 from prfaas_env.export import STATELESS_FALLBACKS, default_fallback, export_bundle
 from prfaas_env.export.distill import best_knobs
-from prfaas_env.export.record import record
+from prfaas_env.export.record import record, score_margin
 from prfaas_env.observation.live import LiveState, LiveStateError, Parsed
 from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy
@@ -572,3 +572,33 @@ def test_gateway_picker_decides_with_a_bundle(bundle: Path, tmp_path: Path) -> N
     now[0] += 60.0  # every scrape stale
     pick = picker.pick(prompt)
     assert pick.status == 200 and pick.source == "fallback" and "missing" in (pick.reason or "")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 5).flatmap(
+        lambda k: st.tuples(
+            st.lists(
+                st.lists(st.floats(-5, 5, allow_nan=False), min_size=k, max_size=k),
+                min_size=1,
+                max_size=6,
+            ),
+            st.lists(st.lists(st.booleans(), min_size=k, max_size=k), min_size=6, max_size=6),
+        )
+    )
+)
+def test_score_margin_is_the_gap_between_the_two_best_allowed_scores(data: tuple) -> None:
+    """Against a plain loop: the best allowed score minus the second best; inf with one
+    allowed action, 0 with none."""
+    rows, masks = data
+    scores = np.array(rows, float)
+    mask = np.array(masks[: len(rows)], bool)
+    got = score_margin(scores, mask)
+    for i in range(len(rows)):
+        allowed = sorted((s for s, m in zip(rows[i], mask[i], strict=True) if m), reverse=True)
+        if not allowed:
+            assert got[i] == 0.0
+        elif len(allowed) == 1:
+            assert got[i] == np.inf
+        else:
+            assert got[i] == allowed[0] - allowed[1]

@@ -39,7 +39,13 @@ from prfaas_env.export.graph import (
     write_torchscript,
 )
 from prfaas_env.export.policy import TrainedPolicy
-from prfaas_env.export.record import Recording, folder_in_place, portable_topology, record
+from prfaas_env.export.record import (
+    Recording,
+    folder_in_place,
+    portable_topology,
+    record,
+    score_margin,
+)
 from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.policies import RouteTable
 from prfaas_env.policies.learned import ScoredPolicy
@@ -210,7 +216,7 @@ def check_parity(
     with torch.no_grad():
         a_ts, s_ts = ts(torch.from_numpy(obs), torch.from_numpy(mask))
     a_onnx, a_ts = np.asarray(a_onnx), a_ts.numpy()
-    untied = _margin(expected_scores, mask) > TIE
+    untied = score_margin(expected_scores, mask) > TIE
     return Parity(
         decisions=len(expected),
         onnx_agree=int((a_onnx == expected).sum()),
@@ -219,13 +225,6 @@ def check_parity(
         max_score_diff_onnx=float(np.abs(s_onnx - expected_scores).max()),
         max_score_diff_torchscript=float(np.abs(s_ts.numpy() - expected_scores).max()),
     )
-
-
-def _margin(scores: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Gap between the best and the second-best allowed score per row (inf with one)."""
-    s = np.sort(np.where(mask, scores, -np.inf), axis=1)
-    gap = s[:, -1] - s[:, -2] if s.shape[1] > 1 else np.full(len(s), np.inf)
-    return np.where(np.isfinite(gap) | (s[:, -1] > -np.inf), gap, 0.0)
 
 
 def _write_golden(
@@ -238,7 +237,7 @@ def _write_golden(
 ) -> None:
     """``count`` recorded decisions spread over the recording, skipping near-ties (a gap under
     GOLDEN_MARGIN between the two best allowed scores), one JSON object per line."""
-    ok = np.flatnonzero(_margin(scores, rec.mask) > GOLDEN_MARGIN)
+    ok = np.flatnonzero(score_margin(scores, rec.mask) > GOLDEN_MARGIN)
     # prefer a mix of actions: take rows evenly from each action's candidates
     picks: list[int] = []
     by_action = [ok[rec.actions[ok] == a] for a in np.unique(rec.actions[ok])]

@@ -35,7 +35,12 @@ from prfaas_env import package_versions
 from prfaas_env.errors import ConfigError, replaceable_out
 from prfaas_env.evaluation import VALIDATION_SEED, run_policy, seed_range
 from prfaas_env.export.graph import ONNX_OPSET, export_onnx
-from prfaas_env.export.record import Recording, folder_in_place, portable_topology
+from prfaas_env.export.record import (
+    Recording,
+    folder_in_place,
+    portable_topology,
+    score_margin,
+)
 from prfaas_env.observation.live import STATE_FORMAT, LiveState
 from prfaas_env.observation.per_route import GLOBAL_FEATURES, ROUTE_FEATURES
 from prfaas_env.policies import Policy, RouteTable, View
@@ -143,7 +148,7 @@ def export_route_bundle(
             a_onnx, s_onnx = sess.run(
                 list(OUTPUTS), {"routes": feats, "global": glob, "action_mask": allowed}
             )
-            margin = _margin(ref, allowed)
+            margin = score_margin(ref, allowed)
             agree += int((a_onnx == rec.actions).sum())
             real += int(((a_onnx != rec.actions) & (margin > TIE)).sum())
             total += len(rec.actions)
@@ -236,14 +241,6 @@ def export_route_bundle(
         manifest["content_hash"] = content_hash(files, manifest)
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def _margin(scores: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    s = np.sort(np.where(mask, scores, -np.inf), axis=1)
-    if s.shape[1] < 2:
-        return np.full(len(s), np.inf)
-    gap = s[:, -1] - s[:, -2]
-    return np.where(np.isfinite(gap), gap, np.inf)
 
 
 __all__ = ["ROUTE_BUNDLE_FORMAT", "export_route_bundle", "write_route_onnx"]
