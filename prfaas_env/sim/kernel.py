@@ -887,17 +887,7 @@ def _route(
         evt = end
     evt = max(evt, st.pf[e, i, PF.LAST_EVT])  # completions are delivered in order per instance
     st.pf[e, i, PF.LAST_EVT] = evt
-    # a request slot
-    st.ei[e, EI.NFREE] -= 1
-    k = st.free[e, st.ei[e, EI.NFREE]]
-    s = st.ei[e, EI.SEQ]
-    st.ei[e, EI.SEQ] = s + 1
-    st.ri[e, k, RI.SEQ] = s
-    st.ri[e, k, RI.ROUTE] = r
-    st.rf[e, k, RF.ARR] = now
-    st.ri[e, k, RI.IN] = length
-    st.ri[e, k, RI.OUT] = ws.wi[e, WI.REQ_OUT]
-    st.ri[e, k, RI.UNC] = unc
+    k = _take_slot(ws, st, e, r, now, length, unc)
     st.rf[e, k, RF.PSTART] = start
     st.rf[e, k, RF.EVT] = evt
     st.rf[e, k, RF.KV] = kv
@@ -915,6 +905,38 @@ def _route(
     st.pf[e, i, PF.QTOK] += unc
     if ch >= 0:
         st.ei[e, EI.M_OFFLOAD] += 1
+    _count_arrival(ws, st, e, k, r, now, length, cached)
+    _record(st.records, st.ri, e, k, REC_PINST, i - S.cl_i[pc, CLI.P0])
+    _record(st.records, st.ri, e, k, REC_PSTART, start)
+    _record(st.records, st.ri, e, k, REC_PEND, end)
+    _record(st.records, st.ri, e, k, REC_KV, kv)
+
+
+@compiled_inline
+def _take_slot(
+    ws: WorkloadState, st: State, e: int, r: int, now: float, length: int, unc: int
+) -> int:
+    """A free request slot for env ``e``'s pending request on route ``r``, filled with its
+    sequence number, arrival time (s), input, output and uncached tokens; returns it."""
+    st.ei[e, EI.NFREE] -= 1
+    k = st.free[e, st.ei[e, EI.NFREE]]
+    s = st.ei[e, EI.SEQ]
+    st.ei[e, EI.SEQ] = s + 1
+    st.ri[e, k, RI.SEQ] = s
+    st.ri[e, k, RI.ROUTE] = r
+    st.rf[e, k, RF.ARR] = now
+    st.ri[e, k, RI.IN] = length
+    st.ri[e, k, RI.OUT] = ws.wi[e, WI.REQ_OUT]
+    st.ri[e, k, RI.UNC] = unc
+    return k
+
+
+@compiled_inline
+def _count_arrival(
+    ws: WorkloadState, st: State, e: int, k: int, r: int, now: float, length: int, cached: int
+) -> None:
+    """Count request ``k``'s prompt and cached tokens and record its arrival, route and
+    lengths (the recording is a no-op unless records are kept)."""
     st.ef[e, EF.M_CACHED_TOKENS] += cached
     st.ef[e, EF.M_INPUT_TOKENS] += length
     _record(st.records, st.ri, e, k, REC_ARR, now)
@@ -922,10 +944,6 @@ def _route(
     _record(st.records, st.ri, e, k, REC_IN, length)
     _record(st.records, st.ri, e, k, REC_OUT, ws.wi[e, WI.REQ_OUT])
     _record(st.records, st.ri, e, k, REC_CACHED, cached)
-    _record(st.records, st.ri, e, k, REC_PINST, i - S.cl_i[pc, CLI.P0])
-    _record(st.records, st.ri, e, k, REC_PSTART, start)
-    _record(st.records, st.ri, e, k, REC_PEND, end)
-    _record(st.records, st.ri, e, k, REC_KV, kv)
 
 
 @compiled
@@ -940,25 +958,10 @@ def _co_route(
     cached = st.obs_cached[e, c]
     _cache_request(wp.tr_blocks, ws.wi, cs, e, c)
     st.ei[e, EI.W_N] += 1
-    st.ei[e, EI.NFREE] -= 1
-    k = st.free[e, st.ei[e, EI.NFREE]]
-    s = st.ei[e, EI.SEQ]
-    st.ei[e, EI.SEQ] = s + 1
-    st.ri[e, k, RI.SEQ] = s
-    st.ri[e, k, RI.ROUTE] = r
-    st.rf[e, k, RF.ARR] = now
-    st.ri[e, k, RI.IN] = length
-    st.ri[e, k, RI.OUT] = ws.wi[e, WI.REQ_OUT]
-    st.ri[e, k, RI.UNC] = length - cached
+    k = _take_slot(ws, st, e, r, now, length, length - cached)
     kv = kv_bytes(S.kv_fixed, S.kv_per_token, S.swa_per_token, S.swa_window, float(length))
     st.rf[e, k, RF.KV] = kv
-    st.ef[e, EF.M_CACHED_TOKENS] += cached
-    st.ef[e, EF.M_INPUT_TOKENS] += length
-    _record(st.records, st.ri, e, k, REC_ARR, now)
-    _record(st.records, st.ri, e, k, REC_ROUTE, r)
-    _record(st.records, st.ri, e, k, REC_IN, length)
-    _record(st.records, st.ri, e, k, REC_OUT, ws.wi[e, WI.REQ_OUT])
-    _record(st.records, st.ri, e, k, REC_CACHED, cached)
+    _count_arrival(ws, st, e, k, r, now, length, cached)
     _record(st.records, st.ri, e, k, REC_KV, kv)
     _co_join(S, st, e, c, k, now, cached, 0)
     _record(st.records, st.ri, e, k, REC_PINST, _engine_of(S, st, e, c, k))

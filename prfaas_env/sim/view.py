@@ -245,12 +245,7 @@ def fill_view(S: Static, ws: WorkloadState, st: State, V: ViewSpec, e: int) -> N
             wait = min(wait, w)
             if w > 0.0:
                 busy += 1
-        out[e, c[IN_CACHED, 0] + j * c[IN_CACHED, 1]] = st.obs_cached[e, cl]
-        out[e, c[IN_PREFILL, 0] + j * c[IN_PREFILL, 1]] = st.obs_prefill_s[e, cl]
-        out[e, c[IN_QREQ, 0] + j * c[IN_QREQ, 1]] = nq
-        out[e, c[IN_QTOK, 0] + j * c[IN_QTOK, 1]] = qtok
-        out[e, c[IN_WAIT, 0] + j * c[IN_WAIT, 1]] = wait
-        out[e, c[IN_BUSY, 0] + j * c[IN_BUSY, 1]] = busy / count
+        _prefill_inputs(st, V, e, j, cl, nq, qtok, wait, busy / count)
     stale = V.staleness_s
     for j in range(V.channels.shape[0]):
         ch = V.channels[j]
@@ -309,12 +304,35 @@ def write_counters(st: State, e: int, out: NDArray[np.float64]) -> None:
 
 
 @compiled_inline
+def _prefill_inputs(
+    st: State,
+    V: ViewSpec,
+    e: int,
+    j: int,
+    cl: int,
+    nq: float,
+    qtok: float,
+    wait: float,
+    busy: float,
+) -> None:
+    """Write prefill entity ``j``'s inputs (cluster ``cl``): cached tokens and unloaded
+    prefill time of the pending request, queued requests and uncached tokens, seconds until
+    the first instance (or engine) is free, and the busy share."""
+    out = V.values
+    c = V.cols
+    out[e, c[IN_CACHED, 0] + j * c[IN_CACHED, 1]] = st.obs_cached[e, cl]
+    out[e, c[IN_PREFILL, 0] + j * c[IN_PREFILL, 1]] = st.obs_prefill_s[e, cl]
+    out[e, c[IN_QREQ, 0] + j * c[IN_QREQ, 1]] = nq
+    out[e, c[IN_QTOK, 0] + j * c[IN_QTOK, 1]] = qtok
+    out[e, c[IN_WAIT, 0] + j * c[IN_WAIT, 1]] = wait
+    out[e, c[IN_BUSY, 0] + j * c[IN_BUSY, 1]] = busy
+
+
+@compiled_inline
 def _co_prefill_view(
     S: Static, st: State, V: ViewSpec, e: int, j: int, cl: int, now: float
 ) -> None:
     """Prefill inputs of co-located cluster ``cl`` (entity ``j``; see the module docstring)."""
-    out = V.values
-    c = V.cols
     r0 = S.cl_i[cl, CLI.R0]
     nq = 0
     qtok = 0
@@ -329,12 +347,7 @@ def _co_prefill_view(
         wait = min(wait, max(end - now, 0.0) if end < np.inf else 0.0)
         if end < np.inf:
             busy += 1
-    out[e, c[IN_CACHED, 0] + j * c[IN_CACHED, 1]] = st.obs_cached[e, cl]
-    out[e, c[IN_PREFILL, 0] + j * c[IN_PREFILL, 1]] = st.obs_prefill_s[e, cl]
-    out[e, c[IN_QREQ, 0] + j * c[IN_QREQ, 1]] = nq
-    out[e, c[IN_QTOK, 0] + j * c[IN_QTOK, 1]] = qtok
-    out[e, c[IN_WAIT, 0] + j * c[IN_WAIT, 1]] = wait
-    out[e, c[IN_BUSY, 0] + j * c[IN_BUSY, 1]] = busy / S.cl_i[cl, CLI.NC]
+    _prefill_inputs(st, V, e, j, cl, nq, qtok, wait, busy / S.cl_i[cl, CLI.NC])
 
 
 @compiled_inline
