@@ -111,9 +111,8 @@ def score_margin(scores: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArra
     scores' units): inf with one allowed action, 0 with none (there is nothing to agree
     on). Parity checks and golden files keep the decisions whose margin exceeds a tie."""
     s = np.sort(np.where(mask, scores, -np.inf), axis=1)
-    if s.shape[1] < 2:
-        return np.where(s[:, -1] > -np.inf, np.inf, 0.0)
-    best, second = s[:, -1], s[:, -2]
-    finite = second > -np.inf  # then best is finite too
-    gap = np.where(finite, best, 0.0) - np.where(finite, second, 0.0)
-    return np.where(best == -np.inf, 0.0, np.where(second == -np.inf, np.inf, gap))
+    best = s[:, -1]
+    second = s[:, -2] if s.shape[1] > 1 else np.full(len(s), -np.inf)
+    with np.errstate(invalid="ignore"):  # -inf - -inf where nothing is allowed
+        gap = best - second  # inf where one action is allowed
+    return np.where(best == -np.inf, 0.0, gap)

@@ -103,8 +103,7 @@ def _check_capacity(topo: Topology, work: Workload, where: str) -> None:
     every co-located engine's rank must hold the longest request's KV blocks (else it could
     never run)."""
     if work.trace is not None:
-        tr = work.trace
-        longest = int(tr.input_tokens.max()) + work.longest_output_tokens() if len(tr) else 0
+        longest = int((work.trace.input_tokens + work.trace_output_tokens()).max())
     else:
         longest = work.input.longest() + work.longest_output_tokens()
     longest = min(longest, 2 * MAX_PROMPT_TOKENS)

@@ -191,9 +191,19 @@ class Workload:
     def longest_output_tokens(self) -> int:
         """The longest output a request of this workload can ask for, tokens (after
         ``output_multiplier``)."""
-        tr = self.trace
-        raw = int(tr.output_tokens.max()) if tr is not None else self.output.longest()
-        return scaled_output(raw, self.output_multiplier)
+        if self.trace is not None:
+            return int(self.trace_output_tokens().max())
+        return scaled_output(self.output.longest(), self.output_multiplier)
+
+    def trace_output_tokens(self) -> NDArray[np.int64]:
+        """Each trace request's output tokens as the simulator draws them (after
+        ``output_multiplier``)."""
+        assert self.trace is not None
+        raw = self.trace.output_tokens
+        m = self.output_multiplier
+        if m == 1.0:
+            return raw.astype(np.int64)
+        return np.array([scaled_output(int(t), m) for t in raw], np.int64)
 
 
 class WorkloadParams(NamedTuple):
