@@ -65,7 +65,12 @@ from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy, policy_names
 from prfaas_env.policies.learned import RoutePolicy
 from prfaas_env.policies.oracle import NONDETERMINISTIC, RolloutOracle
-from prfaas_env.policies.route_scorer import RouteScorer, residual_anchor, score_fn
+from prfaas_env.policies.route_scorer import (
+    RouteScorer,
+    ScorerEnsemble,
+    residual_anchor,
+    score_fn,
+)
 from prfaas_env.sim.engine import VecSimulator, routes_from_actions
 from prfaas_env.sim.scenario import Scenario
 from prfaas_env.suite import SuiteScenario, load_suite
@@ -90,6 +95,10 @@ class GeneralistSettings:
     rate_high: float = 1.15
     out_low: float = 1.0  # output-length multipliers drawn per scenario and iteration
     out_high: float = 1.0  # (log-uniform; 1, 1: the scenarios' own lengths)
+    link_low: float = 1.0  # link bandwidth multipliers drawn per scenario and iteration
+    link_high: float = 1.0  # (log-uniform; 1, 1: the scenarios' own links)
+    link_fluctuate: float = 0.0  # probability that a scenario's steady links fluctuate
+    members: int = 1  # scorers fitted to the same labels; the policy is their mean score
     cost: str = "ttft"  # the oracle's cost while labelling (RolloutOracle's costs)
     epochs: int = 4
     batch: int = 512
@@ -116,6 +125,7 @@ class GeneralistSettings:
                 raise ConfigError(f"{f.name}: expected a number, got {v!r}")
         positive = (
             "hidden",
+            "members",
             "iterations",
             "envs",
             "decisions",
@@ -145,6 +155,15 @@ class GeneralistSettings:
             raise ConfigError(
                 f"out_low, out_high: expected 0 < low <= high <= 100, got {self.out_low}, "
                 f"{self.out_high}"
+            )
+        if not 0 < self.link_low <= self.link_high <= 100:
+            raise ConfigError(
+                f"link_low, link_high: expected 0 < low <= high <= 100, got {self.link_low}, "
+                f"{self.link_high}"
+            )
+        if not 0 <= self.link_fluctuate <= 1:
+            raise ConfigError(
+                f"link_fluctuate: expected a probability in [0, 1], got {self.link_fluctuate}"
             )
         if not 0 < self.rate_low <= self.rate_high:
             raise ConfigError(
@@ -213,22 +232,39 @@ def best_heuristics(
     return out
 
 
+FLUCTUATION = {  # ranges of the drawn fluctuating process (bandwidth.py's parameters)
+    "mean_fraction": (0.5, 0.9),
+    "volatility": (0.2, 0.6),
+    "correlation_s": (10.0, 60.0),
+}
+
+
 def randomised(sc: Scenario, s: GeneralistSettings, rng: np.random.Generator) -> Scenario:
-    """``sc`` with a load multiplier drawn uniformly in [``rate_low``, ``rate_high``] and an
+    """``sc`` with a load multiplier drawn uniformly in [``rate_low``, ``rate_high``], an
     output-length multiplier drawn log-uniformly in [``out_low``, ``out_high``] (longer
     outputs fill the decode pools: their batches grow, steps slow down, and at the top of the
-    range decode admission queues; the train scenarios alone never do)."""
+    range decode admission queues; the train scenarios alone never do) and the link process:
+    every link's bandwidth scaled by a log-uniform draw in [``link_low``, ``link_high``] and,
+    with probability ``link_fluctuate``, steady links made fluctuating with parameters drawn
+    uniformly in :data:`FLUCTUATION`. A multiplier range of 1-1 draws nothing (the random
+    stream of a run without it is unchanged)."""
     rate = float(rng.uniform(s.rate_low, s.rate_high))
-    if s.out_high == s.out_low == 1.0:
-        return sc.with_rate(rate)
-    out = float(np.exp(rng.uniform(np.log(s.out_low), np.log(s.out_high))))
-    return sc.with_output(out).with_rate(rate)
+    out = sc
+    if not s.out_high == s.out_low == 1.0:
+        out = out.with_output(float(np.exp(rng.uniform(np.log(s.out_low), np.log(s.out_high)))))
+    if not s.link_high == s.link_low == 1.0 or s.link_fluctuate > 0:
+        bw = float(np.exp(rng.uniform(np.log(s.link_low), np.log(s.link_high))))
+        shake = None
+        if rng.random() < s.link_fluctuate:
+            shake = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in FLUCTUATION.items()}
+        out = out.with_links(bw, shake)
+    return out.with_rate(rate)
 
 
 def collect(
     sc: Scenario,
     best: str,
-    net: RouteScorer | None,
+    net: RouteScorer | ScorerEnsemble | None,
     s: GeneralistSettings,
     beta: float,
     rng: np.random.Generator,
@@ -282,14 +318,15 @@ def soft_targets(
 
 
 def fit(
-    net: RouteScorer,
+    net: RouteScorer | ScorerEnsemble,
     data: dict[str, Labels],
     s: GeneralistSettings,
-    optimiser: torch.optim.Optimizer,
+    optimisers: list[torch.optim.Optimizer],
     rng: np.random.Generator,
 ) -> float:
-    """``s.epochs`` passes of minibatches over every scenario's labels (a minibatch holds
-    one scenario's decisions: their route counts match); returns the last mean loss."""
+    """Per member of ``net`` (one optimiser each), ``s.epochs`` passes of minibatches over
+    every scenario's labels in the member's own order (a minibatch holds one scenario's
+    decisions: their route counts match); returns the members' mean last loss."""
     per = {}
     for name, lab in data.items():
         routes, glob, mask, costs = lab.arrays()
@@ -302,31 +339,48 @@ def fit(
         for start in range(0, n, s.batch):
             batches.append((name, start))
     net.train()
-    last = math.nan
-    for _ in range(s.epochs):
-        order = {name: rng.permutation(len(a[0])) for name, a in per.items()}
-        losses = []
-        for k in rng.permutation(len(batches)):
-            name, start = batches[k]
-            idx = order[name][start : start + s.batch]
-            routes, glob, mask, _ = per[name]
-            scores = net.scores(torch.from_numpy(routes[idx]), torch.from_numpy(glob[idx]))
-            m = torch.from_numpy(mask[idx])
-            logp = torch.log_softmax(torch.where(m, scores, torch.full_like(scores, -1e9)), dim=1)
-            p = torch.from_numpy(targets[name][idx])
-            loss = -(p * torch.where(m, logp, torch.zeros_like(logp))).sum(1).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimiser.step()
-            losses.append(float(loss.detach()))
-        last = float(np.mean(losses))
+    last = []
+    for member, optimiser in zip(members_of(net), optimisers, strict=True):
+        for _ in range(s.epochs):
+            order = {name: rng.permutation(len(a[0])) for name, a in per.items()}
+            losses = []
+            for k in rng.permutation(len(batches)):
+                name, start = batches[k]
+                idx = order[name][start : start + s.batch]
+                routes, glob, mask, _ = per[name]
+                scores = member.scores(torch.from_numpy(routes[idx]), torch.from_numpy(glob[idx]))
+                m = torch.from_numpy(mask[idx])
+                logp = torch.log_softmax(
+                    torch.where(m, scores, torch.full_like(scores, -1e9)), dim=1
+                )
+                p = torch.from_numpy(targets[name][idx])
+                loss = -(p * torch.where(m, logp, torch.zeros_like(logp))).sum(1).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(member.parameters(), 1.0)
+                optimiser.step()
+                losses.append(float(loss.detach()))
+        last.append(float(np.mean(losses)))
     net.eval()
-    return last
+    return float(np.mean(last))
+
+
+def members_of(net: RouteScorer | ScorerEnsemble) -> list[RouteScorer]:
+    """The scorers a network is made of (itself for a single scorer)."""
+    return list(net.members) if isinstance(net, ScorerEnsemble) else [net]
+
+
+def make_scorer(hidden: int, residual: int, members: int) -> RouteScorer | ScorerEnsemble:
+    """A fresh generalist network: one scorer, or an ensemble of ``members`` of them."""
+    nets = [
+        RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), hidden, anchor_of(residual))
+        for _ in range(members)
+    ]
+    return nets[0] if members == 1 else ScorerEnsemble(nets)
 
 
 def evaluate(
-    net: RouteScorer,
+    net: RouteScorer | ScorerEnsemble,
     scenarios: list[SuiteScenario],
     best: dict[str, str],
     s: GeneralistSettings,
@@ -427,8 +481,8 @@ def train_generalist(
     echo(f"best heuristics of the {len(checks)} validation scenarios (validation seeds) ...")
     best = best_heuristics(checks, seed_range(VALIDATION_SEED, s.eval_seeds), s.eval_decisions)
     echo("  " + ", ".join(f"{k}: {v}" for k, v in best.items()))
-    net = RouteScorer(len(ROUTE_FEATURES), len(GLOBAL_FEATURES), s.hidden, anchor_of(s.residual))
-    optimiser = torch.optim.Adam(net.parameters(), lr=s.lr)
+    net = make_scorer(s.hidden, s.residual, s.members)
+    optimisers = [torch.optim.Adam(m.parameters(), lr=s.lr) for m in members_of(net)]
     data: dict[str, Labels] = {sc.name: Labels() for sc in scenarios}
     history = []
     baselines: dict[str, dict[str, float]] | None = None
@@ -457,7 +511,7 @@ def train_generalist(
             )
             allg = np.concatenate([np.concatenate(lab.glob) for lab in data.values()])
             net.set_statistics(allr, allg)
-        loss = fit(net, data, s, optimiser, rng)
+        loss = fit(net, data, s, optimisers, rng)
         result, baselines = evaluate(net, checks, best, s, baselines)
         if oracle is None and s.oracle_eval:
             echo("the rollout oracle on the validation seeds (once, a reference) ...")
@@ -573,7 +627,7 @@ def anchor_of(residual: int) -> int | None:
     return residual_anchor() if residual else None
 
 
-def load_generalist(path: str | Path) -> tuple[RouteScorer, dict[str, Any]]:
+def load_generalist(path: str | Path) -> tuple[RouteScorer | ScorerEnsemble, dict[str, Any]]:
     """The network and run summary of a ``train.py --suite`` run folder (ConfigError naming
     what is missing)."""
     from prfaas_env.errors import ConfigError, load_folder_json
@@ -585,11 +639,8 @@ def load_generalist(path: str | Path) -> tuple[RouteScorer, dict[str, Any]]:
     if not (root / "model.pt").is_file():
         raise ConfigError(f"{root}: model.pt is missing (was training finished?)")
     settings = summary["settings"]
-    net = RouteScorer(
-        len(ROUTE_FEATURES),
-        len(GLOBAL_FEATURES),
-        int(settings["hidden"]),
-        anchor_of(int(settings.get("residual", 0))),
+    net = make_scorer(
+        int(settings["hidden"]), int(settings.get("residual", 0)), int(settings.get("members", 1))
     )
     net.load_state_dict(torch.load(root / "model.pt"))
     net.eval()

@@ -101,6 +101,12 @@ def initial_state(
         from agents.generalist import load_generalist
 
         net, summary = load_generalist(init_from)
+        if int(summary["settings"].get("members", 1)) > 1:
+            raise SystemExit(
+                f"--init-from {init_from}: an ensemble run (members="
+                f"{summary['settings']['members']}); RLlib fine-tunes one scorer: pass a run "
+                "trained with members=1"
+            )
         return net.state_dict(), int(summary["settings"]["hidden"]), summary
     if not init_from.is_file():
         raise SystemExit(f"--init-from {init_from}: no such run folder or model.pt")

@@ -273,3 +273,71 @@ def test_domain_randomisation_and_label_cost_settings() -> None:
         GeneralistSettings(cost="goodput")
     with pytest.raises(ConfigError, match="out_low, out_high: expected 0 < low <= high <= 100"):
         GeneralistSettings(out_low=3.0, out_high=2.0)
+
+
+def test_link_randomisation_draws_bandwidth_and_fluctuation_within_their_ranges() -> None:
+    """Link bandwidth multipliers are drawn log-uniformly in their range and, with
+    ``link_fluctuate``, steady links become fluctuating with parameters inside FLUCTUATION;
+    the defaults leave the links (and the random stream) alone; bad ranges name the key."""
+    from agents.generalist import FLUCTUATION
+    from prfaas_env.errors import ConfigError
+
+    sc = SUITE.get("paper_poisson").scenario
+    (nominal,) = [link.bandwidth_gbps for link in sc.topology.links]
+    rng = np.random.default_rng(5)
+    assert randomised(sc, GeneralistSettings(), rng).topology.links == sc.topology.links
+    s = GeneralistSettings(link_low=0.1, link_high=1.0, link_fluctuate=0.5)
+    drawn = [randomised(sc, s, rng).topology.links[0] for _ in range(40)]
+    ratios = [link.bandwidth_gbps / nominal for link in drawn]
+    assert 0.1 <= min(ratios) < 0.2 and 0.6 < max(ratios) <= 1.0
+    shaky = [link.process for link in drawn if link.process.kind == "fluctuating"]
+    assert 8 <= len(shaky) <= 32  # about half of 40
+    for p in shaky:
+        assert FLUCTUATION["mean_fraction"][0] <= p.mean_fraction <= FLUCTUATION["mean_fraction"][1]
+        assert FLUCTUATION["volatility"][0] <= p.volatility <= FLUCTUATION["volatility"][1]
+    with pytest.raises(ConfigError, match="link_low, link_high: expected 0 < low <= high"):
+        GeneralistSettings(link_low=0.0)
+    with pytest.raises(ConfigError, match="link_fluctuate: expected a probability"):
+        GeneralistSettings(link_fluctuate=1.5)
+    with pytest.raises(ConfigError, match="members: expected at least 1"):
+        GeneralistSettings(members=0)
+
+
+def test_an_ensemble_run_scores_with_its_members_mean_and_exports_as_one_graph(
+    tmp_path: Path,
+) -> None:
+    """``members=3``: three residual scorers fitted to the same labels in their own orders
+    (they differ), the policy's score is their mean, the run reloads bit for bit and its
+    bundle's ONNX graph reproduces the mean."""
+    import onnxruntime as ort
+
+    from agents.generalist import export_generalist, members_of
+    from prfaas_env.policies.route_scorer import ScorerEnsemble
+
+    s = GeneralistSettings(
+        hidden=8, horizon=2, iterations=1, envs=2, warmup=5, decisions=6, epochs=1,
+        eval_seeds=1, eval_decisions=30, oracle_eval=0, residual=1, members=3,
+        link_low=0.5, link_fluctuate=1.0,
+    )  # fmt: skip
+    train_generalist("default", tmp_path / "e", s, echo=lambda m: None)
+    net, summary = load_generalist(tmp_path / "e")
+    assert isinstance(net, ScorerEnsemble) and summary["settings"]["members"] == 3
+    parts = members_of(net)
+    heads = [m.head.weight.detach() for m in parts]
+    assert not torch.equal(heads[0], heads[1]) and not torch.equal(heads[1], heads[2])
+    rng = np.random.default_rng(0)
+    routes = torch.from_numpy(rng.random((5, 4, len(ROUTE_FEATURES))).astype(np.float32))
+    glob = torch.from_numpy(rng.random((5, len(GLOBAL_FEATURES))).astype(np.float32))
+    with torch.no_grad():
+        mean = torch.stack([m.scores(routes, glob) for m in parts]).mean(0)
+        torch.testing.assert_close(net.scores(routes, glob), mean)
+    manifest = export_generalist(tmp_path / "e", tmp_path / "b", echo=lambda m: None)
+    sess = ort.InferenceSession(
+        str(tmp_path / "b" / manifest["model"]["onnx"]), providers=["CPUExecutionProvider"]
+    )
+    mask = np.ones((5, 4), dtype=bool)
+    _, onnx_scores = sess.run(
+        ["action", "scores"],
+        {"routes": routes.numpy(), "global": glob.numpy(), "action_mask": mask},
+    )
+    np.testing.assert_allclose(onnx_scores, mean.numpy(), rtol=1e-4, atol=1e-4)

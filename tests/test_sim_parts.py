@@ -187,6 +187,31 @@ def test_output_multiplier_scales_every_output_length_of_synthetic_and_trace_wor
     assert parse_scenario(d, "t").workload.longest_output_tokens() == 2_000_000
 
 
+def test_with_links_scales_bandwidth_and_makes_steady_links_fluctuate() -> None:
+    """``Scenario.with_links`` scales every link's nominal bandwidth; with a fluctuation it
+    turns steady links fluctuating and keeps processes that already change, and outages."""
+    d = base()
+    d["topology"]["links"][0]["outages"] = [{"start_s": 50, "duration_s": 10}]
+    sc = parse_scenario(d, "t")
+    (link,) = sc.topology.links
+    slower = sc.with_links(0.25)
+    (s1,) = slower.topology.links
+    assert s1.bandwidth_gbps == pytest.approx(0.25 * link.bandwidth_gbps)
+    assert s1.process == link.process and "links x0.25" in slower.source
+    shaky = sc.with_links(0.5, {"mean_fraction": 0.6, "volatility": 0.4, "correlation_s": 20})
+    (s2,) = shaky.topology.links
+    assert s2.process.kind == "fluctuating" and s2.process.mean_fraction == 0.6
+    assert s2.process.outages == link.process.outages != ()
+    again = shaky.with_links(2.0, {"mean_fraction": 0.9, "volatility": 0.1})
+    (s3,) = again.topology.links
+    assert s3.process.mean_fraction == 0.6  # already fluctuating: kept
+    assert s3.bandwidth_gbps == pytest.approx(link.bandwidth_gbps)
+    assert sc.workload == shaky.workload and sc.topology.clusters == shaky.topology.clusters
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ConfigError, match="link multiplier"):
+            sc.with_links(bad)
+
+
 def _err(d: dict) -> str:
     with pytest.raises(ConfigError) as exc:
         parse_scenario(d, "cfg.yaml")

@@ -32,6 +32,11 @@ def anchor_in(state: dict[str, torch.Tensor]) -> int | None:
     return residual_anchor() if "anchor_weight" in state else None
 
 
+def best_allowed(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per decision the index of the highest-scoring allowed route (``[batch, routes]``)."""
+    return torch.argmax(torch.where(mask, scores, torch.full_like(scores, float("-inf"))), dim=1)
+
+
 class RouteScorer(nn.Module):
     """Scores every route from its row and the global features with one shared MLP.
 
@@ -98,8 +103,7 @@ class RouteScorer(nn.Module):
         self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.scores(routes, glob)
-        allowed = torch.where(mask, s, torch.full_like(s, float("-inf")))
-        return torch.argmax(allowed, dim=1), s
+        return best_allowed(s, mask), s
 
     def value(self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h, g = self._hidden(routes, glob)
@@ -109,7 +113,42 @@ class RouteScorer(nn.Module):
         return self.critic(torch.cat([mean, top, g], dim=1)).squeeze(1)
 
 
-def score_fn(net: RouteScorer) -> Callable[..., NDArray[np.float64]]:
+class ScorerEnsemble(nn.Module):
+    """Several :class:`RouteScorer` members acting as one: a route's score (and a decision's
+    value) is the mean of the members'. Members fitted to the same labels from different
+    initialisations and minibatch orders disagree where the labels say little, and the mean
+    damps each member's idiosyncratic departures; its inputs and outputs are a scorer's, so
+    it scores, exports and serves as one."""
+
+    def __init__(self, members: list[RouteScorer]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def set_statistics(self, routes: NDArray[np.float32], glob: NDArray[np.float32]) -> None:
+        """The same input statistics for every member (see :meth:`RouteScorer.set_statistics`)."""
+        for m in self.members:
+            m.set_statistics(routes, glob)
+
+    def scores(self, routes: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        # a plain sum (not stack + mean): the ONNX exporter keeps it at the bundle's opset
+        total = self.members[0].scores(routes, glob)
+        for m in self.members[1:]:
+            total = total + m.scores(routes, glob)
+        return total / len(self.members)
+
+    def forward(
+        self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scores(routes, glob)
+        return best_allowed(s, mask), s
+
+    def value(self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return sum(m.value(routes, glob, mask) for m in self.members) / len(self.members)
+
+
+def score_fn(net: RouteScorer | ScorerEnsemble) -> Callable[..., NDArray[np.float64]]:
     """NumPy scoring function of ``net`` (what :class:`RoutePolicy` calls)."""
 
     def scores(

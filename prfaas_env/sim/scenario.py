@@ -46,6 +46,25 @@ class Scenario:
         of its own ``workload.output_multiplier``)."""
         return self._scaled("output_multiplier", multiplier, "output")
 
+    def with_links(
+        self, multiplier: float = 1.0, fluctuation: dict[str, float] | None = None
+    ) -> Scenario:
+        """This scenario with every link's nominal bandwidth scaled by ``multiplier`` and,
+        with ``fluctuation`` (keys of a ``fluctuating`` bandwidth process: ``mean_fraction``,
+        ``volatility``, ``correlation_s``, ...), every steady link made fluctuating with it.
+        Links that already fluctuate or replay a series keep their process (a replayed
+        series is absolute: the multiplier does not scale it); outages are kept."""
+        if not (multiplier > 0 and math.isfinite(multiplier)):
+            raise ConfigError(f"link multiplier: expected a positive number, got {multiplier!r}")
+        raw = copy.deepcopy(self.raw or {})
+        for link in raw["topology"].get("links") or []:
+            link["bandwidth_gbps"] = float(link["bandwidth_gbps"]) * multiplier
+            process = link.get("bandwidth") or {"kind": "constant"}
+            if fluctuation is not None and process.get("kind") == "constant":
+                link["bandwidth"] = {"kind": "fluctuating", **fluctuation}
+        what = f"links x{multiplier:.4g}" + (", fluctuating" if fluctuation else "")
+        return parse_scenario(raw, f"{self.source} ({what})", self.base_dir)
+
     def _scaled(self, key: str, multiplier: float, what: str) -> Scenario:
         if not (multiplier > 0 and math.isfinite(multiplier)):
             raise ConfigError(f"{what} multiplier: expected a positive number, got {multiplier!r}")
