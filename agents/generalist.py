@@ -63,6 +63,7 @@ from prfaas_env.observation.per_route import (
 )
 from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy, policy_names
+from prfaas_env.policies.heuristics import HEURISTICS
 from prfaas_env.policies.learned import RoutePolicy
 from prfaas_env.policies.oracle import NONDETERMINISTIC, RolloutOracle
 from prfaas_env.policies.route_scorer import (
@@ -100,6 +101,7 @@ class GeneralistSettings:
     link_fluctuate: float = 0.0  # probability that a scenario's steady links fluctuate
     members: int = 1  # scorers fitted to the same labels; the policy is their mean score
     cost: str = "ttft"  # the oracle's cost while labelling (RolloutOracle's costs)
+    also: str = ""  # more bases for the oracle's rollouts (comma-separated; parallel rollout)
     epochs: int = 4
     batch: int = 512
     lr: float = 1e-3
@@ -147,6 +149,12 @@ class GeneralistSettings:
             raise ConfigError(f"beta0: expected a probability in [0, 1], got {self.beta0}")
         if not self.tau > 0 or not self.lr > 0:
             raise ConfigError(f"tau and lr: expected positive numbers, got {self.tau}, {self.lr}")
+        bases = sorted(h for h in HEURISTICS if h not in NONDETERMINISTIC)
+        for name in self.also_bases():
+            if name not in bases:
+                raise ConfigError(
+                    f"also: {name!r} is not a deterministic heuristic; allowed: {', '.join(bases)}"
+                )
         if self.cost not in LABEL_COSTS:
             raise ConfigError(
                 f"cost: {self.cost!r} is not allowed; allowed: {', '.join(LABEL_COSTS)}"
@@ -170,6 +178,24 @@ class GeneralistSettings:
                 f"rate_low, rate_high: expected 0 < low <= high, got {self.rate_low}, "
                 f"{self.rate_high}"
             )
+
+    def also_bases(self) -> list[str]:
+        """The names in ``also`` (empty: the oracle plans around one base)."""
+        return [n.strip() for n in self.also.split(",") if n.strip()]
+
+    def oracle(self, sc: Scenario, best: str) -> dict[str, Any]:
+        """The teacher's parameters on ``sc``: it plans around ``best`` (the scenario's best
+        heuristic) and, with ``also``, around each further base too (parallel rollout: a
+        candidate's cost is its lowest over the bases)."""
+        also = [n for n in self.also_bases() if n != best]
+        return {
+            "horizon": self.horizon,
+            "base": best,
+            "base_params": heuristic_params(sc, best),
+            "cost": self.cost,
+            "also": also,
+            "also_params": {n: heuristic_params(sc, n) for n in also},
+        }
 
 
 @dataclass
@@ -277,7 +303,7 @@ def collect(
     observer = SimObserver(sim, routes.num_routes)
     teacher = make_policy(best, routes, topo, **heuristic_params(sc, best))
     teacher.reset(s.envs, seed=int(rng.integers(2**31)))
-    oracle = RolloutOracle(routes, topo, s.horizon, best, heuristic_params(sc, best), s.cost)
+    oracle = RolloutOracle(routes, topo, **s.oracle(sc, best))
     oracle.reset(s.envs)
     oracle.attach(sim)
     form = RouteForm.of(topo, sc.ttft_slo_s)
@@ -425,20 +451,14 @@ def oracle_reference(
     s: GeneralistSettings,
     baselines: dict[str, dict[str, float]],
 ) -> dict[str, dict[str, float]]:
-    """The rollout oracle (planning around each scenario's best heuristic, lookahead
-    ``s.horizon``; it sees the future) on the validation seeds, once: per scenario its P90
-    relative to the best heuristic's (``baselines``) and its throughput ratio."""
+    """The rollout oracle (the teacher: planning around each scenario's best heuristic and
+    ``s.also``, lookahead ``s.horizon``; it sees the future) on the validation seeds, once:
+    per scenario its P90 relative to the best heuristic's (``baselines``) and its throughput
+    ratio."""
     seeds = seed_range(VALIDATION_SEED, s.eval_seeds)
     out: dict[str, dict[str, float]] = {}
     for sc in scenarios:
-        b = best[sc.name]
-        oracle = heuristic(
-            "rollout_oracle",
-            horizon=s.horizon,
-            base=b,
-            base_params=heuristic_params(sc.scenario, b),
-            cost=s.cost,
-        )
+        oracle = heuristic("rollout_oracle", **s.oracle(sc.scenario, best[sc.name]))
         run = run_policy(sc.scenario, oracle, "rollout_oracle", seeds, s.eval_decisions)
         mine = {k: float(np.nanmean(run.metrics[k])) for k in METRICS}
         ref = baselines[sc.name]

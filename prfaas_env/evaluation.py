@@ -138,6 +138,18 @@ def heuristic_params(sc: Scenario, name: str) -> dict[str, Any]:
     return {**extra, **policy_params(sc, name)}
 
 
+def planner_params(sc: Scenario, params: dict[str, Any]) -> dict[str, Any]:
+    """A planner's ``params`` with its base heuristics' parameters (``base_params``, and
+    ``also_params`` for each of ``also``) as the scenario sets them, unless given."""
+    out = dict(params)
+    if "base_params" not in out:
+        out["base_params"] = heuristic_params(sc, out.get("base", "mooncake"))
+    also = out.get("also") or []
+    if also and "also_params" not in out and isinstance(also, (list, tuple)):
+        out["also_params"] = {str(n): heuristic_params(sc, str(n)) for n in also}
+    return out
+
+
 def heuristic(name: str, **params: Any) -> PolicyFactory:
     """A factory for the built-in policy ``name`` on any scenario; parameters come from the
     scenario's ``policies:`` section, overridden by ``params``."""
@@ -145,8 +157,8 @@ def heuristic(name: str, **params: Any) -> PolicyFactory:
     def build(sc: Scenario) -> Policy:
         routes = RouteTable.from_topology(sc.topology)
         chosen = {**heuristic_params(sc, name), **params}
-        if name in PLANNERS and "base_params" not in chosen:  # its base as the scenario sets it
-            chosen["base_params"] = heuristic_params(sc, chosen.get("base", "mooncake"))
+        if name in PLANNERS:
+            chosen = planner_params(sc, chosen)
         try:
             return make_policy(name, routes, sc.topology, **chosen)
         except NotApplicableError:

@@ -61,14 +61,11 @@ class PolicySpec:
 def build_builtin(scenario: Any, name: str, **params: Any) -> Any:
     """A built-in policy (heuristic or planner) on ``scenario``, with the scenario's own
     ``policies:`` parameters overridden by ``params`` (:func:`prfaas_env.evaluation.heuristic`)."""
-    from prfaas_env.evaluation import heuristic, heuristic_params
+    from prfaas_env.evaluation import heuristic, planner_params
     from prfaas_env.policies import PLANNERS
 
-    if name in PLANNERS and "base_params" not in params:
-        params = {
-            **params,
-            "base_params": heuristic_params(scenario, params.get("base", "mooncake")),
-        }
+    if name in PLANNERS:
+        params = planner_params(scenario, params)
     return heuristic(name, **params)(scenario)
 
 

@@ -23,6 +23,14 @@ routes, e.g. ``round_robin`` or an inner oracle); the rest cost infinity: K copi
 instead of one per route, for scenarios with dozens of routes. Its answer is then the best
 of those K, no longer of every route; say K where its results are reported.
 
+With ``also`` (more base heuristics) the oracle is a *parallel rollout* (Chang, Givan and
+Chong 2004; Bertsekas, *Rollout, Policy Iteration, and Distributed Reinforcement Learning*,
+2020): each candidate is rolled out once per base, and its cost is the lowest over the bases.
+Its choice is then at least as good, over the horizon, as every base's own would have been,
+so it can teach departures that pay off only under a base other than the scenario's best
+(e.g. length-threshold offloading where Mooncake's router is the best single heuristic).
+It costs one rollout per base.
+
 With ``iterations`` > 0 the base policy of the rollouts is itself a rollout oracle (with one
 iteration fewer): slower by a factor of about ``(actions x horizon)`` per iteration. Inside
 the rollouts a cost-aware base (Mooncake's router) reads prefill times from the simulator's
@@ -75,6 +83,9 @@ class RolloutOracle(Policy):
             simulator's).
         candidates: simulate only the base policy's best-scored routes, this many (default:
             every route); an inner oracle (``iterations``) shortlists as many.
+        also: more base heuristics (names); a candidate costs the lowest over every base's
+            rollout (parallel rollout; default: none; not with ``iterations``).
+        also_params: their parameters, by name (default: none).
     """
 
     name = "rollout_oracle"
@@ -91,6 +102,8 @@ class RolloutOracle(Policy):
         iterations: int = 0,
         ttft_slo_s: float | None = None,
         candidates: int | None = None,
+        also: list[str] | tuple[str, ...] | None = None,
+        also_params: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(routes, topology)
         if candidates is not None and (
@@ -113,6 +126,21 @@ class RolloutOracle(Policy):
             raise ConfigError(
                 f"rollout_oracle: base: {base!r} is not a deterministic heuristic; allowed: "
                 f"{', '.join(bases)}"
+            )
+        also = list(also or [])
+        for name in also:
+            if name not in bases:
+                raise ConfigError(
+                    f"rollout_oracle: also: {name!r} is not a deterministic heuristic; "
+                    f"allowed: {', '.join(bases)}"
+                )
+        if also and iterations:
+            raise ConfigError("rollout_oracle: also and iterations cannot be combined")
+        unknown = set(also_params or {}) - set(also)
+        if unknown:
+            raise ConfigError(
+                f"rollout_oracle: also_params: {', '.join(sorted(unknown))} not among also "
+                f"({', '.join(also) or 'none'})"
             )
         if routes.reject >= 0:
             raise ConfigError(
@@ -149,6 +177,15 @@ class RolloutOracle(Policy):
             )
         except ConfigError as exc:
             raise ConfigError(f"rollout_oracle: base {base!r}: {exc}") from exc
+        self.also: list[Policy] = []
+        for name in also:
+            extra = dict((also_params or {}).get(name, {}))
+            if name == "mooncake":
+                extra.setdefault("prefill_estimate", "tables")
+            try:
+                self.also.append(HEURISTICS[name](base_routes, topology=topology, **extra))
+            except ConfigError as exc:
+                raise ConfigError(f"rollout_oracle: also {name!r}: {exc}") from exc
         # what ranks the shortlist: the base's scores, or Mooncake's where it has none
         self.ranker: Policy = self.base
         if self.candidates < k and type(self.base).scores is Policy.scores:
@@ -226,14 +263,29 @@ class RolloutOracle(Policy):
             first = self.shortlist(view, mask).ravel()
         else:
             first = np.tile(np.arange(k, dtype=np.int64), n)
+        cost = self._rollout_cost(self.base, first)
+        for base in self.also:  # parallel rollout: the lowest cost over the bases
+            cost = np.minimum(cost, self._rollout_cost(base, first))
+        if m == k:
+            return cost.reshape(n, k)
+        full = np.full((n, k), np.inf)
+        np.put_along_axis(full, first.reshape(n, m), cost.reshape(n, m), axis=1)
+        return full
+
+    def _rollout_cost(self, base: Policy, first: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Per copy (``first``: each copy's candidate), the cost of taking it and routing the
+        next ``horizon`` arrivals with ``base``."""
+        sim, scratch, obs = self.sim, self._scratch, self._observer
+        assert sim is not None and scratch is not None and obs is not None
+        n, m = sim.num_envs, len(first) // sim.num_envs
         scratch.copy_envs(sim, np.repeat(np.arange(n), m), np.arange(n * m))
-        self.base.reset(scratch.num_envs, seed=0)  # every copy's base starts alike
+        base.reset(scratch.num_envs, seed=0)  # every copy's base starts alike
         before = scratch.counters()
         hist_before = scratch.ttft_histogram() if self.cost == "tail" else None
         scratch.step(routes_from_actions(first, self.routes.num_routes))
         for _ in range(self.horizon):
-            a = self.base.act(obs.observe_view(), obs.mask)
-            scratch.step(routes_from_actions(a, self.base.routes.num_routes))
+            a = base.act(obs.observe_view(), obs.mask)
+            scratch.step(routes_from_actions(a, base.routes.num_routes))
         scratch.drain()
         after = scratch.counters()
         if self.cost == "ttft":
@@ -246,11 +298,7 @@ class RolloutOracle(Policy):
         else:
             assert hist_before is not None
             cost = (scratch.ttft_histogram() - hist_before) @ self._excess
-        if m == k:
-            return cost.reshape(n, k)
-        full = np.full((n, k), np.inf)
-        np.put_along_axis(full, first.reshape(n, m), cost.reshape(n, m), axis=1)
-        return full
+        return np.asarray(cost, np.float64)
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         super().reset(num_envs, seed)
