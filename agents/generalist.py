@@ -577,6 +577,9 @@ def train_generalist(
                 "score": score,
             }
         )
+        # every iteration's weights, for re-selection or averaging after the run
+        (out / "iterations").mkdir(exist_ok=True)
+        torch.save(net.state_dict(), out / "iterations" / f"{it}.pt")
         if score < best_score:
             best_score, best_iteration = score, it
             torch.save(net.state_dict(), out / "model.pt")

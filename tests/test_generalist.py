@@ -153,6 +153,7 @@ def test_training_writes_a_usable_run(tmp_path: Path) -> None:
     )
     summary = train_generalist("default", tmp_path / "g", s, echo=lambda m: None)
     assert summary["selected_iteration"] == 0
+    assert (tmp_path / "g" / "iterations" / "0.pt").is_file()  # every iteration's weights
     assert len(summary["ranges"]["routes"]) == len(ROUTE_FEATURES)
     assert summary["history"][0]["labels"] == 7 * 2 * 6
     assert set(summary["history"][0]["eval"]) == {sc.name for sc in SUITE.train}
@@ -301,6 +302,12 @@ def test_link_randomisation_draws_bandwidth_and_fluctuation_within_their_ranges(
         GeneralistSettings(link_fluctuate=1.5)
     with pytest.raises(ConfigError, match="members: expected at least 1"):
         GeneralistSettings(members=0)
+    teacher = GeneralistSettings(also="mooncake, prfaas_threshold").oracle(sc, "mooncake")
+    assert teacher["base"] == "mooncake" and teacher["also"] == ["prfaas_threshold"]
+    assert set(teacher["also_params"]) == {"prfaas_threshold"}
+    assert GeneralistSettings().oracle(sc, "lmetric")["also"] == []
+    with pytest.raises(ConfigError, match="also: 'rollout_oracle' is not a deterministic"):
+        GeneralistSettings(also="rollout_oracle")
 
 
 def test_an_ensemble_run_scores_with_its_members_mean_and_exports_as_one_graph(

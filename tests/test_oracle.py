@@ -160,6 +160,45 @@ def test_the_ttft_slo_cost_is_the_ttft_cost_plus_one_slo_per_missed_request() ->
     assert (missed > 0).any()  # some requests miss an SLO here, so the costs differ
 
 
+def test_a_parallel_rollout_costs_each_candidate_its_lowest_over_the_bases() -> None:
+    """With ``also`` a candidate costs the lowest of its rollouts under each base: exactly
+    the elementwise minimum of the single-base oracles' costs on the same state (shortlist
+    and all); the scenario's parameters reach the extra base (suite evaluation's builder)."""
+    from prfaas_env.evaluation import heuristic_params, planner_params
+
+    sc = SUITE.get("region3_prefix_bursty").scenario
+    topo = sc.topology
+    routes = RouteTable.from_topology(topo)
+    sim, observer = _warmed(sc, 3, seed=7, decisions=80)
+    view, mask = observer.observe_view(), observer.mask
+    threshold = {"threshold_tokens": 4096.0}
+    kinds = {
+        "mooncake": {},
+        "threshold": {"base": "prfaas_threshold", "base_params": threshold},
+        "both": {"also": ["prfaas_threshold"], "also_params": {"prfaas_threshold": threshold}},
+    }
+    costs = {}
+    for name, kw in kinds.items():
+        o = RolloutOracle(routes, topo, horizon=8, candidates=4, **kw)
+        o.reset(3)
+        o.attach(sim)
+        costs[name] = o.candidate_costs(view, mask)
+    # the shortlist is ranked by the main base (Mooncake's) in "mooncake" and "both" alike
+    finite = np.isfinite(costs["mooncake"])
+    np.testing.assert_array_equal(np.isfinite(costs["both"]), finite)
+    want = np.minimum(costs["mooncake"], costs["threshold"])[finite]
+    np.testing.assert_array_equal(costs["both"][finite], want)
+    assert (costs["threshold"][finite] != costs["mooncake"][finite]).any()  # bases differ
+    filled = planner_params(sc, {"also": ["mooncake"]})
+    assert filled["also_params"] == {"mooncake": heuristic_params(sc, "mooncake")}
+    with pytest.raises(ConfigError, match="also: 'random' is not a deterministic heuristic"):
+        RolloutOracle(routes, topo, also=["random"])
+    with pytest.raises(ConfigError, match="also and iterations cannot be combined"):
+        RolloutOracle(routes, topo, also=["mooncake"], iterations=1)
+    with pytest.raises(ConfigError, match="also_params: lmetric not among also"):
+        RolloutOracle(routes, topo, also=["mooncake"], also_params={"lmetric": {}})
+
+
 def test_costs_and_iterations() -> None:
     sc = SUITE.get("paper_poisson").scenario
     for kwargs in ({"cost": "goodput"}, {"iterations": 1, "horizon": 3}):
