@@ -37,7 +37,21 @@ def best_allowed(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.argmax(torch.where(mask, scores, torch.full_like(scores, float("-inf"))), dim=1)
 
 
-class RouteScorer(nn.Module):
+class _Scoring(nn.Module):
+    """What a deployable scorer's graph computes: ``(routes, global, mask) -> (action,
+    scores)``, from the subclass's :meth:`scores`."""
+
+    def scores(self, routes: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scores(routes, glob)
+        return best_allowed(s, mask), s
+
+
+class RouteScorer(_Scoring):
     """Scores every route from its row and the global features with one shared MLP.
 
     Inputs ``routes`` ``[batch, routes, F]``, ``global`` ``[batch, G]``, ``mask`` ``[batch,
@@ -99,12 +113,6 @@ class RouteScorer(nn.Module):
             s = s - self.anchor_weight * routes[:, :, self.anchor]
         return s
 
-    def forward(
-        self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.scores(routes, glob)
-        return best_allowed(s, mask), s
-
     def value(self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h, g = self._hidden(routes, glob)
         m = mask.unsqueeze(2).float()
@@ -113,7 +121,7 @@ class RouteScorer(nn.Module):
         return self.critic(torch.cat([mean, top, g], dim=1)).squeeze(1)
 
 
-class ScorerEnsemble(nn.Module):
+class ScorerEnsemble(_Scoring):
     """Several :class:`RouteScorer` members acting as one: a route's score (and a decision's
     value) is the mean of the members'. Members fitted to the same labels from different
     initialisations and minibatch orders disagree where the labels say little, and the mean
@@ -137,12 +145,6 @@ class ScorerEnsemble(nn.Module):
         for m in self.members[1:]:
             total = total + m.scores(routes, glob)
         return total / len(self.members)
-
-    def forward(
-        self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.scores(routes, glob)
-        return best_allowed(s, mask), s
 
     def value(self, routes: torch.Tensor, glob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return sum(m.value(routes, glob, mask) for m in self.members) / len(self.members)
