@@ -189,6 +189,8 @@ def test_a_parallel_rollout_costs_each_candidate_its_lowest_over_the_bases() -> 
     want = np.minimum(costs["mooncake"], costs["threshold"])[finite]
     np.testing.assert_array_equal(costs["both"][finite], want)
     assert (costs["threshold"][finite] != costs["mooncake"][finite]).any()  # bases differ
+    same = RolloutOracle(routes, topo, also=["mooncake"])  # the base again: no extra rollout
+    assert same.also == []
     filled = planner_params(sc, {"also": ["mooncake"]})
     assert filled["also_params"] == {"mooncake": heuristic_params(sc, "mooncake")}
     with pytest.raises(ConfigError, match="also: 'random' is not a deterministic heuristic"):

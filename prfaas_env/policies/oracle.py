@@ -84,7 +84,8 @@ class RolloutOracle(Policy):
         candidates: simulate only the base policy's best-scored routes, this many (default:
             every route); an inner oracle (``iterations``) shortlists as many.
         also: more base heuristics (names); a candidate costs the lowest over every base's
-            rollout (parallel rollout; default: none; not with ``iterations``).
+            rollout (parallel rollout; default: none; not with ``iterations``); the base's
+            own name, with its parameters, adds no rollout.
         also_params: their parameters, by name (default: none).
     """
 
@@ -180,6 +181,8 @@ class RolloutOracle(Policy):
         self.also: list[Policy] = []
         for name in also:
             extra = dict((also_params or {}).get(name, {}))
+            if name == base and extra in ({}, dict(base_params or {})):
+                continue  # the base itself: its rollout is already there
             if name == "mooncake":
                 extra.setdefault("prefill_estimate", "tables")
             try:
