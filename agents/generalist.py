@@ -63,9 +63,8 @@ from prfaas_env.observation.per_route import (
 )
 from prfaas_env.observation.simulated import SimObserver
 from prfaas_env.policies import RouteTable, make_policy, policy_names
-from prfaas_env.policies.heuristics import HEURISTICS
 from prfaas_env.policies.learned import RoutePolicy
-from prfaas_env.policies.oracle import NONDETERMINISTIC, RolloutOracle
+from prfaas_env.policies.oracle import NONDETERMINISTIC, RolloutOracle, check_base
 from prfaas_env.policies.route_scorer import (
     RouteScorer,
     ScorerEnsemble,
@@ -149,12 +148,8 @@ class GeneralistSettings:
             raise ConfigError(f"beta0: expected a probability in [0, 1], got {self.beta0}")
         if not self.tau > 0 or not self.lr > 0:
             raise ConfigError(f"tau and lr: expected positive numbers, got {self.tau}, {self.lr}")
-        bases = sorted(h for h in HEURISTICS if h not in NONDETERMINISTIC)
         for name in self.also_bases():
-            if name not in bases:
-                raise ConfigError(
-                    f"also: {name!r} is not a deterministic heuristic; allowed: {', '.join(bases)}"
-                )
+            check_base(name, "also")
         if self.cost not in LABEL_COSTS:
             raise ConfigError(
                 f"cost: {self.cost!r} is not allowed; allowed: {', '.join(LABEL_COSTS)}"

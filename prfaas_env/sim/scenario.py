@@ -54,8 +54,7 @@ class Scenario:
         ``volatility``, ``correlation_s``, ...), every steady link made fluctuating with it.
         Links that already fluctuate or replay a series keep their process (a replayed
         series is absolute: the multiplier does not scale it); outages are kept."""
-        if not (multiplier > 0 and math.isfinite(multiplier)):
-            raise ConfigError(f"link multiplier: expected a positive number, got {multiplier!r}")
+        _check_multiplier(multiplier, "link")
         raw = copy.deepcopy(self.raw or {})
         for link in raw["topology"].get("links") or []:
             link["bandwidth_gbps"] = float(link["bandwidth_gbps"]) * multiplier
@@ -66,12 +65,17 @@ class Scenario:
         return parse_scenario(raw, f"{self.source} ({what})", self.base_dir)
 
     def _scaled(self, key: str, multiplier: float, what: str) -> Scenario:
-        if not (multiplier > 0 and math.isfinite(multiplier)):
-            raise ConfigError(f"{what} multiplier: expected a positive number, got {multiplier!r}")
+        _check_multiplier(multiplier, what)
         raw = copy.deepcopy(self.raw or {})
         w = raw["workload"]
         w[key] = float(w.get(key, 1.0)) * multiplier
         return parse_scenario(raw, f"{self.source} ({what} x{multiplier:.4g})", self.base_dir)
+
+
+def _check_multiplier(multiplier: float, what: str) -> None:
+    """ConfigError naming ``what`` unless ``multiplier`` is a positive finite number."""
+    if not (multiplier > 0 and math.isfinite(multiplier)):
+        raise ConfigError(f"{what} multiplier: expected a positive number, got {multiplier!r}")
 
 
 def parse_scenario(data: dict[str, Any], where: str, base_dir: Path | None = None) -> Scenario:
