@@ -379,3 +379,76 @@ def test_silicon_fit_offsets_minimise_the_reported_error():
     got = validate._with_overhead(x, validate.RAMPS[1], ServingOverhead(request_s=0.5, step_s=1e-3))
     assert got.ttft_s == pytest.approx(2.5) and got.tpot_s == pytest.approx(0.021)
     assert got.regime == "queued"
+
+
+# ---- measured step time of a version the databases lack -----------------------------------------
+@needs_aic
+def test_measured_version_scales_the_database_version(tmp_path, monkeypatch):
+    """A version with a fitted VersionScale is served from its database version's tables with
+    every kernel time multiplied by the scale; describe() says so; an unknown version's error
+    lists the measured one beside the database's."""
+    from prfaas_env.costmodel import serving
+
+    system = "rtx_pro_6000_server"
+    current = aic.backend_versions(system, "vllm")["current"]
+    doc = {
+        "version_scale": {f"vllm/{system}/0.1.0": {"database_version": current, "step_scale": 1.5}}
+    }
+    path = tmp_path / "overhead.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setattr(serving, "OVERHEAD_FILE", path)
+    serving.reload_overheads()
+    try:
+        spec = ServingSpec(backend="vllm", tp=1)
+        base = CostModel("llama-3.1-8b", "rtx-pro-6000", 1, serving=spec)
+        old = CostModel("llama-3.1-8b", "rtx-pro-6000", 1, serving=replace(spec, version="0.1.0"))
+        assert old.backend_tables is base.backend_tables or (
+            old.backend_tables.key == base.backend_tables.key
+        )
+        assert old.version_scale is not None and base.version_scale is None
+        b, x = np.array([1.0, 8.0, 64.0]), np.array([512.0, 2048.0, 8192.0])
+        np.testing.assert_allclose(
+            old.decode_step_time_s(b, b * x) - old.overhead.step_time_s(b),
+            1.5 * (base.decode_step_time_s(b, b * x) - base.overhead.step_time_s(b)),
+            rtol=1e-9,
+        )
+        n = np.array([128.0, 4096.0])
+        np.testing.assert_allclose(
+            old.prefill_time_s(n, 0 * n), 1.5 * base.prefill_time_s(n, 0 * n), rtol=1e-9
+        )
+        assert "kernels x 1.500 for vllm 0.1.0" in old.describe()["decode"]
+        with pytest.raises(ConfigError, match=r"0\.1\.0 \(measured step time"):
+            CostModel("llama-3.1-8b", "rtx-pro-6000", 1, serving=replace(spec, version="0.0.9"))
+    finally:
+        serving.reload_overheads()
+
+
+@needs_aic
+def test_shipped_version_scale_is_the_fit_of_the_measured_runs():
+    """serving_overhead.json's version_scale is what fitting LLMServingSim's runs gives: each
+    run's own multiplier reproduces its mean TPOT, the version's scale is their geometric mean,
+    and the multiplier a run is validated with never uses that run."""
+    from prfaas_env.calibration import colocated, validate
+    from prfaas_env.costmodel.serving import version_scales
+
+    if not validate.LLMSERVINGSIM.is_dir():
+        pytest.skip("LLMServingSim's runs are not beside the checkout")
+    runs = [
+        colocated.load_run(p.parent.parent)
+        for p in sorted(validate.LLMSERVINGSIM.glob("bench/examples/*/*/vllm/meta.json"))
+    ]
+    fit = colocated.fit_version_scales(runs)
+    assert fit.scales and set(fit.scales) == set(version_scales())
+    for key, vs in fit.scales.items():
+        shipped = version_scales()[key]
+        assert shipped.runs == vs.runs and shipped.step_scale == pytest.approx(vs.step_scale)
+    for run in runs:
+        if run.name not in fit.own:
+            assert fit.held_out(run.name) == (1.0, [])
+            continue
+        got = colocated.replay(run, fit.own[run.name])["tpot_s"]
+        assert np.nanmean(got) == pytest.approx(np.nanmean(run.tpot_s), rel=2e-3)
+        scale, others = fit.held_out(run.name)
+        assert run.name not in others and others
+        bumped = colocated.VersionFit(fit.scales, {**fit.own, run.name: 99.0}, fit.group)
+        assert bumped.held_out(run.name) == (scale, others)

@@ -20,6 +20,14 @@ also measured the run's own vLLM version (``meta.json``'s ``vllm_version``), the
 tensor-parallel all-reduces of a pass are charged at that version's measured speed
 (:func:`allreduce_correction`; on the RTX PRO 6000 vLLM 0.19's custom all-reduce is 2-4x
 slower than the current version's below 8 MiB).
+
+The runs' own vLLM version is not in the kernel databases. :func:`fit_version_scales` measures
+how much slower its engine steps are than the database version's kernels: per run, the kernel
+multiplier (:attr:`~prfaas_env.costmodel.serving.ServingOverhead.step_scale`) that makes the
+replay's mean TPOT equal the measured one; per (backend, GPU, version), their geometric mean
+(:class:`~prfaas_env.costmodel.serving.VersionScale`, what a scenario naming that version
+gets). Each run is then validated with the multiplier of the *other* runs of its version and
+GPU (leave one run out), so no run is predicted by a fit that saw it; TTFT is never fitted.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from prfaas_env.calibration.silicon import replay_to_end
-from prfaas_env.costmodel import ServingSpec
+from prfaas_env.costmodel import CostModel, ServingSpec
+from prfaas_env.costmodel.serving import VersionScale
 from prfaas_env.sim.costs import step_grid, tables_for
 from prfaas_env.sim.scenario import Scenario, parse_scenario
 from prfaas_env.sim.traces import Trace
@@ -226,11 +235,19 @@ def allreduce_correction(run: Run, sc: Scenario) -> Any | None:
     return aic.allreduce_version_delta_s(t.key, run.vllm_version, m.hidden_size, m.num_layers)
 
 
-def replay(run: Run) -> dict[str, np.ndarray]:
+def replay(run: Run, step_scale: float = 1.0) -> dict[str, np.ndarray]:
     """Replay ``run`` in the simulator; per request (in arrival order) TTFT, TPOT (NaN for
-    one output token) and latency, s, and whether the cost model had backend data."""
+    one output token) and latency, s, and whether the cost model had backend data.
+
+    ``step_scale`` multiplies the database version's kernel times (the serving overhead's
+    :attr:`~prfaas_env.costmodel.serving.ServingOverhead.step_scale`; backend runs only)."""
     sc = run_scenario(run)
-    tables = tables_for(sc.topology)
+    models = None
+    cm = sc.topology.cost_models()[0]
+    if step_scale != 1.0 and cm.backend_tables is not None:
+        ov = replace(cm.overhead, step_scale=cm.overhead.step_scale * step_scale)
+        models = [CostModel(run.model, run.gpu, run.gpus, serving=run.serving, overhead=ov)]
+    tables = tables_for(sc.topology, models)
     tables = replace(tables, request_s=np.zeros_like(tables.request_s))  # in-process engine
     delta = allreduce_correction(run, sc)
     if delta is not None:  # tensor-parallel all-reduces at the run's vLLM version's speed
@@ -251,9 +268,86 @@ def replay(run: Run) -> dict[str, np.ndarray]:
     }
 
 
-def validate_run(run: Run) -> dict[str, Any]:
-    """Replay ``run`` and compare with its measurements (times in ms in the table)."""
-    got = replay(run)
+def missing_version(run: Run) -> tuple[str, str] | None:
+    """``(backend/system/version, database version)`` if the backend covers ``run``'s model
+    and GPU but its database has no kernels of the run's vLLM version, else None."""
+    cm = CostModel(run.model, run.gpu, run.gpus, serving=run.serving, mode="agg")
+    t = cm.backend_tables
+    if t is None or not run.vllm_version:
+        return None
+    from prfaas_env.costmodel import aic
+
+    if run.vllm_version in aic.backend_versions(t.key.system, t.key.backend).values():
+        return None
+    return f"{t.key.backend}/{t.key.system}/{run.vllm_version}", t.key.version
+
+
+def fit_step_scale(run: Run, rounds: int = 4) -> float:
+    """Kernel multiplier at which the replay's mean TPOT equals the measured one (fixed-point
+    iteration; decode steps scale with it almost in proportion)."""
+    target = float(np.nanmean(run.tpot_s))
+    f = 1.0
+    for _ in range(rounds):
+        f *= target / float(np.nanmean(replay(run, f)["tpot_s"]))
+    return f
+
+
+def _geomean(x: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(x))))
+
+
+@dataclass(frozen=True)
+class VersionFit:
+    """:func:`fit_version_scales`' result.
+
+    Attributes:
+        scales: by ``backend/system/version``, the version's measured step time (all its runs).
+        own: by run name, the run's own multiplier.
+        group: by run name, its ``backend/system/version`` (runs of a version the databases
+            have, or without backend data, are absent).
+    """
+
+    scales: dict[str, VersionScale]
+    own: dict[str, float]
+    group: dict[str, str]
+
+    def held_out(self, name: str) -> tuple[float, list[str]]:
+        """Multiplier for validating run ``name``: the geometric mean of the other runs' own
+        multipliers of its backend, GPU and version (1 when there are none), and their names."""
+        key = self.group.get(name)
+        others = sorted(n for n, k in self.group.items() if k == key and n != name)
+        return (_geomean([self.own[n] for n in others]), others) if others else (1.0, [])
+
+
+def fit_version_scales(runs: list[Run]) -> VersionFit:
+    """Fit each run whose vLLM version the databases lack (:func:`fit_step_scale`) and, per
+    ``backend/system/version``, the geometric mean of its runs' multipliers."""
+    own: dict[str, float] = {}
+    group: dict[str, str] = {}
+    base: dict[str, str] = {}
+    for run in runs:
+        miss = missing_version(run)
+        if miss is not None:
+            own[run.name] = fit_step_scale(run)
+            group[run.name], base[miss[0]] = miss
+    scales = {
+        key: VersionScale(
+            database_version=version,
+            step_scale=_geomean([own[n] for n, k in group.items() if k == key]),
+            runs=tuple(sorted(n for n, k in group.items() if k == key)),
+            source="mean TPOT of measured runs, geometric mean of their fits",
+        )
+        for key, version in base.items()
+    }
+    return VersionFit(scales, own, group)
+
+
+def validate_run(
+    run: Run, step_scale: float = 1.0, fitted_on: list[str] | None = None
+) -> dict[str, Any]:
+    """Replay ``run`` with kernels x ``step_scale`` (fitted on the runs ``fitted_on``) and
+    compare with its measurements (times in ms in the table)."""
+    got = replay(run, step_scale)
     meas = _metrics(run.ttft_s, run.tpot_s, run.latency_s)
     pred = _metrics(got["ttft_s"], got["tpot_s"], got["latency_s"])
     table = [
@@ -262,19 +356,24 @@ def validate_run(run: Run) -> dict[str, Any]:
     ]
     covered = bool(got["covered"])
     if covered:
-        from prfaas_env.costmodel import CostModel
-
         cm = CostModel(run.model, run.gpu, run.gpus, serving=run.serving, mode="agg")
         src = cm.describe()["decode"]
         source = "vllm backend (" + src.split(": ", 2)[-1].split(",")[0] + ")"
         if allreduce_correction(run, run_scenario(run)) is not None:
             source += f"; all-reduces at vLLM {run.vllm_version}'s measured speed"
+        if fitted_on:
+            source += (
+                f"; kernels x {step_scale:.3f}: vLLM {run.vllm_version}'s step time fitted on "
+                + ", ".join(fitted_on)
+            )
     else:
         source = "fitted roofline (no backend data for this GPU)"
     return {
         "backend_covered": covered,
         "source": source,
         "kv_blocks": int(got["kv_blocks"]),
+        "step_scale": step_scale,
+        "step_scale_fitted_on": list(fitted_on or []),
         "ttft_p90_error": pred["TTFT P90"] / meas["TTFT P90"] - 1.0,
         "ttft_mean_error": pred["TTFT Mean"] / meas["TTFT Mean"] - 1.0,
         "tpot_mean_error": pred["TPOT Mean"] / meas["TPOT Mean"] - 1.0,

@@ -6,6 +6,8 @@ Usage::
     python -m prfaas_env.calibration.validate --json    # the same, and print one JSON object
     python -m prfaas_env.calibration.validate --render  # re-render the report from the saved
                                                         # results (no backend needed)
+    python -m prfaas_env.calibration.validate --only llmservingsim  # one check (~seconds);
+                                                        # the others from the saved results
 
 Three checks (needs the ``aic`` extra, aiconfigurator-core, for the first two):
 
@@ -18,12 +20,15 @@ Three checks (needs the ``aic`` extra, aiconfigurator-core, for the first two):
 2. **llmservingsim**: the four measured vLLM 0.19 runs of LLMServingSim
    (``--llmservingsim DIR``; default ``../shared/data/groundtruth/llmservingsim`` beside the
    checkout), replayed request by request in the simulator's co-located engine
-   (:mod:`prfaas_env.calibration.colocated`).
+   (:mod:`prfaas_env.calibration.colocated`). vLLM 0.19's step time over the database
+   version's kernels is fitted to the runs' mean TPOT; each run is reported with the fit of
+   the other runs (leave one run out).
 3. **table5**: the paper's Table 5 (prefill time and KV size on 8 x H200) from the shipped
    cost model.
 
 Writes ``prfaas_env/calibration/validation.json`` (the results),
-``prfaas_env/calibration/serving_overhead.json`` (the fitted overhead the cost model uses)
+``prfaas_env/calibration/serving_overhead.json`` (the fitted overhead and version scales the
+cost model uses)
 and the validation section of ``docs/calibration.md``. Errors are fractions,
 ``predicted / measured - 1``.
 """
@@ -50,6 +55,7 @@ RESULTS = HERE / "validation.json"
 LLMSERVINGSIM = (
     Path(__file__).resolve().parents[3] / "shared" / "data" / "groundtruth" / "llmservingsim"
 )
+SECTIONS = ("silicon", "llmservingsim", "table5")
 TARGETS = {"silicon_tpot": 0.12, "silicon_ttft": 0.20, "llmservingsim": 0.15, "table5": 0.05}
 MIN_GROUP_ROWS = 20  # (model, GPU) groups this large must be within 2x of the overall targets
 
@@ -319,17 +325,32 @@ def _silicon_summary(per_row: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---- 2. LLMServingSim runs --------------------------------------------------------------------
-def llmservingsim_section(root: Path) -> dict[str, Any]:
-    """Replay the measured vLLM runs (see :mod:`prfaas_env.calibration.colocated`)."""
+def llmservingsim_section(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Replay the measured vLLM runs (see :mod:`prfaas_env.calibration.colocated`): the
+    results by run (each validated with its version's step time fitted on the other runs),
+    and the version scales fitted on all runs (``serving_overhead.json``'s
+    ``version_scale``)."""
     from prfaas_env.calibration import colocated
 
     if not root.is_dir():
-        return {"skipped": f"{root}: not found (pass --llmservingsim DIR)"}
+        return {"skipped": f"{root}: not found (pass --llmservingsim DIR)"}, {}
+    runs = [
+        colocated.load_run(d)
+        for d in sorted(p.parent.parent for p in root.glob("bench/examples/*/*/vllm/meta.json"))
+    ]
+    fit = colocated.fit_version_scales(runs)
     out: dict[str, Any] = {}
-    for run_dir in sorted(p.parent.parent for p in root.glob("bench/examples/*/*/vllm/meta.json")):
-        run = colocated.load_run(run_dir)
-        out[run.name] = colocated.validate_run(run)
-    return out
+    for run in runs:
+        scale, others = fit.held_out(run.name)
+        res = colocated.validate_run(run, scale, others)
+        if run.name in fit.own:
+            plain = colocated.validate_run(run) if others else res
+            res["own_step_scale"] = fit.own[run.name]
+            res["database_kernels"] = {
+                k: plain[k] for k in ("ttft_p90_error", "tpot_mean_error", "ttft_mean_error")
+            }
+        out[run.name] = res
+    return out, {k: v.to_json() for k, v in fit.scales.items()}
 
 
 # ---- 3. Table 5 -------------------------------------------------------------------------------
@@ -410,7 +431,9 @@ def render(results: dict[str, Any]) -> str:
         tgt = "within 15 %" if covered else "(no backend data: informative)"
         ok = abs(run["ttft_p90_error"]) <= 0.15 and abs(run["tpot_mean_error"]) <= 0.15
         L.append(
-            f"| {name}: TTFT P90 / TPOT mean | {_pct(run['ttft_p90_error'])} / "
+            f"| {name}: TTFT P90 / TPOT mean"
+            f"{' (held out)' if run.get('step_scale_fitted_on') else ''} | "
+            f"{_pct(run['ttft_p90_error'])} / "
             f"{_pct(run['tpot_mean_error'])} | {tgt} | {_met(ok) if covered else ''} |"
         )
     if t5:
@@ -549,11 +572,31 @@ def _render_llmservingsim(ls: dict[str, Any]) -> list[str]:
         "max_num_seqs, max_num_batched_tokens, KV blocks as recorded or from memory, "
         "tensor, data and expert parallelism; no serving overhead per request: the runs drive "
         "the engine in process); LLMServingSim's own error on the same run (its "
-        "`validation/summary.txt`) beside ours. Nothing is fitted to these runs. The kernel "
-        "tables are the backend database's current vLLM version; where the database also "
-        "measured the run's own vLLM version, tensor-parallel all-reduces are charged at that "
-        "version's speed (the cost source says so)."
+        "`validation/summary.txt`) beside ours. The kernel tables are the backend database's "
+        "current vLLM version; where the database also measured the run's own vLLM version, "
+        "tensor-parallel all-reduces are charged at that version's speed (the cost source says "
+        "so). The runs' vLLM version itself is not in the database: its step time over the "
+        "database's kernels is fitted per run to the run's mean TPOT (a kernel multiplier; "
+        "TTFT is never fitted), and each run is predicted with the geometric mean of the "
+        "*other* runs' multipliers of its GPU and version (leave one run out). The mean over "
+        "all runs is what a scenario naming that version gets "
+        "(`serving_overhead.json`, `version_scale`)."
     )
+    fitted = {n: r for n, r in sorted(ls.items()) if "own_step_scale" in r}
+    if fitted:
+        L += [
+            "",
+            "| run | own multiplier | multiplier used (other runs) | TTFT P90, database "
+            "kernels -> used | TPOT mean, database kernels -> used |",
+            "|---|---|---|---|---|",
+        ]
+        for n, r in fitted.items():
+            d = r["database_kernels"]
+            L.append(
+                f"| {n} | {r['own_step_scale']:.3f} | {r['step_scale']:.3f} | "
+                f"{_pct(d['ttft_p90_error'])} -> {_pct(r['ttft_p90_error'])} | "
+                f"{_pct(d['tpot_mean_error'])} -> {_pct(r['tpot_mean_error'])} |"
+            )
     L.append("")
     L += [
         "| run | cost source | metric | measured | predicted | error | LLMServingSim |",
@@ -593,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
         default=LLMSERVINGSIM,
         help="folder of LLMServingSim's measured runs",
     )
+    ap.add_argument(
+        "--only",
+        choices=SECTIONS,
+        action="append",
+        help="recompute only this check (repeatable); the others come from the saved results",
+    )
     ap.add_argument("--report", type=Path, default=REPORT, help="report to update")
     ap.add_argument("--no-write", action="store_true", help="write no file")
     ap.add_argument("--rows", type=Path, help="also write every replayed row (JSON) here")
@@ -605,24 +654,35 @@ def main(argv: list[str] | None = None) -> int:
         if aic.installed_version() is None:
             print(f"aiconfigurator-core is not installed: {aic.INSTALL_HINT}", file=sys.stderr)
             return 2
-        silicon_res, overhead = silicon_section(verbose=not args.json)
-        silicon_res["overhead"] = overhead
-        if not args.no_write:  # what the cost models read from now on
-            OVERHEAD_FILE.write_text(
-                json.dumps(
-                    {"source": silicon_res["file"], "overhead": overhead}, indent=1, sort_keys=True
+        sections = set(args.only or SECTIONS)
+        results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
+        results = {k: v for k, v in results.items() if k not in sections}
+        doc = (
+            json.loads(OVERHEAD_FILE.read_text(encoding="utf-8")) if OVERHEAD_FILE.is_file() else {}
+        )
+
+        def save_overheads() -> None:  # what the cost models read from now on
+            if not args.no_write:
+                OVERHEAD_FILE.write_text(
+                    json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8"
                 )
-                + "\n",
-                encoding="utf-8",
-            )
-            reload_overheads()
-        if args.rows is not None:
-            args.rows.write_text(json.dumps(silicon_res["per_row"], indent=1), encoding="utf-8")
-        results = {
-            "silicon": silicon_res,
-            "llmservingsim": llmservingsim_section(args.llmservingsim),
-            "table5": table5_section(),
-        }
+                reload_overheads()
+
+        if "silicon" in sections:
+            silicon_res, overhead = silicon_section(verbose=not args.json)
+            silicon_res["overhead"] = overhead
+            doc.update(source=silicon_res["file"], overhead=overhead)
+            save_overheads()
+            if args.rows is not None:
+                args.rows.write_text(json.dumps(silicon_res["per_row"], indent=1), encoding="utf-8")
+            results["silicon"] = silicon_res
+        if "llmservingsim" in sections:
+            results["llmservingsim"], scales = llmservingsim_section(args.llmservingsim)
+            if scales:
+                doc["version_scale"] = scales
+                save_overheads()
+        if "table5" in sections:
+            results["table5"] = table5_section()
         if not args.no_write:
             RESULTS.write_text(
                 json.dumps(_json_summary(results), indent=1, sort_keys=True) + "\n",
@@ -633,18 +693,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(_json_summary(results), sort_keys=True))
     else:
-        si = results["silicon"]
-        print(
-            f"silicon: {si['rows']} rows, TTFT median {_pct(si['ttft_median_abs_error'])}, "
-            f"TPOT median {_pct(si['tpot_median_abs_error'])} (held out)"
-        )
-        for name, run in sorted(results["llmservingsim"].items()):
+        si = results.get("silicon", {})
+        if si.get("rows"):
+            print(
+                f"silicon: {si['rows']} rows, TTFT median {_pct(si['ttft_median_abs_error'])}, "
+                f"TPOT median {_pct(si['tpot_median_abs_error'])} (held out)"
+            )
+        for name, run in sorted(results.get("llmservingsim", {}).items()):
             if isinstance(run, dict) and "ttft_p90_error" in run:
                 print(
                     f"llmservingsim {name}: TTFT P90 {_pct(run['ttft_p90_error'])}, "
                     f"TPOT mean {_pct(run['tpot_mean_error'])}"
                 )
-        print(f"table5: max error {_pct(results['table5']['max_abs_error'])}")
+        if "table5" in results:
+            print(f"table5: max error {_pct(results['table5']['max_abs_error'])}")
     return 0
 
 

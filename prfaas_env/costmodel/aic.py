@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from prfaas_env.costmodel.serving import version_scales
 from prfaas_env.errors import ConfigError
 from prfaas_env.user_cache import cache_root
 
@@ -440,9 +441,13 @@ def resolve_version(system: str, backend: str, requested: str | None, where: str
             )
         return slots[req]
     if req not in slots.values():
+        prefix = f"{backend}/{system}/"
+        measured = [k[len(prefix) :] for k in version_scales() if k.startswith(prefix)]
         raise ConfigError(
             f"{where}.version: {backend} on {system} has no data for version {req!r}; "
-            "available: " + ", ".join(f"{v} ({k})" for k, v in slots.items())
+            "available: "
+            + ", ".join(f"{v} ({k})" for k, v in slots.items())
+            + "".join(f", {v} (measured step time over the database's)" for v in measured)
         )
     return req
 

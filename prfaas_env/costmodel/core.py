@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,7 +22,9 @@ from prfaas_env.costmodel.serving import (
     NO_OVERHEAD,
     ServingOverhead,
     ServingSpec,
+    VersionScale,
     fitted_overhead,
+    version_scale,
 )
 from prfaas_env.costmodel.stack import StackCalibration, decode_time_s, prefill_time_s
 from prfaas_env.hardware import GPUSpec, get_gpu
@@ -122,7 +124,10 @@ class CostModel:
             (:class:`~prfaas_env.costmodel.serving.ServingSpec`); default: none, i.e. the
             fitted roofline at the catalog's precision with all GPUs tensor parallel.
         overhead: serving overhead added to backend answers; default the fitted one of the
-            backend in ``mode`` (none without a backend).
+            backend in ``mode`` (none without a backend). A ``serving.version`` the databases
+            lack on this GPU but with a measured
+            :class:`~prfaas_env.costmodel.serving.VersionScale` is served from the database
+            version's tables with the kernels scaled by it (on top of this overhead's).
         mode: ``agg`` (prefill and decode on the same instances) or ``disagg``: which fitted
             serving overhead applies.
         where: name of the cluster, for error messages.
@@ -170,6 +175,9 @@ class CostModel:
         self.prefill_calibration, self.prefill_source = self._resolve_stack(coef, "prefill")
         self.decode_calibration, self.decode_source = self._resolve_stack(coef, "decode")
         self._warned: set[str] = set()
+        self.version_scale: VersionScale | None = version_scale(
+            self.serving.backend, self.gpu.backend_system, self.serving.version
+        )
         self.backend_tables, self.backend_note = self._resolve_backend(where)
         if overhead is not None:
             self.overhead = overhead
@@ -177,14 +185,28 @@ class CostModel:
             self.overhead = fitted_overhead(self.serving.backend, mode)
         else:
             self.overhead = NO_OVERHEAD
+        if self.backend_tables is None:
+            self.version_scale = None
+        elif self.version_scale is not None:
+            vs = self.version_scale
+            self.overhead = replace(
+                self.overhead, step_scale=self.overhead.step_scale * vs.step_scale
+            )
+            self.backend_note += (
+                f"; kernels x {vs.step_scale:.3f} for {self.serving.backend} "
+                f"{self.serving.version} ({vs.source})"
+            )
 
     def _resolve_backend(self, where: str):  # -> tuple[BackendTables | None, str]
         if self.serving.backend is None:
             return None, ""
         from prfaas_env.costmodel import aic
 
+        spec = self.serving
+        if self.version_scale is not None:  # a measured version: the database version's tables
+            spec = replace(spec, version=self.version_scale.database_version)
         try:
-            t = aic.load_backend(self.model, self.gpu, self.serving, f"{where}.serving")
+            t = aic.load_backend(self.model, self.gpu, spec, f"{where}.serving")
         except aic.BackendUnavailable as exc:
             note = (
                 f"{self.serving.backend} requested but {exc}; the fitted model answers "

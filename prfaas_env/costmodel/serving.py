@@ -23,7 +23,8 @@ cache holds. With ``backend`` the backend's measured databases answer what they 
 :class:`ServingOverhead` holds what kernels do not see (per-request fixed cost, scheduler
 overhead per engine step and per sequence in it, the decode steps before the first token);
 its fitted values live in ``calibration/serving_overhead.json`` (written by
-``python -m prfaas_env.calibration.validate --fit``).
+``python -m prfaas_env.calibration.validate``). :class:`VersionScale` holds the measured step
+time of a backend version the kernel databases lack on a GPU (same file, ``version_scale``).
 """
 
 from __future__ import annotations
@@ -296,6 +297,55 @@ def _overhead_doc(path: str) -> dict[str, Any]:
 def reload_overheads() -> None:
     """Forget the fitted overheads read so far (after the fit rewrote their file)."""
     _overhead_doc.cache_clear()
+
+
+@dataclass(frozen=True)
+class VersionScale:
+    """Step time of a backend version the kernel databases do not have on a GPU, measured in
+    end-to-end runs of that version, over the database version's kernel step time.
+
+    A cluster whose ``serving.version`` names such a version is served from the database
+    version's tables with every kernel time multiplied by ``step_scale`` (it multiplies the
+    serving overhead's own :attr:`ServingOverhead.step_scale`).
+
+    Attributes:
+        database_version: the version of the kernel tables it scales (a literal version).
+        step_scale: measured step time over the tables' step time (dimensionless).
+        runs: the measured runs it was fitted on.
+        source: how it was fitted.
+    """
+
+    database_version: str
+    step_scale: float
+    runs: tuple[str, ...] = ()
+    source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-data form for ``serving_overhead.json``."""
+        return {**asdict(self), "runs": list(self.runs)}
+
+
+def version_scale(
+    backend: str | None, system: str | None, version: str | None, path: Path | None = None
+) -> VersionScale | None:
+    """The measured :class:`VersionScale` of ``backend`` ``version`` on backend system
+    ``system`` (e.g. ``rtx_pro_6000_server``), or None if none was fitted."""
+    if backend is None or system is None or version is None:
+        return None
+    doc = _overhead_doc(str(path or OVERHEAD_FILE))
+    entry = doc.get("version_scale", {}).get(f"{backend}/{system}/{version}")
+    if entry is None:
+        return None
+    return VersionScale(**{**entry, "runs": tuple(entry.get("runs", ()))})
+
+
+def version_scales(path: Path | None = None) -> dict[str, VersionScale]:
+    """Every fitted :class:`VersionScale`, by ``backend/system/version``."""
+    doc = _overhead_doc(str(path or OVERHEAD_FILE))
+    return {
+        k: VersionScale(**{**v, "runs": tuple(v.get("runs", ()))})
+        for k, v in doc.get("version_scale", {}).items()
+    }
 
 
 def fitted_overhead(
