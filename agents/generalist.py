@@ -109,6 +109,7 @@ class GeneralistSettings:
     oracle_eval: int = 1  # 1: the oracle's P90 on the validation seeds beside the learner's
     residual: int = 0  # 1: the network adjusts Mooncake's rule (minus estimated TTFT)
     validate_long: int = 0  # 1: validate at the longest outputs of the range as well
+    validate_variants: int = 0  # randomised variants of each train scenario validated too
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -138,7 +139,7 @@ class GeneralistSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected at least 1, got {getattr(self, name)}")
-        for name in ("horizon", "warmup", "seed"):
+        for name in ("horizon", "warmup", "seed", "validate_variants"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected at least 0, got {getattr(self, name)}")
         for name in ("oracle_eval", "residual", "validate_long"):
@@ -229,7 +230,28 @@ def validation_scenarios(
         for sc in scenarios:
             longer = sc.scenario.with_output(s.out_high)
             out.append(replace(sc, name=f"{sc.name}@out{s.out_high:g}", scenario=longer))
+    out += validation_variants(scenarios, s)
     return out
+
+
+VARIANT_SEED = 20_260  # the variants' draws: the same for every run with the same ranges
+
+
+def validation_variants(
+    scenarios: list[SuiteScenario], s: GeneralistSettings
+) -> list[SuiteScenario]:
+    """``s.validate_variants`` randomised variants of each train scenario (named
+    ``NAME@v<k>``), drawn as training draws them (:func:`randomised`: load, output lengths,
+    links) from a generator of their own, so that every run with the same ranges is validated
+    on the same variants and training's random stream is unchanged. Traffic the train
+    scenarios' validation seeds never show, from the training distribution: a selection
+    signal for unseen traffic (the train scenarios alone are one point each of it)."""
+    rng = np.random.default_rng(VARIANT_SEED)
+    return [
+        replace(sc, name=f"{sc.name}@v{k}", scenario=randomised(sc.scenario, s, rng))
+        for sc in scenarios
+        for k in range(s.validate_variants)
+    ]
 
 
 def best_heuristics(

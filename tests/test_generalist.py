@@ -270,6 +270,18 @@ def test_domain_randomisation_and_label_cost_settings() -> None:
     more = validation_scenarios(train, replace(s, validate_long=1))
     assert [v.name for v in more[len(train) :]] == [f"{t.name}@out4" for t in train]
     assert more[-1].scenario.workload.output_multiplier == 4.0
+    var = validation_scenarios(train, replace(s, validate_variants=2))
+    assert [v.name for v in var[len(train) :]] == [
+        f"{t.name}@v{k}" for t in train for k in range(2)
+    ]
+    mult = [v.scenario.workload.rate_multiplier for v in var[len(train) :]]
+    again = validation_scenarios(train, replace(s, validate_variants=2, seed=9))[len(train) :]
+    assert [v.scenario.workload.rate_multiplier for v in again] == mult  # not the run's seed
+    own = [t.scenario.workload.rate_multiplier for t in train for _ in range(2)]
+    drawn = [m / o for m, o in zip(mult, own, strict=True)]
+    assert len(set(drawn)) == len(drawn) and all(0.7 <= m <= 1.15 for m in drawn)
+    with pytest.raises(ConfigError, match="validate_variants: expected at least 0"):
+        GeneralistSettings(validate_variants=-1)
     with pytest.raises(ConfigError, match="cost: 'goodput' is not allowed; allowed: ttft, tail"):
         GeneralistSettings(cost="goodput")
     with pytest.raises(ConfigError, match="out_low, out_high: expected 0 < low <= high <= 100"):
