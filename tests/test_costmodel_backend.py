@@ -376,9 +376,50 @@ def test_silicon_fit_offsets_minimise_the_reported_error():
     assert validate._best_offset(np.array([1.0, 2.0]), np.array([0.5, 1.0]))[0] == 0.0
     x = {"ttft_kernel_s": [1.0, 2.0, 3.0, 4.0], "tpot_kernel_s": [0.01, 0.02, 0.03, 0.04]}
     x["regime"] = ["open", "queued", "open", "open"]
-    got = validate._with_overhead(x, validate.RAMPS[1], ServingOverhead(request_s=0.5, step_s=1e-3))
+    x["model"] = "m"
+    ov = ServingOverhead(request_s=0.5, step_s=1e-3)
+    got = validate._with_overhead(x, validate.RAMPS[1], ov, {})
     assert got.ttft_s == pytest.approx(2.5) and got.tpot_s == pytest.approx(0.021)
     assert got.regime == "queued"
+    got = validate._with_overhead(x, validate.RAMPS[1], ov, {"m": 0.5, "other": 3.0})
+    assert got.ttft_s == pytest.approx(1.5) and got.tpot_s == pytest.approx(0.011)
+
+
+def test_silicon_fit_recovers_a_model_kernel_multiplier():
+    """Rows whose measured times are a model's kernel replay times a factor (plus a request
+    delay) give that factor back for the model, and 1 (no entry) to a model of one
+    configuration; without model_scales nothing is fitted per model."""
+    from prfaas_env.calibration import validate
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(40):
+        model = "slow" if i % 2 else "fast"
+        f = 1.3 if model == "slow" else 0.8
+        ttk = rng.uniform(0.05, 2.0, len(validate.RAMPS))
+        tk = rng.uniform(0.01, 0.05, len(validate.RAMPS))
+        samples.append(
+            {
+                "ttft_kernel_s": list(ttk),
+                "tpot_kernel_s": list(tk),
+                "ttft_s": f * ttk[2] + 0.1,
+                "tpot_s": f * tk[2],
+                "model": model,
+                "config": f"{model}-{i % 6}",
+            }
+        )
+    samples.append({**samples[0], "model": "lonely", "config": "lonely-0"})
+    ramp, ov, scales, off = validate.fit_protocol(samples, "agg", "test")
+    assert ramp == validate.RAMPS[2] and ov.request_s == pytest.approx(0.1, abs=0.02)
+    assert scales["slow"] == pytest.approx(1.3, rel=0.02)
+    assert scales["fast"] == pytest.approx(0.8, rel=0.02)
+    assert "lonely" not in scales and off == {}
+    assert validate.fit_protocol(samples, "agg", "test", model_scales=False)[2] == {}
+    for x in samples:
+        if x["model"] == "slow":  # 3x its kernels: outside the range, not applied
+            x["tpot_s"] *= 3.0 / 1.3
+    _, _, scales, off = validate.fit_protocol(samples, "agg", "test")
+    assert "slow" not in scales and off["slow"] == pytest.approx(3.0, rel=0.05)
 
 
 # ---- measured step time of a version the databases lack -----------------------------------------
@@ -392,7 +433,9 @@ def test_measured_version_scales_the_database_version(tmp_path, monkeypatch):
     system = "rtx_pro_6000_server"
     current = aic.backend_versions(system, "vllm")["current"]
     doc = {
-        "version_scale": {f"vllm/{system}/0.1.0": {"database_version": current, "step_scale": 1.5}}
+        "version_scale": {f"vllm/{system}/0.1.0": {"database_version": current, "step_scale": 1.5}},
+        "overhead": {"vllm/agg": {"request_s": 0.05, "step_s": 1e-4}},
+        "model_scale": {"vllm/agg": {"llama-3.1-8b": 0.8}},
     }
     path = tmp_path / "overhead.json"
     path.write_text(json.dumps(doc))
@@ -400,8 +443,18 @@ def test_measured_version_scales_the_database_version(tmp_path, monkeypatch):
     serving.reload_overheads()
     try:
         spec = ServingSpec(backend="vllm", tp=1)
-        base = CostModel("llama-3.1-8b", "rtx-pro-6000", 1, serving=spec)
+        fitted = CostModel("llama-3.1-8b", "rtx-pro-6000", 1, serving=spec)
+        assert fitted.overhead.step_scale == 0.8 and "x 0.800 for llama" in fitted.overhead.source
+        base = CostModel(
+            "llama-3.1-8b",
+            "rtx-pro-6000",
+            1,
+            serving=spec,
+            overhead=serving.fitted_overhead("vllm"),
+        )
+        assert base.overhead.step_scale == 1.0 and base.overhead.step_s == 1e-4
         old = CostModel("llama-3.1-8b", "rtx-pro-6000", 1, serving=replace(spec, version="0.1.0"))
+        assert old.overhead.step_scale == 1.5  # the version's scale, not the model's as well
         assert old.backend_tables is base.backend_tables or (
             old.backend_tables.key == base.backend_tables.key
         )

@@ -42,7 +42,7 @@ import numpy as np
 
 from prfaas_env.calibration.silicon import replay_to_end
 from prfaas_env.costmodel import CostModel, ServingSpec
-from prfaas_env.costmodel.serving import VersionScale
+from prfaas_env.costmodel.serving import VersionScale, fitted_overhead
 from prfaas_env.sim.costs import step_grid, tables_for
 from prfaas_env.sim.scenario import Scenario, parse_scenario
 from prfaas_env.sim.traces import Trace
@@ -240,12 +240,13 @@ def replay(run: Run, step_scale: float = 1.0) -> dict[str, np.ndarray]:
     one output token) and latency, s, and whether the cost model had backend data.
 
     ``step_scale`` multiplies the database version's kernel times (the serving overhead's
-    :attr:`~prfaas_env.costmodel.serving.ServingOverhead.step_scale`; backend runs only)."""
+    :attr:`~prfaas_env.costmodel.serving.ServingOverhead.step_scale`, in place of the
+    model's multiplier fitted on rows of other versions, as for a cluster naming the run's
+    version; backend runs only)."""
     sc = run_scenario(run)
     models = None
-    cm = sc.topology.cost_models()[0]
-    if step_scale != 1.0 and cm.backend_tables is not None:
-        ov = replace(cm.overhead, step_scale=cm.overhead.step_scale * step_scale)
+    if sc.topology.cost_models()[0].backend_tables is not None:
+        ov = replace(fitted_overhead(run.serving.backend, "agg"), step_scale=step_scale)
         models = [CostModel(run.model, run.gpu, run.gpus, serving=run.serving, overhead=ov)]
     tables = tables_for(sc.topology, models)
     tables = replace(tables, request_s=np.zeros_like(tables.request_s))  # in-process engine

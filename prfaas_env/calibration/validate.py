@@ -95,49 +95,98 @@ def _best_offset(kernel_s: np.ndarray, measured_s: np.ndarray) -> tuple[float, f
     return float(cand[i]), float(err[i])
 
 
-def fit_protocol(
-    samples: list[dict[str, Any]], mode: str, source: str
-) -> tuple[float, ServingOverhead]:
-    """Fit the benchmark's ramp and the serving overhead to replays of measured rows.
+def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    o = np.argsort(x)
+    c = np.cumsum(w[o])
+    return float(x[o][np.searchsorted(c, 0.5 * c[-1])])
 
-    ``samples``: per row ``ttft_kernel_s`` and ``tpot_kernel_s`` (lists over :data:`RAMPS`:
-    replays without overhead) and the measured ``tpot_s`` and ``ttft_s``.
 
-    * the ramp fraction of :data:`RAMPS` and ``request_s`` (at least 0) together minimise
-      the median absolute relative TTFT error, ``|(ttft_kernel + request_s) / ttft - 1|``
-      (:func:`_best_offset`: the error the report gives, not the median of the
-      differences, which rows of several seconds dominate);
-    * ``step_s``: non-negative, least absolute relative TPOT error at that ramp,
-      ``|(tpot_kernel + step) / tpot - 1|`` (``per_sequence_step_s`` stays 0, ``step_scale``
-      1: a free multiplier on the databases' kernel times traded off against the additive
-      terms, and the per-sequence term cannot be told apart from the kernels' own growth with
-      the batch on these rows);
-    * ``first_token_decode_steps``: 1 for disaggregated serving (the simulator's PD model
-      emits the first token after one decode step), 0 for aggregated (informative).
-    """
-    if not samples:
-        return 0.0, NO_OVERHEAD
-    m = np.array([x["ttft_s"] for x in samples])
-    best = (np.inf, 0, 0.0)
-    for r in range(len(RAMPS)):
-        k = np.array([x["ttft_kernel_s"][r] for x in samples])
-        d, err = _best_offset(k, m)
-        if err < best[0] - 1e-12:
-            best = (err, r, d)
-    _, r, request_s = best
-    mt = np.array([x["tpot_s"] for x in samples])
-    tk = np.array([x["tpot_kernel_s"][r] for x in samples])
+def _fit_step(tk: np.ndarray, mt: np.ndarray) -> float:
+    """``step_s >= 0`` of least absolute relative TPOT error ``|(tk + step) / mt - 1|``
+    (iteratively reweighted least squares)."""
     res = mt - tk
     w = np.ones_like(mt)
     step_s = 0.0
-    for _ in range(50):  # least absolute relative error (iteratively reweighted)
+    for _ in range(50):
         step_s = max(float(np.sum(w * res / mt**2) / np.sum(w / mt**2)), 0.0)
         w = 1.0 / np.sqrt(np.maximum(np.abs((tk + step_s) / mt - 1.0), 1e-3))
-    return RAMPS[r], ServingOverhead(
-        request_s=request_s,
-        step_s=step_s,
-        first_token_decode_steps=1 if mode == "disagg" else 0,
-        source=source,
+    return step_s
+
+
+MIN_SCALE_CONFIGS = 2  # configurations of a model a fit needs for its own kernel multiplier
+# Kernel multipliers outside this range are not applied: kernels that far off mean the replay
+# misses something else about those rows (their pools, precision or protocol), not a step time.
+SCALE_RANGE = (0.5, 2.0)
+
+
+def fit_protocol(
+    samples: list[dict[str, Any]], mode: str, source: str, model_scales: bool = True
+) -> tuple[float, ServingOverhead, dict[str, float], dict[str, float]]:
+    """Fit the benchmark's ramp and the serving overhead to replays of measured rows.
+
+    ``samples``: per row ``ttft_kernel_s`` and ``tpot_kernel_s`` (lists over :data:`RAMPS`:
+    replays without overhead), the measured ``tpot_s`` and ``ttft_s``, the ``model`` and
+    the ``config``.
+
+    * per model with rows of at least :data:`MIN_SCALE_CONFIGS` configurations (with
+      ``model_scales``), a kernel multiplier (``step_scale``: this backend's end-to-end step
+      time of the model over the databases' kernel time, e.g. fused or unfused kernels the
+      databases time otherwise); the other models keep 1. In a closed loop every engine
+      time scaled by ``s`` scales the whole replay by ``s``, so the prediction is ``s``
+      times the replay's TTFT and TPOT plus the overheads below;
+    * the ramp fraction of :data:`RAMPS` and ``request_s`` (at least 0) together minimise
+      the median absolute relative TTFT error, ``|(s ttft_kernel + request_s) / ttft - 1|``
+      (:func:`_best_offset`: the error the report gives, not the median of the
+      differences, which rows of several seconds dominate);
+    * ``step_s``: non-negative, least absolute relative TPOT error at that ramp,
+      ``|(s tpot_kernel + step) / tpot - 1|`` (``per_sequence_step_s`` stays 0: it cannot
+      be told apart from the kernels' own growth with the batch on these rows);
+    * the multipliers: weighted medians of ``(tpot - step) / tpot_kernel`` over each model's
+      rows (the least absolute relative TPOT error); one outside :data:`SCALE_RANGE` is
+      not applied (1 instead); the three steps alternate three times;
+    * ``first_token_decode_steps``: 1 for disaggregated serving (the simulator's PD model
+      emits the first token after one decode step), 0 for aggregated (informative).
+
+    Returns the ramp fraction, the overhead (``step_scale`` 1), the multipliers applied by
+    model and those outside :data:`SCALE_RANGE` (not applied).
+    """
+    if not samples:
+        return 0.0, NO_OVERHEAD, {}, {}
+    m = np.array([x["ttft_s"] for x in samples])
+    mt = np.array([x["tpot_s"] for x in samples])
+    models = np.array([x.get("model", "") for x in samples])
+    configs: dict[str, set[str]] = defaultdict(set)
+    for x in samples:
+        configs[x.get("model", "")].add(x["config"])
+    own = [k for k, v in configs.items() if model_scales and len(v) >= MIN_SCALE_CONFIGS]
+    scales: dict[str, float] = {}
+    r, request_s, step_s = 0, 0.0, 0.0
+    lo, hi = SCALE_RANGE
+    for _ in range(3 if own else 1):
+        use = {k: v for k, v in scales.items() if lo <= v <= hi}
+        s_row = np.array([use.get(k, 1.0) for k in models])
+        best = (np.inf, 0, 0.0)
+        for j in range(len(RAMPS)):
+            k = s_row * np.array([x["ttft_kernel_s"][j] for x in samples])
+            d, err = _best_offset(k, m)
+            if err < best[0] - 1e-12:
+                best = (err, j, d)
+        _, r, request_s = best
+        tk = np.array([x["tpot_kernel_s"][r] for x in samples])
+        step_s = _fit_step(s_row * tk, mt)
+        for name in own:
+            i = models == name
+            scales[name] = _weighted_median((mt[i] - step_s) / tk[i], tk[i] / mt[i])
+    return (
+        RAMPS[r],
+        ServingOverhead(
+            request_s=request_s,
+            step_s=step_s,
+            first_token_decode_steps=1 if mode == "disagg" else 0,
+            source=source,
+        ),
+        {k: v for k, v in scales.items() if lo <= v <= hi},
+        {k: v for k, v in scales.items() if not lo <= v <= hi},
     )
 
 
@@ -191,6 +240,7 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
                 "tpot_s": row.tpot_s,
                 "ttft_s": row.ttft_s,
                 "config": row.configuration,
+                "model": row.model,
                 "fit_group": f"{row.backend}/{row.mode}",
             }
         )
@@ -210,7 +260,7 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
         for g in groups
     }
     # leave one configuration out: refit without the row's configuration
-    loo: dict[str, tuple[float, ServingOverhead]] = {}
+    loo: dict[str, tuple[float, ServingOverhead, dict[str, float], dict[str, float]]] = {}
     per_row = []
     for row, x in zip((u[0] for u in usable), kernel, strict=True):
         key = f"{x['fit_group']}|{x['config']}"
@@ -225,9 +275,9 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
                     if t["fit_group"].endswith(row.mode) and t["config"] != x["config"]
                 ]
             loo[key] = fit_protocol(train, row.mode, "held out")
-        ramp, ov = loo[key]
-        held = _with_overhead(x, ramp, ov)
-        fit_in = _with_overhead(x, *fitted[x["fit_group"]])
+        held = _with_overhead(x, *loo[key][:3])
+        fit_in = _with_overhead(x, *fitted[x["fit_group"]][:3])
+        ramp = loo[key][0]
         per_row.append(
             {
                 "model": row.model,
@@ -257,18 +307,23 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
             "distinct_configurations_skipped": skipped,
             "not_replayed": dict(failed),
             "precision_substitutions": dict(notes),
-            "ramp_fraction": {g: r for g, (r, _) in fitted.items()},
+            "ramp_fraction": {g: f[0] for g, f in fitted.items()},
+            "model_scale": {g: f[2] for g, f in fitted.items() if f[2]},
+            "model_scale_not_applied": {g: f[3] for g, f in fitted.items() if f[3]},
             "seconds": time.perf_counter() - t0,
             "per_row": per_row,
         }
     )
-    return res, {g: o.to_json() for g, (_, o) in fitted.items()}
+    return res, {g: f[1].to_json() for g, f in fitted.items()}
 
 
-def _with_overhead(x: dict[str, Any], ramp: float, ov: ServingOverhead) -> Any:
-    """A row's prediction with serving overhead ``ov``: its replay at ``ramp`` (without
-    overhead) plus ``request_s`` on the TTFT and ``step_s`` on the TPOT, as
-    :func:`fit_protocol` fits them.
+def _with_overhead(
+    x: dict[str, Any], ramp: float, ov: ServingOverhead, scales: dict[str, float]
+) -> Any:
+    """A row's prediction with serving overhead ``ov`` and the model's kernel multiplier
+    ``s`` (``scales``, 1 if absent): ``s`` times its replay at ``ramp`` (without overhead)
+    plus ``request_s`` on the TTFT and ``step_s`` on the TPOT, as :func:`fit_protocol` fits
+    them.
 
     The overhead is applied to the replay's times, not inside the replay: it is time outside
     the engine (HTTP, tokenisation, sampling, detokenisation) that shifts every client's
@@ -281,8 +336,11 @@ def _with_overhead(x: dict[str, Any], ramp: float, ov: ServingOverhead) -> Any:
     from prfaas_env.calibration.silicon import Prediction
 
     r = RAMPS.index(ramp)
+    f = scales.get(x["model"], 1.0)
     return Prediction(
-        x["ttft_kernel_s"][r] + ov.request_s, x["tpot_kernel_s"][r] + ov.step_s, x["regime"][r]
+        f * x["ttft_kernel_s"][r] + ov.request_s,
+        f * x["tpot_kernel_s"][r] + ov.step_s,
+        x["regime"][r],
     )
 
 
@@ -482,11 +540,14 @@ def _render_silicon(si: dict[str, Any]) -> list[str]:
         "tokens, KV blocks from 90 % of memory, attention data-parallel ranks stepping "
         "together), disaggregated rows on a PD cluster with the row's prefill and decode "
         "pools; step times from the measured backend at the row's parallelism and precision "
-        "(its `current` database version). Two things are fitted per backend and mode: over "
+        "(its `current` database version). Three things are fitted per backend and mode: over "
         "what share of the cycle the clients' first requests are spread (0: all together; "
-        "0.05, 0.2 or 1 of the cycle replayed with them together) and the serving overhead "
+        "0.05, 0.2 or 1 of the cycle replayed with them together), the serving overhead "
         "(a per-request delay before the first token, a time per step, added to the replay's "
-        "TTFT and TPOT: time outside the engine that shifts every client alike). The "
+        "TTFT and TPOT: time outside the engine that shifts every client alike) and, per "
+        "model with rows of at least two configurations, a kernel multiplier (the backend's "
+        "step time of that model over the databases' kernel times; in a closed loop it "
+        "scales the whole replay). The "
         "concurrency is the one each row's source records (`silicon_concurrency`); an "
         "aggregated row recording more clients than its engine's batch holds ran several "
         "engines, one replayed with its share. Errors are leave one "
@@ -558,6 +619,24 @@ def _render_silicon(si: dict[str, Any]) -> list[str]:
                 f"| {g} | {ramps.get(g, 0.0):g} of the cycle | {o['request_s'] * 1e3:.1f} | "
                 f"{o['step_s'] * 1e3:.2f} | {o['first_token_decode_steps']} |"
             )
+        L.append("")
+    scales = si.get("model_scale", {})
+    if scales:
+        L += [
+            "Kernel multipliers fitted on all rows (`serving_overhead.json`, `model_scale`; "
+            "a cost model of that backend, mode and model uses it):",
+            "",
+            "| backend / mode | model | multiplier |",
+            "|---|---|---|",
+        ]
+        for g, by_model in sorted(scales.items()):
+            for name, f in sorted(by_model.items()):
+                L.append(f"| {g} | {name} | {f:.3f} |")
+        off = si.get("model_scale_not_applied", {})
+        for g, by_model in sorted(off.items()):
+            for name, f in sorted(by_model.items()):
+                lo, hi = SCALE_RANGE
+                L.append(f"| {g} | {name} | {f:.3f}: outside {lo:g}-{hi:g}, not applied (1) |")
         L.append("")
     return L
 
@@ -671,7 +750,11 @@ def main(argv: list[str] | None = None) -> int:
         if "silicon" in sections:
             silicon_res, overhead = silicon_section(verbose=not args.json)
             silicon_res["overhead"] = overhead
-            doc.update(source=silicon_res["file"], overhead=overhead)
+            doc.update(
+                source=silicon_res["file"],
+                overhead=overhead,
+                model_scale=silicon_res["model_scale"],
+            )
             save_overheads()
             if args.rows is not None:
                 args.rows.write_text(json.dumps(silicon_res["per_row"], indent=1), encoding="utf-8")

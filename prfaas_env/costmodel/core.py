@@ -182,7 +182,10 @@ class CostModel:
         if overhead is not None:
             self.overhead = overhead
         elif self.backend_tables is not None:
-            self.overhead = fitted_overhead(self.serving.backend, mode)
+            # a measured version's scale stands in for the model's multiplier (fitted on rows
+            # of other versions): both carry the stack's speed, so they do not stack
+            model_fit = None if self.version_scale is not None else base_model.name
+            self.overhead = fitted_overhead(self.serving.backend, mode, model_fit)
         else:
             self.overhead = NO_OVERHEAD
         if self.backend_tables is None:

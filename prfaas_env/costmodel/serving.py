@@ -349,10 +349,13 @@ def version_scales(path: Path | None = None) -> dict[str, VersionScale]:
 
 
 def fitted_overhead(
-    backend: str | None, mode: str = "agg", path: Path | None = None
+    backend: str | None, mode: str = "agg", model: str | None = None, path: Path | None = None
 ) -> ServingOverhead:
     """The fitted :class:`ServingOverhead` of ``backend`` in deployment ``mode``
-    (``agg``: prefill and decode on the same instances; ``disagg``: separate pools).
+    (``agg``: prefill and decode on the same instances; ``disagg``: separate pools), with
+    ``model``'s fitted kernel multiplier as its ``step_scale`` where the fit has one
+    (``model_scale``: the backend's end-to-end step time of that model over the databases'
+    kernel time).
 
     Returns :data:`NO_OVERHEAD` without a backend or without a fit for it.
     """
@@ -362,4 +365,12 @@ def fitted_overhead(
     entry = doc.get("overhead", {}).get(f"{backend}/{mode}")
     if entry is None:
         return NO_OVERHEAD
-    return ServingOverhead(**entry)
+    ov = ServingOverhead(**entry)
+    scale = doc.get("model_scale", {}).get(f"{backend}/{mode}", {}).get(model or "")
+    if scale is None:
+        return ov
+    return replace(
+        ov,
+        step_scale=float(scale),
+        source=f"{ov.source}; kernels x {float(scale):.3f} for {model} (fitted to its rows)",
+    )
