@@ -217,7 +217,7 @@ class Labels:
 
 
 def validation_scenarios(
-    scenarios: list[SuiteScenario], s: GeneralistSettings
+    scenarios: list[SuiteScenario], s: GeneralistSettings, variant_seed: int | None = None
 ) -> list[SuiteScenario]:
     """What the iterations are validated on: the train scenarios as they are and, with
     ``validate_long`` and randomised outputs (``out_high`` > 1), each once more with outputs
@@ -230,7 +230,7 @@ def validation_scenarios(
         for sc in scenarios:
             longer = sc.scenario.with_output(s.out_high)
             out.append(replace(sc, name=f"{sc.name}@out{s.out_high:g}", scenario=longer))
-    out += validation_variants(scenarios, s)
+    out += validation_variants(scenarios, s, VARIANT_SEED if variant_seed is None else variant_seed)
     return out
 
 
@@ -238,15 +238,15 @@ VARIANT_SEED = 20_260  # the variants' draws: the same for every run with the sa
 
 
 def validation_variants(
-    scenarios: list[SuiteScenario], s: GeneralistSettings
+    scenarios: list[SuiteScenario], s: GeneralistSettings, seed: int = VARIANT_SEED
 ) -> list[SuiteScenario]:
     """``s.validate_variants`` randomised variants of each train scenario (named
     ``NAME@v<k>``), drawn as training draws them (:func:`randomised`: load, output lengths,
-    links) from a generator of their own, so that every run with the same ranges is validated
-    on the same variants and training's random stream is unchanged. Traffic the train
+    links) from a generator of their own (``seed``), so that every run with the same ranges
+    is validated on the same variants and training's random stream is unchanged. Traffic the train
     scenarios' validation seeds never show, from the training distribution: a selection
     signal for unseen traffic (the train scenarios alone are one point each of it)."""
-    rng = np.random.default_rng(VARIANT_SEED)
+    rng = np.random.default_rng(seed)
     return [
         replace(sc, name=f"{sc.name}@v{k}", scenario=randomised(sc.scenario, s, rng))
         for sc in scenarios

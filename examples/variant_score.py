@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_seeds=args.seeds,
         eval_decisions=args.decisions,
     )
-    gen.VARIANT_SEED += args.seed_offset
-    checks = gen.validation_scenarios(list(load_suite(args.suite).train), s)
+    train = list(load_suite(args.suite).train)
+    checks = gen.validation_scenarios(train, s, gen.VARIANT_SEED + args.seed_offset)
     seeds = seed_range(VALIDATION_SEED, s.eval_seeds)
     print(f"best heuristics of {len(checks)} scenarios and variants ...", flush=True)
     best = gen.best_heuristics(checks, seeds, s.eval_decisions)

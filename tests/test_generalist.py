@@ -4,6 +4,7 @@ any topology, its guard and fallback."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,37 @@ def test_training_writes_a_usable_run(tmp_path: Path) -> None:
     assert run.metrics["decisions"][0] == 30
 
 
+def test_variant_score_scores_runs_on_variants_only_of_the_train_scenarios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/variant_score.py: the train scenarios and their variants (drawn with the
+    offset seed, not a run's own), the validation score of each run, nothing held out."""
+    import importlib.util
+
+    from agents.generalist import VARIANT_SEED, validation_scenarios
+
+    s = GeneralistSettings(hidden=8, horizon=2, iterations=1, envs=2, warmup=5, decisions=6)
+    s = replace(s, epochs=1, eval_seeds=1, eval_decisions=30, oracle_eval=0)
+    train_generalist("default", tmp_path / "g", s, echo=lambda m: None)
+    path = Path(__file__).resolve().parents[1] / "examples" / "variant_score.py"
+    spec = importlib.util.spec_from_file_location("variant_score", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    argv = [str(tmp_path / "g"), "--variants", "1", "--seeds", "1", "--decisions", "30"]
+    assert mod.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "best heuristics of 14 scenarios and variants" in out
+    assert f"{tmp_path / 'g'}: score " in out
+    wide = replace(GeneralistSettings(**mod.WIDEST), validate_variants=1)
+    train = list(SUITE.train)
+    mine = validation_scenarios(train, wide, VARIANT_SEED + 1)[len(train) :]
+    runs = validation_scenarios(train, wide)[len(train) :]
+    assert [v.name for v in mine] == [f"{t.name}@v0" for t in train]
+    assert [v.scenario.workload.rate_multiplier for v in mine] != [
+        v.scenario.workload.rate_multiplier for v in runs
+    ]
+
+
 def test_shipped_pretrained_bundles_replay_their_golden_files() -> None:
     assert "generalist" in pretrained_names()
     for name in pretrained_names():
@@ -251,8 +283,6 @@ def test_domain_randomisation_and_label_cost_settings() -> None:
     """Output-length multipliers are drawn log-uniformly in their range (the scenario's own
     lengths, and the same random stream as before, when the range is 1-1); the label cost
     and the ranges are checked with the setting named."""
-    from dataclasses import replace
-
     from prfaas_env.errors import ConfigError
 
     sc = SUITE.get("paper_poisson").scenario
