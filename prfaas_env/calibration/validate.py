@@ -14,8 +14,8 @@ Three checks (needs the ``aic`` extra, aiconfigurator-core, for the first two):
 1. **silicon**: every distinct configuration of aiconfigurator-core's ``silicon_sample.csv``
    whose model and GPU the catalog covers, replayed in the simulator as the benchmark ran it
    (closed loop at the row's concurrency; :func:`prfaas_env.calibration.silicon.replay_row`).
-   The benchmark's ramp and the serving overhead are fitted to these rows
-   (:func:`fit_protocol`); the errors reported are leave-one-configuration-out (each
+   The benchmark's ramp, the serving overhead and per-model kernel multipliers are fitted to
+   these rows (:func:`fit_protocol`); the errors reported are leave-one-configuration-out (each
    configuration predicted by a fit that did not see it).
 2. **llmservingsim**: the four measured vLLM 0.19 runs of LLMServingSim
    (``--llmservingsim DIR``; default ``../shared/data/groundtruth/llmservingsim`` beside the
