@@ -659,7 +659,8 @@ def _render_llmservingsim(ls: dict[str, Any]) -> list[str]:
         "TTFT is never fitted), and each run is predicted with the geometric mean of the "
         "*other* runs' multipliers of its GPU and version (leave one run out). The mean over "
         "all runs is what a scenario naming that version gets "
-        "(`serving_overhead.json`, `version_scale`)."
+        "(`serving_overhead.json`, `version_scale`), in place of the model's multiplier from "
+        "the silicon rows (fitted on other vLLM versions), so the replays leave that out too."
     )
     fitted = {n: r for n, r in sorted(ls.items()) if "own_step_scale" in r}
     if fitted:
