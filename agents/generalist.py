@@ -216,8 +216,11 @@ class Labels:
         return sum(len(x) for x in self.mask)
 
 
+VARIANT_SEED = 20_260  # the variants' draws: the same for every run with the same ranges
+
+
 def validation_scenarios(
-    scenarios: list[SuiteScenario], s: GeneralistSettings, variant_seed: int | None = None
+    scenarios: list[SuiteScenario], s: GeneralistSettings, variant_seed: int = VARIANT_SEED
 ) -> list[SuiteScenario]:
     """What the iterations are validated on: the train scenarios as they are and, with
     ``validate_long`` and randomised outputs (``out_high`` > 1), each once more with outputs
@@ -230,11 +233,8 @@ def validation_scenarios(
         for sc in scenarios:
             longer = sc.scenario.with_output(s.out_high)
             out.append(replace(sc, name=f"{sc.name}@out{s.out_high:g}", scenario=longer))
-    out += validation_variants(scenarios, s, VARIANT_SEED if variant_seed is None else variant_seed)
+    out += validation_variants(scenarios, s, variant_seed)
     return out
-
-
-VARIANT_SEED = 20_260  # the variants' draws: the same for every run with the same ranges
 
 
 def validation_variants(

@@ -42,7 +42,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -119,9 +119,23 @@ MIN_SCALE_CONFIGS = 2  # configurations of a model a fit needs for its own kerne
 SCALE_RANGE = (0.5, 2.0)
 
 
+class ProtocolFit(NamedTuple):
+    """:func:`fit_protocol`'s result: the ramp fraction, the overhead (``step_scale`` 1),
+    the kernel multipliers applied by model and those outside :data:`SCALE_RANGE`."""
+
+    ramp: float
+    overhead: ServingOverhead
+    scales: dict[str, float]
+    not_applied: dict[str, float]
+
+    def predict(self, x: dict[str, Any]) -> Any:
+        """Row ``x``'s prediction under this fit (:func:`_with_overhead`)."""
+        return _with_overhead(x, self.ramp, self.overhead, self.scales)
+
+
 def fit_protocol(
     samples: list[dict[str, Any]], mode: str, source: str, model_scales: bool = True
-) -> tuple[float, ServingOverhead, dict[str, float], dict[str, float]]:
+) -> ProtocolFit:
     """Fit the benchmark's ramp and the serving overhead to replays of measured rows.
 
     ``samples``: per row ``ttft_kernel_s`` and ``tpot_kernel_s`` (lists over :data:`RAMPS`:
@@ -147,11 +161,10 @@ def fit_protocol(
     * ``first_token_decode_steps``: 1 for disaggregated serving (the simulator's PD model
       emits the first token after one decode step), 0 for aggregated (informative).
 
-    Returns the ramp fraction, the overhead (``step_scale`` 1), the multipliers applied by
-    model and those outside :data:`SCALE_RANGE` (not applied).
+    Returns a :class:`ProtocolFit`.
     """
     if not samples:
-        return 0.0, NO_OVERHEAD, {}, {}
+        return ProtocolFit(0.0, NO_OVERHEAD, {}, {})
     m = np.array([x["ttft_s"] for x in samples])
     mt = np.array([x["tpot_s"] for x in samples])
     models = np.array([x.get("model", "") for x in samples])
@@ -177,7 +190,7 @@ def fit_protocol(
         for name in own:
             i = models == name
             scales[name] = _weighted_median((mt[i] - step_s) / tk[i], tk[i] / mt[i])
-    return (
+    return ProtocolFit(
         RAMPS[r],
         ServingOverhead(
             request_s=request_s,
@@ -260,7 +273,7 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
         for g in groups
     }
     # leave one configuration out: refit without the row's configuration
-    loo: dict[str, tuple[float, ServingOverhead, dict[str, float], dict[str, float]]] = {}
+    loo: dict[str, ProtocolFit] = {}
     per_row = []
     for row, x in zip((u[0] for u in usable), kernel, strict=True):
         key = f"{x['fit_group']}|{x['config']}"
@@ -275,9 +288,9 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
                     if t["fit_group"].endswith(row.mode) and t["config"] != x["config"]
                 ]
             loo[key] = fit_protocol(train, row.mode, "held out")
-        held = _with_overhead(x, *loo[key][:3])
-        fit_in = _with_overhead(x, *fitted[x["fit_group"]][:3])
-        ramp = loo[key][0]
+        held = loo[key].predict(x)
+        fit_in = fitted[x["fit_group"]].predict(x)
+        ramp = loo[key].ramp
         per_row.append(
             {
                 "model": row.model,
@@ -307,14 +320,16 @@ def silicon_section(verbose: bool = True) -> tuple[dict[str, Any], dict[str, Any
             "distinct_configurations_skipped": skipped,
             "not_replayed": dict(failed),
             "precision_substitutions": dict(notes),
-            "ramp_fraction": {g: f[0] for g, f in fitted.items()},
-            "model_scale": {g: f[2] for g, f in fitted.items() if f[2]},
-            "model_scale_not_applied": {g: f[3] for g, f in fitted.items() if f[3]},
+            "ramp_fraction": {g: f.ramp for g, f in fitted.items()},
+            "model_scale": {g: f.scales for g, f in fitted.items() if f.scales},
+            "model_scale_not_applied": {
+                g: f.not_applied for g, f in fitted.items() if f.not_applied
+            },
             "seconds": time.perf_counter() - t0,
             "per_row": per_row,
         }
     )
-    return res, {g: f[1].to_json() for g, f in fitted.items()}
+    return res, {g: f.overhead.to_json() for g, f in fitted.items()}
 
 
 def _with_overhead(

@@ -332,11 +332,7 @@ def version_scale(
     ``system`` (e.g. ``rtx_pro_6000_server``), or None if none was fitted."""
     if backend is None or system is None or version is None:
         return None
-    doc = _overhead_doc(str(path or OVERHEAD_FILE))
-    entry = doc.get("version_scale", {}).get(f"{backend}/{system}/{version}")
-    if entry is None:
-        return None
-    return VersionScale(**{**entry, "runs": tuple(entry.get("runs", ()))})
+    return version_scales(path).get(f"{backend}/{system}/{version}")
 
 
 def version_scales(path: Path | None = None) -> dict[str, VersionScale]:
