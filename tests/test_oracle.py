@@ -160,6 +160,25 @@ def test_the_ttft_slo_cost_is_the_ttft_cost_plus_one_slo_per_missed_request() ->
     assert (missed > 0).any()  # some requests miss an SLO here, so the costs differ
 
 
+def test_the_e2e_slo_cost_adds_the_decode_durations_the_ttft_slo_cost_leaves_out() -> None:
+    """``e2e_slo`` - ``ttft_slo`` on the same state is each candidate's summed decode
+    duration: positive, and different between candidates (a crowded decode pool slows every
+    request in it; the counter itself is checked in the simulator's tests)."""
+    sc = SUITE.get("paper_mixture_overload").scenario.with_output(3.0)
+    topo = sc.topology
+    routes = RouteTable.from_topology(topo)
+    sim, _ = _warmed(sc, 3, seed=5, decisions=120)
+    costs = {}
+    for cost in ("ttft_slo", "e2e_slo"):
+        o = RolloutOracle(routes, topo, horizon=10, cost=cost)
+        o.reset(3)
+        o.attach(sim)
+        costs[cost] = o.candidate_costs()
+    decode = costs["e2e_slo"] - costs["ttft_slo"]
+    assert (decode > 0).all()
+    assert (np.ptp(decode, axis=1) > 0).any()
+
+
 def test_a_parallel_rollout_costs_each_candidate_its_lowest_over_the_bases() -> None:
     """With ``also`` a candidate costs the lowest of its rollouts under each base: exactly
     the elementwise minimum of the single-base oracles' costs on the same state (shortlist
@@ -211,7 +230,7 @@ def test_costs_and_iterations() -> None:
 def test_bad_parameters_and_no_simulator_are_refused() -> None:
     topo = SUITE.get("paper_poisson").scenario.topology
     routes = RouteTable.from_topology(topo)
-    with pytest.raises(ConfigError, match="cost: 'median'; allowed: ttft, tail, goodput, ttft_slo"):
+    with pytest.raises(ConfigError, match="cost: 'median'; allowed: ttft, tail, goodput, ttft_slo, e2e_slo"):
         make_policy("rollout_oracle", routes, topo, cost="median")
     with pytest.raises(
         ConfigError, match=r"base: 'best_guess' is not a deterministic heuristic; allowed: .*moon"

@@ -217,7 +217,8 @@ def test_overload_for_a_million_decisions_stays_finite() -> None:
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_waiting_integral_sums_to_the_ttfts(name: str) -> None:
     """The dense `waiting` reward's integral never decreases, and once every request has
-    finished it equals the sum of their TTFTs exactly."""
+    finished it equals the sum of their TTFTs exactly; the ``decode_sum_s`` counter equals
+    the sum of their decode durations (decode start to last token) as recorded."""
     sc = scenario(name)
     sim = VecSimulator(sc, 2, record=300)
     sim.reset(seed=[5, 6])
@@ -233,6 +234,10 @@ def test_waiting_integral_sums_to_the_ttfts(name: str) -> None:
         ttft = r["first_token_s"] - r["arrival_s"]
         assert sim.state.w_n[e] == 0
         assert sim.state.w_area[e] == pytest.approx(np.nansum(ttft), rel=1e-9)
+        decode = r["finish_s"] - r["decode_start_s"]
+        assert np.isfinite(decode).all() and (decode > 0).all()
+        counted = sim.counters()[e, COUNTERS.index("decode_sum_s")]
+        assert counted == pytest.approx(decode.sum(), rel=1e-9)
 
 
 @pytest.mark.parametrize(

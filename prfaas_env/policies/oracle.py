@@ -16,6 +16,11 @@ is paired. Costs (``cost``):
 - ``ttft_slo``: the ``ttft`` cost plus one TTFT SLO (s) for each of those requests that
   misses either SLO: TTFT as long as every request meets its SLOs, and a penalty the ``ttft``
   cost does not see when a decode pool is so full that its steps break the TPOT SLO.
+- ``e2e_slo``: the ``ttft_slo`` cost plus the decode duration of each of those requests
+  (first decode step to last token): their summed end-to-end latency plus the SLO penalty.
+  It sees what ``ttft_slo`` leaves free while every request meets its TPOT SLO: a route
+  that wins a little TTFT by crowding a decode pool slows every request decoding there,
+  and the run's last completions end later (lower throughput over a fixed set of requests).
 
 With ``candidates`` = K the oracle simulates only the K allowed routes its base policy
 scores best at each decision (Mooncake's router scores them when the base does not score
@@ -62,11 +67,12 @@ from prfaas_env.sim.engine import VecSimulator, hist_centres, routes_from_action
 from prfaas_env.sim.topology import Topology
 from prfaas_env.sim.view import COUNTERS
 
-COSTS = ("ttft", "tail", "goodput", "ttft_slo")
+COSTS = ("ttft", "tail", "goodput", "ttft_slo", "e2e_slo")
 NONDETERMINISTIC = ("random",)  # bases whose copies would draw different numbers
 _TTFT = COUNTERS.index("ttft_sum_s")
 _SLO = COUNTERS.index("slo_met")
 _DONE = COUNTERS.index("completed")
+_DECODE = COUNTERS.index("decode_sum_s")
 
 
 def deterministic_bases() -> list[str]:
@@ -100,10 +106,10 @@ class RolloutOracle(Policy):
         horizon: arrivals routed by the base policy after each candidate (default 128).
         base: the base heuristic's name (default ``mooncake``).
         base_params: the base heuristic's parameters (default: none).
-        cost: ``ttft`` (default), ``tail``, ``goodput`` or ``ttft_slo``.
+        cost: ``ttft`` (default), ``tail``, ``goodput``, ``ttft_slo`` or ``e2e_slo``.
         iterations: rollouts whose base is the oracle itself, this many times (default 0).
-        ttft_slo_s: the TTFT SLO of the ``tail`` and ``ttft_slo`` costs, s (default: the
-            simulator's).
+        ttft_slo_s: the TTFT SLO of the ``tail``, ``ttft_slo`` and ``e2e_slo`` costs, s
+            (default: the simulator's).
         candidates: simulate only the base policy's best-scored routes, this many (default:
             every route); an inner oracle (``iterations``) shortlists as many.
         also: more base heuristics (names); a candidate costs the lowest over every base's
@@ -307,9 +313,11 @@ class RolloutOracle(Policy):
             cost = after[:, _TTFT] - before[:, _TTFT]
         elif self.cost == "goodput":
             cost = -(after[:, _SLO] - before[:, _SLO])
-        elif self.cost == "ttft_slo":
+        elif self.cost in ("ttft_slo", "e2e_slo"):
             missed = (after[:, _DONE] - before[:, _DONE]) - (after[:, _SLO] - before[:, _SLO])
             cost = after[:, _TTFT] - before[:, _TTFT] + self._slo_s * missed
+            if self.cost == "e2e_slo":
+                cost = cost + (after[:, _DECODE] - before[:, _DECODE])
         else:
             assert hist_before is not None
             cost = (scratch.ttft_histogram() - hist_before) @ self._excess

@@ -125,6 +125,7 @@ class EF(IntEnum):
     M_TTFT_EWMA = 6  # exponentially weighted mean TTFT of completions (weight TTFT_EWMA_ALPHA)
     W_AREA = 7  # request-seconds spent waiting for a first token since reset (integral, s)
     W_T = 8  # time up to which W_AREA is integrated, s
+    M_DECODE_SUM = 9  # completions' decode durations (last token - decode start), summed, s
 
 
 class EI(IntEnum):

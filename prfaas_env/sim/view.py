@@ -122,7 +122,15 @@ INPUTS = (
 # Totals since an env's reset, the per-step rewards are differences of: completed requests,
 # completed within both SLOs, sum of their TTFT (s), request-seconds spent waiting for a
 # first token (s), output tokens produced, requests turned away.
-COUNTERS = ("completed", "slo_met", "ttft_sum_s", "waiting_s", "output_tokens", "rejected")
+COUNTERS = (
+    "completed",
+    "slo_met",
+    "ttft_sum_s",
+    "waiting_s",
+    "output_tokens",
+    "rejected",
+    "decode_sum_s",
+)
 MAX_ADMISSION_WAIT_S = 1e6  # admission wait reported when no decode slot will ever free up
 
 
@@ -301,6 +309,7 @@ def write_counters(st: State, e: int, out: NDArray[np.float64]) -> None:
     out[e, 3] = st.ef[e, EF.W_AREA]
     out[e, 4] = st.ef[e, EF.M_OUT_TOKENS]
     out[e, 5] = st.ei[e, EI.M_REJECTED]
+    out[e, 6] = st.ef[e, EF.M_DECODE_SUM]
 
 
 @compiled_inline
