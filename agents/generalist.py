@@ -76,7 +76,8 @@ from prfaas_env.sim.scenario import Scenario
 from prfaas_env.suite import SuiteScenario, load_suite
 
 GENERALIST_FORMAT = 1
-LABEL_COSTS = ("ttft", "tail", "ttft_slo", "e2e_slo")  # oracle costs in seconds (soft labels divide them)
+# oracle costs in seconds (soft labels divide them)
+LABEL_COSTS = ("ttft", "tail", "ttft_slo", "e2e_slo")
 
 
 @dataclass(frozen=True)
