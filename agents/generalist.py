@@ -72,7 +72,7 @@ from prfaas_env.policies.route_scorer import (
     score_fn,
 )
 from prfaas_env.sim.engine import VecSimulator, routes_from_actions
-from prfaas_env.sim.scenario import Scenario
+from prfaas_env.sim.scenario import INSTANCE_KEYS, Scenario
 from prfaas_env.suite import SuiteScenario, load_suite
 
 GENERALIST_FORMAT = 1
@@ -99,6 +99,8 @@ class GeneralistSettings:
     link_low: float = 1.0  # link bandwidth multipliers drawn per scenario and iteration
     link_high: float = 1.0  # (log-uniform; 1, 1: the scenarios' own links)
     link_fluctuate: float = 0.0  # probability that a scenario's steady links fluctuate
+    pool_low: float = 1.0  # instance-count multipliers drawn per cluster, pool and iteration
+    pool_high: float = 1.0  # (log-uniform; 1, 1: the scenarios' own pool sizes)
     members: int = 1  # scorers fitted to the same labels; the policy is their mean score
     cost: str = "ttft"  # the oracle's cost while labelling (RolloutOracle's costs)
     also: str = ""  # more bases for the oracle's rollouts (comma-separated; parallel rollout)
@@ -165,6 +167,11 @@ class GeneralistSettings:
             raise ConfigError(
                 f"link_low, link_high: expected 0 < low <= high <= 100, got {self.link_low}, "
                 f"{self.link_high}"
+            )
+        if not 0 < self.pool_low <= self.pool_high <= 100:
+            raise ConfigError(
+                f"pool_low, pool_high: expected 0 < low <= high <= 100, got {self.pool_low}, "
+                f"{self.pool_high}"
             )
         if not 0 <= self.link_fluctuate <= 1:
             raise ConfigError(
@@ -290,8 +297,12 @@ def randomised(sc: Scenario, s: GeneralistSettings, rng: np.random.Generator) ->
     range decode admission queues; the train scenarios alone never do) and the link process:
     every link's bandwidth scaled by a log-uniform draw in [``link_low``, ``link_high``] and,
     with probability ``link_fluctuate``, steady links made fluctuating with parameters drawn
-    uniformly in :data:`FLUCTUATION`. A multiplier range of 1-1 draws nothing (the random
-    stream of a run without it is unchanged)."""
+    uniformly in :data:`FLUCTUATION`; and every pool's instance count (prefill, decode,
+    co-located) scaled by its own log-uniform draw in [``pool_low``, ``pool_high``] (rounded,
+    at least 1): the same topology with capacity shifted between its clusters, so that
+    routes differ in prefill and decode speed as they do in deployments the suite does not
+    train on. A multiplier range of 1-1 draws nothing (the random stream of a run without it
+    is unchanged)."""
     rate = float(rng.uniform(s.rate_low, s.rate_high))
     out = sc
     if not s.out_high == s.out_low == 1.0:
@@ -302,6 +313,13 @@ def randomised(sc: Scenario, s: GeneralistSettings, rng: np.random.Generator) ->
         if rng.random() < s.link_fluctuate:
             shake = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in FLUCTUATION.items()}
         out = out.with_links(bw, shake)
+    if not s.pool_high == s.pool_low == 1.0:
+        lo, hi = np.log(s.pool_low), np.log(s.pool_high)
+        pools = {
+            name: {key: float(np.exp(rng.uniform(lo, hi))) for key in INSTANCE_KEYS if key in c}
+            for name, c in (out.raw or {})["topology"]["clusters"].items()
+        }
+        out = out.with_instances(pools)
     return out.with_rate(rate)
 
 

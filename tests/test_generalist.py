@@ -352,6 +352,34 @@ def test_link_randomisation_draws_bandwidth_and_fluctuation_within_their_ranges(
         GeneralistSettings(also="rollout_oracle")
 
 
+def test_pool_randomisation_resizes_every_pool_within_its_range() -> None:
+    """With ``pool_low``/``pool_high`` every pool's instance count is scaled by its own
+    log-uniform draw (so clusters of one topology end up with different multipliers); the
+    defaults leave the pools and the random stream alone; a bad range names the keys."""
+    from prfaas_env.errors import ConfigError
+
+    sc = SUITE.get("region3_prefix_bursty").scenario
+    own = {c.name: (c.prefill_instances, c.decode_instances) for c in sc.topology.clusters}
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    plain = randomised(sc, GeneralistSettings(), a)
+    assert plain.topology.clusters == sc.topology.clusters
+    randomised(sc, GeneralistSettings(), b)
+    assert a.random() == b.random()
+    s = GeneralistSettings(pool_low=0.5, pool_high=2.0)
+    ratios = []
+    for _ in range(20):
+        for c in randomised(sc, s, a).topology.clusters:
+            for n, n0 in zip((c.prefill_instances, c.decode_instances), own[c.name], strict=True):
+                if n0 == 0:
+                    assert n == 0
+                    continue
+                assert max(1, round(0.5 * n0)) <= n <= round(2.0 * n0)
+                ratios.append(n / n0)
+    assert min(ratios) < 0.8 and max(ratios) > 1.4 and len(set(ratios)) > 3
+    with pytest.raises(ConfigError, match="pool_low, pool_high: expected 0 < low <= high"):
+        GeneralistSettings(pool_low=2.0, pool_high=1.0)
+
+
 def test_an_ensemble_run_scores_with_its_members_mean_and_exports_as_one_graph(
     tmp_path: Path,
 ) -> None:

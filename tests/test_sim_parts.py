@@ -212,6 +212,30 @@ def test_with_links_scales_bandwidth_and_makes_steady_links_fluctuate() -> None:
             sc.with_links(bad)
 
 
+def test_with_instances_resizes_the_named_pools_only() -> None:
+    """``Scenario.with_instances`` scales the named clusters' instance counts (rounded, at
+    least 1, empty pools stay empty), leaves everything else alone, and names an unknown
+    cluster or key."""
+    sc = parse_scenario(base(), "t")
+    pd = next(c for c in sc.topology.clusters if c.role == "pd")
+    pre = next(c for c in sc.topology.clusters if c.role == "prefill")
+    out = sc.with_instances(
+        {pd.name: {"prefill_instances": 0.01, "decode_instances": 2.6}, pre.name: {}}
+    )
+    by = {c.name: c for c in out.topology.clusters}
+    assert by[pd.name].prefill_instances == 1
+    assert by[pd.name].decode_instances == round(2.6 * pd.decode_instances)
+    assert by[pre.name] == pre and by[pre.name].decode_instances == 0
+    assert out.workload == sc.workload and out.topology.links == sc.topology.links
+    assert f"{pd.name}.decode_instances={by[pd.name].decode_instances}" in out.source
+    with pytest.raises(ConfigError, match="unknown cluster 'nope'; clusters: "):
+        sc.with_instances({"nope": {"prefill_instances": 2.0}})
+    with pytest.raises(ConfigError, match="max_batch: not an instance count; allowed: "):
+        sc.with_instances({pd.name: {"max_batch": 2.0}})
+    with pytest.raises(ConfigError, match="decode_instances multiplier"):
+        sc.with_instances({pd.name: {"decode_instances": 0.0}})
+
+
 def _err(d: dict) -> str:
     with pytest.raises(ConfigError) as exc:
         parse_scenario(d, "cfg.yaml")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from prfaas_env.sim.workload import Workload, parse_workload
 
 TOP_KEYS = ("topology", "workload", "slo", "simulator")
 RESERVED_KEYS = ("env", "policies", "description", "held_out")  # read by other layers
+INSTANCE_KEYS = ("prefill_instances", "decode_instances", "instances")  # a cluster's pool sizes
+MAX_INSTANCES = 4096  # the most instances a pool may have (as the topology parser allows)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,34 @@ class Scenario:
             if fluctuation is not None and process.get("kind") == "constant":
                 link["bandwidth"] = {"kind": "fluctuating", **fluctuation}
         what = f"links x{multiplier:.4g}" + (", fluctuating" if fluctuation else "")
+        return parse_scenario(raw, f"{self.source} ({what})", self.base_dir)
+
+    def with_instances(self, multipliers: Mapping[str, Mapping[str, float]]) -> Scenario:
+        """This scenario with pools resized: ``multipliers[cluster][key]`` scales the cluster's
+        instance count ``key`` (one of :data:`INSTANCE_KEYS`), rounded to the nearest whole
+        number and at least 1; clusters and keys not named, and pools of 0 instances, keep
+        theirs (a scaled count is capped at 4,096). ConfigError names an unknown cluster or
+        key."""
+        raw = copy.deepcopy(self.raw or {})
+        clusters = raw["topology"]["clusters"]
+        changed = []
+        for name, keys in multipliers.items():
+            if name not in clusters:
+                raise ConfigError(
+                    f"with_instances: unknown cluster {name!r}; clusters: {', '.join(clusters)}"
+                )
+            for key, multiplier in keys.items():
+                if key not in INSTANCE_KEYS:
+                    raise ConfigError(
+                        f"with_instances: {name}.{key}: not an instance count; allowed: "
+                        f"{', '.join(INSTANCE_KEYS)}"
+                    )
+                _check_multiplier(multiplier, f"{name}.{key}")
+                n = int(clusters[name].get(key) or 0)
+                if n > 0:
+                    clusters[name][key] = min(MAX_INSTANCES, max(1, round(n * multiplier)))
+                    changed.append(f"{name}.{key}={clusters[name][key]}")
+        what = "instances " + (" ".join(changed) or "unchanged")
         return parse_scenario(raw, f"{self.source} ({what})", self.base_dir)
 
     def _scaled(self, key: str, multiplier: float, what: str) -> Scenario:
