@@ -250,10 +250,11 @@ def validation_variants(
 ) -> list[SuiteScenario]:
     """``s.validate_variants`` randomised variants of each train scenario (named
     ``NAME@v<k>``), drawn as training draws them (:func:`randomised`: load, output lengths,
-    links) from a generator of their own (``seed``), so that every run with the same ranges
-    is validated on the same variants and training's random stream is unchanged. Traffic the train
-    scenarios' validation seeds never show, from the training distribution: a selection
-    signal for unseen traffic (the train scenarios alone are one point each of it)."""
+    links, pools) from a generator of their own (``seed``), so that every run with the same
+    ranges is validated on the same variants and training's random stream is unchanged.
+    Traffic the train scenarios' validation seeds never show, from the training
+    distribution: a selection signal for unseen traffic (the train scenarios alone are one
+    point each of it)."""
     rng = np.random.default_rng(seed)
     return [
         replace(sc, name=f"{sc.name}@v{k}", scenario=randomised(sc.scenario, s, rng))

@@ -6,8 +6,9 @@ Each run (a ``train.py --suite`` folder) is scored by the generalist's validatio
 (:func:`agents.generalist.selection_score`: the mean P90 TTFT relative to each scenario's best
 heuristic, a scenario under 99 % of its throughput counted +100 %) on the train scenarios
 and ``--variants`` randomised variants of each, drawn from the ranges given (load, output
-lengths, links) as :func:`agents.generalist.validation_variants` draws them, with the variant
-generator's seed offset by ``--seed-offset`` (1 by default: not the variants a run with
+lengths, links; pools with ``--set pool_low=...``) as
+:func:`agents.generalist.validation_variants` draws them, with the variant generator's seed
+offset by ``--seed-offset`` (1 by default: not the variants a run with
 ``validate_variants`` selected its iteration on). Validation seeds only (10000 onwards); the
 held-out scenarios are never touched. This is how the shipped generalist was chosen among
 candidates (docs/generalist.md, "How it was chosen"); about 10 minutes for the heuristics and
