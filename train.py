@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 def main_suite(argv: list[str]) -> int:
     """``--suite``: train the generalist (settings: ``--set NAME=VALUE`` for any field of
     ``agents.generalist.GeneralistSettings``)."""
-    from dataclasses import fields
-
-    from agents.generalist import GeneralistSettings, train_generalist
+    from agents.generalist import settings_from, train_generalist
     from prfaas_env.errors import replaceable_out
 
     ap = argparse.ArgumentParser(description="Train the generalist router on a suite.")
@@ -130,15 +128,8 @@ def main_suite(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ns = ap.parse_args(argv)
-    names = [f.name for f in fields(GeneralistSettings)]
-    values: dict[str, Any] = {"seed": ns.seed}
-    for item in ns.set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in names:
-            ap.error(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}")
-        values[key] = yaml.safe_load(value)
     try:
-        settings = GeneralistSettings(**values)
+        settings = settings_from(ns.set, seed=ns.seed)
     except ConfigError as exc:
         ap.error(f"--set {exc}")
     import torch

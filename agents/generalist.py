@@ -35,7 +35,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from prfaas_env.errors import NotApplicableError
+from prfaas_env.errors import ConfigError, NotApplicableError
 from prfaas_env.evaluation import (
     KEEP_UP,
     METRICS,
@@ -116,10 +116,6 @@ class GeneralistSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from dataclasses import fields
-
-        from prfaas_env.errors import ConfigError
-
         for f in fields(self):
             v = getattr(self, f.name)
             if f.type in ("str", str):
@@ -200,6 +196,22 @@ class GeneralistSettings:
             "also": also,
             "also_params": {n: heuristic_params(sc, n) for n in also},
         }
+
+
+def settings_from(pairs: list[str], **values: Any) -> GeneralistSettings:
+    """:class:`GeneralistSettings` from ``values`` overridden by ``NAME=VALUE`` pairs (each
+    value read as a YAML scalar), as ``train.py --suite ... --set`` gives them. ConfigError
+    names a malformed pair or an unknown name (listing the fields), or a value out of its
+    range."""
+    import yaml
+
+    names = [f.name for f in fields(GeneralistSettings)]
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise ConfigError(f"{item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}")
+        values[key] = yaml.safe_load(value)
+    return GeneralistSettings(**values)
 
 
 @dataclass

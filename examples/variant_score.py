@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agents.generalist as gen
+from prfaas_env.errors import ConfigError
 from prfaas_env.evaluation import VALIDATION_SEED, seed_range
 from prfaas_env.suite import load_suite
 
@@ -49,16 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         help="a randomisation range (GeneralistSettings field); default the widest shipped",
     )
     args = ap.parse_args(argv)
-    fields = dict(WIDEST)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        fields[key] = float(value)
-    s = replace(
-        gen.GeneralistSettings(**fields),
-        validate_variants=args.variants,
-        eval_seeds=args.seeds,
-        eval_decisions=args.decisions,
-    )
+    try:
+        s = gen.settings_from(
+            args.set,
+            **WIDEST,
+            validate_variants=args.variants,
+            eval_seeds=args.seeds,
+            eval_decisions=args.decisions,
+        )
+    except ConfigError as exc:
+        ap.error(f"--set {exc}")
     train = list(load_suite(args.suite).train)
     checks = gen.validation_scenarios(train, s, gen.VARIANT_SEED + args.seed_offset)
     seeds = seed_range(VALIDATION_SEED, s.eval_seeds)

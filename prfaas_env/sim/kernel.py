@@ -356,11 +356,12 @@ def _finish(S: Static, st: State, e: int, k: int, t: float, req_s: float) -> Non
     ``req_s`` later): metrics, its record, its slot freed; under a closed loop its client
     starts the next request when it sees the last token."""
     ttft = st.rf[e, k, RF.FIRST] - st.rf[e, k, RF.ARR]
-    tpot = (t - st.rf[e, k, RF.DSTART]) / st.ri[e, k, RI.OUT]
+    decode_s = t - st.rf[e, k, RF.DSTART]
+    tpot = decode_s / st.ri[e, k, RI.OUT]
     st.ei[e, EI.M_DONE] += 1
     st.ef[e, EF.M_TTFT_SUM] += ttft
     st.ef[e, EF.M_TPOT_SUM] += tpot
-    st.ef[e, EF.M_DECODE_SUM] += t - st.rf[e, k, RF.DSTART]
+    st.ef[e, EF.M_DECODE_SUM] += decode_s
     st.ef[e, EF.M_OUT_TOKENS] += st.ri[e, k, RI.OUT]
     ewma = st.ef[e, EF.M_TTFT_EWMA]
     st.ef[e, EF.M_TTFT_EWMA] = ttft if np.isnan(ewma) else ewma + TTFT_EWMA_ALPHA * (ttft - ewma)

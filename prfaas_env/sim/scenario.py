@@ -17,13 +17,12 @@ from typing import Any
 
 from prfaas_env.errors import ConfigError, check_keys, load_yaml_mapping, number
 from prfaas_env.sim.costs import MAX_PROMPT_TOKENS
-from prfaas_env.sim.topology import Topology, parse_topology
+from prfaas_env.sim.topology import MAX_INSTANCES, Topology, parse_topology
 from prfaas_env.sim.workload import Workload, parse_workload
 
 TOP_KEYS = ("topology", "workload", "slo", "simulator")
 RESERVED_KEYS = ("env", "policies", "description", "held_out")  # read by other layers
 INSTANCE_KEYS = ("prefill_instances", "decode_instances", "instances")  # a cluster's pool sizes
-MAX_INSTANCES = 4096  # the most instances a pool may have (as the topology parser allows)
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,9 @@ class Scenario:
         """This scenario with pools resized: ``multipliers[cluster][key]`` scales the cluster's
         instance count ``key`` (one of :data:`INSTANCE_KEYS`), rounded to the nearest whole
         number and at least 1; clusters and keys not named, and pools of 0 instances, keep
-        theirs (a scaled count is capped at 4,096). ConfigError names an unknown cluster or
-        key."""
+        theirs (a scaled count is capped at
+        :data:`~prfaas_env.sim.topology.MAX_INSTANCES`). ConfigError names an unknown cluster
+        or key."""
         raw = copy.deepcopy(self.raw or {})
         clusters = raw["topology"]["clusters"]
         changed = []

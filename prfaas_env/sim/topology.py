@@ -304,6 +304,7 @@ _COMMON_KEYS = (
     "memory_fraction",
     "serving",
 )
+MAX_INSTANCES = 4096  # the most engines a co-located cluster may have
 # keys allowed per role (beside the common ones)
 _ROLE_KEYS = {
     "prefill": ("prefill_instances",),
@@ -369,7 +370,9 @@ def _parse_cluster(name: str, raw: Any, where: str, dcs: tuple[str, ...]) -> Clu
     co: dict[str, Any] = {}
     if role == "colocated":
         co = {
-            "instances": number(raw, "instances", where, minimum=1, maximum=4096, integer=True),
+            "instances": number(
+                raw, "instances", where, minimum=1, maximum=MAX_INSTANCES, integer=True
+            ),
             "max_num_seqs": number(
                 raw, "max_num_seqs", where, minimum=1, maximum=4096, integer=True, default=256
             ),
